@@ -1,0 +1,1 @@
+"""mvm probe package."""
