@@ -1,0 +1,65 @@
+"""How cost grows with data: ingest time and memory for 1x, 2x, 4x scenes; trainer memory vs shards.
+
+Ingest time should grow linearly with the number of frames and its peak memory stay flat (it
+streams scene by scene); the trainer's peak memory should not depend on how many shards it is
+pointed at (it streams them). Each is reported as a ratio to the smallest run, next to the
+ratio of the data itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.ingest_speed import IngestRun
+from bench.training import run_training
+
+
+def ingest_scaling(runs: list[IngestRun]) -> dict:
+    """Rows of wall/CPU time and peak RSS per ingest run, as ratios to the first (smallest) run.
+
+    Also the marginal rate between the smallest and largest run: frames/CPU-second once the fixed
+    start-up cost (interpreter, imports, devkit table load) is taken out.
+    """
+    first, last = runs[0], runs[-1]
+    rows = [
+        {
+            "scenes": run.scenes,
+            "frames": run.frames,
+            "clips": run.clips,
+            "shards": run.shards,
+            "wall_s": run.child.wall_s,
+            "cpu_s": run.child.cpu_s,
+            "peak_rss_mb": run.child.peak_rss_mb,
+            "data_ratio": run.frames / first.frames,
+            "cpu_ratio": run.child.cpu_s / first.child.cpu_s,
+            "wall_ratio": run.child.wall_s / first.child.wall_s,
+            "mem_ratio": run.child.peak_rss_mb / first.child.peak_rss_mb,
+        }
+        for run in runs
+    ]
+    extra_frames = last.frames - first.frames
+    extra_cpu = last.child.cpu_s - first.child.cpu_s
+    startup_cpu = first.child.cpu_s - first.frames * extra_cpu / extra_frames if extra_frames else None
+    return {
+        "rows": rows,
+        "marginal_frames_per_core_s": extra_frames / extra_cpu if extra_frames and extra_cpu > 0 else None,
+        "startup_cpu_s": startup_cpu,
+    }
+
+
+def trainer_memory_vs_shards(
+    runs: list[IngestRun], work: Path, *, steps: int, warmup: int, batch_size: int, overrides: Path
+) -> dict:
+    """Peak memory of the same short `tiny` run (0 workers) pointed at each ingest output."""
+    rows = []
+    for run in runs:
+        train = run_training(
+            run.out, work / f"train-shards{run.shards}", model="tiny", steps=steps, workers=0, device="cpu",
+            warmup=warmup, batch_size=batch_size, overrides=overrides,
+        )  # fmt: skip
+        rows.append({"shards": run.shards, "clips": run.clips, "peak_mem_mb": train.summary["peak_mem_mb"],
+                     "process_peak_rss_mb": train.child.peak_rss_mb})  # fmt: skip
+    for row in rows:
+        row["shard_ratio"] = row["shards"] / rows[0]["shards"]
+        row["mem_ratio"] = row["peak_mem_mb"] / rows[0]["peak_mem_mb"]
+    return {"steps": steps, "rows": rows}

@@ -1,0 +1,144 @@
+"""Ingest speed in frames/s per core: what reading the JPEGs costs vs what the whole ingest costs.
+
+Three rates on the same CAM_FRONT frames:
+- full-size decode: PIL decodes each 1600x900 JPEG completely (what a naive reader pays);
+- reduced-size decode: libjpeg DCT scaling (`Image.draft`) decodes straight to the smallest
+  power-of-two reduction not below the target size; no resize, so this is the floor of reading;
+- whole ingest: `mvm-ingest --workers 1` (devkit load, validation, decode, resize, H.264 encode,
+  tar writing, manifest), frames = every CAM_FRONT frame of the ingested scenes.
+Rates are per CPU-second (= per core): the decode loops run in this process on one thread and
+the ingest runs one worker, so CPU time is what a core delivers, unlike wall time on a shared host.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from bench.loader import Rate, time_items
+from bench.workspace import ChildRun, run_child, venv_script
+
+
+def cam_front_paths(dataroot: Path, version: str) -> list[Path]:
+    """Every CAM_FRONT JPEG of a dataroot (keyframes and sweeps), via the devkit, in table order."""
+    from nuscenes.nuscenes import NuScenes
+
+    nusc = NuScenes(version=version, dataroot=str(dataroot), verbose=False)
+    return [
+        Path(dataroot) / record["filename"] for record in nusc.sample_data if record["channel"] == "CAM_FRONT"
+    ]
+
+
+def decode_full(path: Path) -> np.ndarray:
+    """Full-size decode: uint8 (900, 1600, 3) for a real CAM_FRONT frame."""
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def decode_reduced(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """DCT-scaled decode to the smallest 1/2^k reduction at least `size` (H, W): uint8 (h, w, 3)."""
+    image = Image.open(path)
+    image.draft("RGB", (size[1], size[0]))
+    return np.asarray(image.convert("RGB"))
+
+
+def decode_rate(paths: list[Path], decode: Callable[[Path], np.ndarray], min_seconds: float) -> Rate:
+    """Frames/s of `decode` over `paths` (restarted as needed), timed by time_items."""
+    return time_items(lambda: (decode(path) for path in paths), min_seconds, min_items=len(paths))
+
+
+@dataclass(frozen=True)
+class IngestRun:
+    """One measured `mvm-ingest` run and what it produced."""
+
+    out: Path
+    """The shard folder it wrote."""
+    scenes: int
+    """Scenes ingested."""
+    frames: int
+    """CAM_FRONT frames in those scenes (read and validated by the ingest)."""
+    clips: int
+    """Clips written."""
+    shards: int
+    """Shard files written."""
+    child: ChildRun
+    """Wall, CPU and peak memory of the process."""
+
+
+def run_ingest(
+    dataroot: Path,
+    version: str,
+    scenes: list[str],
+    out: Path,
+    size: tuple[int, int],
+    shard_clips: int,
+    log: Path,
+) -> IngestRun:
+    """Ingest `scenes` into a fresh `out` with one worker and measure it."""
+    args = [
+        venv_script("mvm-ingest"),
+        "--dataroot", str(dataroot),
+        "--version", version,
+        "--scenes", ",".join(scenes),
+        "--out", str(out),
+        "--size", f"{size[0]}x{size[1]}",
+        "--shard-clips", str(shard_clips),
+        "--workers", "1",
+        "--overwrite",
+    ]  # fmt: skip
+    child = run_child(args, log).check()
+    manifest = json.loads((out / "manifest.json").read_text())
+    return IngestRun(
+        out=out,
+        scenes=len(manifest["scenes"]),
+        frames=sum(scene["frames"] for scene in manifest["scenes"]),
+        clips=manifest["total_clips"],
+        shards=len(manifest["shards"]),
+        child=child,
+    )
+
+
+def bench_ingest_speed(
+    dataroot: Path,
+    version: str,
+    size: tuple[int, int],
+    ingest: IngestRun,
+    ingest_reader: Callable[[Path], np.ndarray],
+    min_seconds: float,
+) -> dict:
+    """Frames/s per core of full-size decode, reduced-size decode, the ingest's frame reader
+    (`ingest_reader(path) -> uint8 (H, W, 3)` at `size`: DCT-scaled decode plus resize) and the
+    whole ingest run `ingest`.
+
+    Ratios are against the reduced-size decode (the issue's goal: whole ingest >= 0.5x of it).
+    """
+    paths = cam_front_paths(dataroot, version)
+    full = decode_rate(paths, decode_full, min_seconds)
+    reduced = decode_rate(paths, lambda path: decode_reduced(path, size), min_seconds)
+    reader = decode_rate(paths, ingest_reader, min_seconds)
+    whole_per_core = ingest.frames / max(ingest.child.cpu_s, 1e-9)
+    rows = [
+        {"stage": "full_decode", "label": "JPEG decode, full size", "frames_per_core_s": full.per_cpu_s,
+         "frames_per_s": full.per_s},
+        {"stage": "reduced_decode", "label": "JPEG decode, DCT-scaled (draft)",
+         "frames_per_core_s": reduced.per_cpu_s, "frames_per_s": reduced.per_s},
+        {"stage": "ingest_reader", "label": "ingest frame reader (draft + resize)",
+         "frames_per_core_s": reader.per_cpu_s, "frames_per_s": reader.per_s},
+        {"stage": "whole_ingest", "label": "mvm-ingest --workers 1", "frames_per_core_s": whole_per_core,
+         "frames_per_s": ingest.frames / ingest.child.wall_s},
+    ]  # fmt: skip
+    for row in rows:
+        row["vs_reduced_decode"] = row["frames_per_core_s"] / reduced.per_cpu_s
+    return {
+        "source_size": list(decode_full(paths[0]).shape[:2]),
+        "reduced_decode_size": list(decode_reduced(paths[0], size).shape[:2]),
+        "target_size": list(size),
+        "frames": ingest.frames,
+        "ingest_wall_s": ingest.child.wall_s,
+        "ingest_cpu_s": ingest.child.cpu_s,
+        "rows": rows,
+    }

@@ -1,0 +1,228 @@
+"""`python -m bench.run [--quick] [--out bench/results.json]`: the whole benchmark, side by side.
+
+One run measures, on one synthetic nuScenes dataroot at the real CAM_FRONT resolution (1600x900):
+loader clips/s per worker (our shards via decord and PyAV vs the naive devkit JPEG Dataset vs a
+pre-resized JPEG folder), ingest frames/s per core (full-size decode, DCT-scaled decode, whole
+`mvm-ingest`), bytes per clip and PSNR, `mvm-train --model tiny` throughput with 0/1/2 workers
+(plus small/base when CUDA is available), and how ingest time/memory and trainer memory scale with
+the data. Results: `--out` (JSON, with machine info and goals) and a markdown table next to it
+(`results.md`), printed as rich tables.
+
+Modes: `--quick` (4 scenes x 32 frames, short timings; under 3 minutes on 2 cores, about a minute
+of it generating the dataroot on the first run) for CI-sized checks; the default full mode
+(8 scenes x 240 frames, ~1900 frames: about 15-20 minutes on 2 cores, a third of it generating
+the dataroot on the first run) for the numbers the README quotes. Generated dataroots are cached
+under bench/work/ keyed by their arguments.
+
+Exit codes: 0 every section ran (goals may still be missed: see the Goals table), 1 a section
+failed (its error is in the JSON; the other sections still ran), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+import numpy as np
+
+from bench import cost_scaling, ingest_speed, loader, machine, report, storage, training
+from bench.workspace import WORK_DIR, DatarootSpec, cached_dataroot, scene_names
+from ingest.config import IngestConfig
+
+TRAIN_SIZE = IngestConfig.size
+"""(H, W) of the clips: the ingest's default --size, which the trainer takes from the shards."""
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Sizes and durations of one bench run."""
+
+    dataroot: DatarootSpec = field(default_factory=DatarootSpec)
+    """The synthetic dataroot every measurement reads (1600 wide = real nuScenes)."""
+    size: tuple[int, int] = TRAIN_SIZE
+    """Training size (H, W) of the shards and of the loaders' output."""
+    shard_clips: int = 16
+    """--shard-clips of the ingest runs (small enough that the scaling runs differ in shard count)."""
+    scale_factors: tuple[int, ...] = (1, 2, 4)
+    """Ingest runs on scenes/4 x these factors; the largest is the whole dataroot and feeds the rest."""
+    min_seconds: float = 5.0
+    """Minimum timed seconds per loader or decode measurement (per round)."""
+    rounds: int = 3
+    """Round-robin repetitions of the loader timings (median kept)."""
+    train_steps: int = 60
+    """Steps per mvm-train run."""
+    train_batch: int = 16
+    """--batch-size of the training runs (tiny's default)."""
+    train_log_every: int = 5
+    """Steps between metrics lines in the training runs."""
+    train_warmup_logs: int = 2
+    """Logged lines dropped as warm-up (first batches, worker start-up)."""
+    train_workers: tuple[int, ...] = (0, 1, 2)
+    """DataLoader worker counts of the CPU training runs."""
+    psnr_clips: int = 64
+    """Clips compared for the mean PSNR."""
+
+
+QUICK = BenchConfig(
+    dataroot=DatarootSpec(scenes=4, frames_per_scene=32),
+    shard_clips=2,
+    min_seconds=1.0,
+    rounds=2,
+    train_steps=12,
+    train_batch=4,
+    train_log_every=2,
+    train_warmup_logs=1,
+    psnr_clips=8,
+)
+FULL = BenchConfig(dataroot=DatarootSpec(scenes=8, frames_per_scene=240))
+
+
+def ingest_resize(size: tuple[int, int]) -> Callable[[Path], np.ndarray]:
+    """The ingest's own JPEG -> uint8 (H, W, 3) frame reader at `size` (DCT-scaled decode + resize)."""
+    from ingest.frames import load_frame
+
+    return lambda path: load_frame(path, size)
+
+
+def train_overrides(config: BenchConfig, work: Path) -> Path:
+    """A --config file for the training runs: frequent metrics, no viz or checkpoints mid-run."""
+    path = work / "train-overrides.json"
+    never = config.train_steps + 1
+    path.write_text(
+        json.dumps({"log_every": config.train_log_every, "viz_every": never, "ckpt_every": never})
+    )
+    return path
+
+
+class Sections:
+    """Runs the independent measurement sections under one progress bar, keeping each result or error."""
+
+    def __init__(self, progress, task):
+        self.progress, self.task = progress, task
+        self.results: dict[str, dict] = {}
+        self.failed: list[str] = []
+
+    def step(self, description: str, action: Callable[[], object]):
+        """A prerequisite step: its failure stops the bench (nothing after it can run)."""
+        self.progress.update(self.task, description=description)
+        value = action()
+        self.progress.advance(self.task)
+        return value
+
+    def measure(self, name: str, description: str, action: Callable[[], dict]) -> None:
+        """A measurement: its result, or its error, goes to results[name]; the others still run."""
+        self.progress.update(self.task, description=description)
+        try:
+            self.results[name] = action()
+        except Exception as error:  # one broken measurement must not hide the others' numbers
+            self.failed.append(name)
+            self.results[name] = {
+                "error": f"{type(error).__name__}: {error}",
+                "traceback": traceback.format_exc(),
+            }
+            self.progress.console.print(f"[red]{name} failed:[/red] {type(error).__name__}: {error}")
+        self.progress.advance(self.task)
+
+
+def run_bench(config: BenchConfig, mode: str, work: Path = WORK_DIR) -> tuple[dict, list[str]]:
+    """Every measurement; returns (results, names of failed sections)."""
+    from nuscenes.nuscenes import NuScenes
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    started = time.perf_counter()
+    work.mkdir(parents=True, exist_ok=True)
+    spec = config.dataroot
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn()) as progress:
+        sections = Sections(progress, progress.add_task("bench", total=2 + len(config.scale_factors) + 5))
+        render = progress.add_task("  rendering CAM_FRONT frames", total=spec.scenes * spec.frames_per_scene)
+        dataroot = sections.step(
+            f"synthetic dataroot {spec.key}",
+            lambda: cached_dataroot(spec, work, lambda count: progress.advance(render, count)),
+        )
+        progress.remove_task(render)
+        names = scene_names(dataroot, spec.version)
+        base_scenes = max(1, len(names) // max(config.scale_factors))
+        ingests = []
+        for count in sorted({min(len(names), base_scenes * factor) for factor in config.scale_factors}):
+            ingests.append(sections.step(
+                f"mvm-ingest --workers 1 on {count} scenes",
+                lambda count=count: ingest_speed.run_ingest(
+                    dataroot, spec.version, names[:count], work / f"shards-{count}scenes", config.size,
+                    config.shard_clips, work / f"ingest-{count}scenes.log",
+                ),
+            ))  # fmt: skip
+        shard_dir = ingests[-1].out
+        nusc = NuScenes(version=spec.version, dataroot=str(dataroot), verbose=False)
+        source_path = lambda token: Path(nusc.get_sample_data_path(token))  # noqa: E731
+        resize = ingest_resize(config.size)
+        clips = loader.clip_refs(shard_dir)
+        resized_dir = work / f"resized-{spec.key}-{config.size[0]}x{config.size[1]}"
+        sections.step("pre-resized JPEG folder",
+                      lambda: loader.write_resized_folder(resized_dir, clips, source_path, resize))  # fmt: skip
+        setup = loader.LoaderSetup(shard_dir, dataroot, spec.version, resized_dir, config.size)
+        sections.measure("loader", "loader clips/s per worker",
+                         lambda: loader.bench_loaders(setup, config.min_seconds, config.rounds))  # fmt: skip
+        sections.measure("ingest", "JPEG decode frames/s per core",
+                         lambda: ingest_speed.bench_ingest_speed(dataroot, spec.version, config.size, ingests[-1],
+                                                                  resize, config.min_seconds))  # fmt: skip
+        sections.measure("storage", "bytes per clip, PSNR",
+                         lambda: storage.bench_storage(shard_dir, clips, source_path, resized_dir, resize,
+                                                       config.psnr_clips))  # fmt: skip
+        train_args = {"steps": config.train_steps, "warmup": config.train_warmup_logs,
+                      "batch_size": config.train_batch, "overrides": train_overrides(config, work)}  # fmt: skip
+        sections.measure("training", "mvm-train --model tiny, 0/1/2 workers",
+                         lambda: training.bench_training(shard_dir, work, workers=config.train_workers,
+                                                         **train_args))  # fmt: skip
+        sections.measure("scaling", "cost scaling: trainer memory vs shards",
+                         lambda: {"ingest": cost_scaling.ingest_scaling(ingests),
+                                  "trainer_memory": cost_scaling.trainer_memory_vs_shards(ingests, work,
+                                                                                          **train_args)})  # fmt: skip
+    measured = {name: value for name, value in sections.results.items() if "error" not in value}
+    results = {
+        "mode": mode,
+        "config": json.loads(json.dumps(dataclasses.asdict(config))),
+        "machine": machine.machine_info(),
+        **sections.results,
+        "goals": [dataclasses.asdict(goal) for goal in report.evaluate_goals(measured)],
+        "failed_sections": sections.failed,
+        "elapsed_s": time.perf_counter() - started,
+    }
+    return results, sections.failed
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--quick", is_flag=True, help="CI-sized run (under 3 minutes on 2 cores) instead of the full one."
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("bench/results.json"),
+    show_default=True,
+    help="Results JSON; the markdown tables go next to it with the suffix .md.",
+)
+def main(quick: bool, out: Path) -> None:
+    """Benchmark the pipeline against the loaders and formats a user would pick otherwise.
+
+    Exit codes: 0 all sections ran (missed goals are shown, not fatal), 1 a section failed,
+    2 usage error.
+    """
+    config = QUICK if quick else FULL
+    results, failed = run_bench(config, "quick" if quick else "full")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, sort_keys=True))
+    out.with_suffix(".md").write_text(report.markdown(results))
+    report.print_tables(results)
+    click.echo(f"results: {out} and {out.with_suffix('.md')}")
+    if failed:
+        raise click.ClickException(f"sections failed: {', '.join(failed)} (errors in {out})")
+
+
+if __name__ == "__main__":
+    main()

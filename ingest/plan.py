@@ -1,0 +1,176 @@
+"""The deterministic plan: which part stages which scenes, part ledgers, and finalize (shards + manifest).
+
+Part I of N stages the scenes at positions i of the sorted scene list with i % N == I and then
+writes its ledger `parts/part-IIII-of-NNNN.json`. Finalize packs every staged clip, in (scene,
+clip) order, into shards of `shard_clips` clips, so the shards do not depend on N.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import shutil
+from collections.abc import Iterator
+from importlib.metadata import version as package_version
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import features
+
+from ingest.config import FORMAT_NAME, FORMAT_VERSION, IngestConfig, dumps
+from ingest.stage import staging_paths
+from ingest.tarshard import read_members, sha256_bytes, sha256_file, tar_bytes, write_atomic
+from ingest.video import encode_clip
+
+MANIFEST = "manifest.json"
+SHARD_PATTERN = re.compile(r"shard-\d{6}\.tar")
+
+
+class FinalizeError(RuntimeError):
+    """Finalize cannot proceed: a part ledger is missing, disagrees, or a staged file fails to verify."""
+
+
+def part_scenes(scenes: list[str], part: int, parts: int) -> list[str]:
+    """The scenes part `part` of `parts` stages: every parts-th one of the sorted plan, from `part`."""
+    return [name for index, name in enumerate(scenes) if index % parts == part]
+
+
+def ledger_path(out: Path, part: int, parts: int) -> Path:
+    return out / "parts" / f"part-{part:04d}-of-{parts:04d}.json"
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:06d}.tar"
+
+
+@functools.cache
+def software_versions() -> dict[str, str]:
+    """Versions of everything that shapes the shard bytes (the encoder's own banner included)."""
+    banner = encode_clip(np.zeros((1, 16, 16, 3), np.uint8))
+    match = re.search(rb"x264 - core (\d+)( r\d+)?", banner)
+    return {
+        "av": av.__version__,
+        "libavcodec": ".".join(str(part) for part in av.library_versions["libavcodec"]),
+        "libx264": match.group(0).decode() if match else "unknown",
+        "nuscenes-devkit": package_version("nuscenes-devkit"),
+        "pillow": package_version("pillow"),
+        "libjpeg-turbo": str(features.version("libjpeg_turbo")),
+    }
+
+
+def write_ledger(out: Path, config: IngestConfig, part: int, parts: int, sidecars: list[dict]) -> Path:
+    """Record a finished part: its config, software and every staged scene's sidecar, sorted by name."""
+    path = ledger_path(out, part, parts)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ledger = {
+        "config": config.to_json(),
+        "config_digest": config.digest(),
+        "part": part,
+        "parts": parts,
+        "software": software_versions(),
+        "scenes": sorted(sidecars, key=lambda sidecar: sidecar["scene"]["name"]),
+    }
+    write_atomic(path, dumps(ledger).encode())
+    return path
+
+
+def read_ledgers(out: Path, config: IngestConfig, scenes: list[str], parts: int) -> list[dict]:
+    """Every part's sidecars, in plan order, after checking all ledgers exist and agree."""
+    missing = [part for part in range(parts) if not ledger_path(out, part, parts).is_file()]
+    if missing:
+        names = ", ".join(f"{part}/{parts}" for part in missing)
+        raise FinalizeError(f"parts not finished (no ledger under {out / 'parts'}): {names}")
+    software = software_versions()
+    by_scene: dict[str, dict] = {}
+    for part in range(parts):
+        ledger = json.loads(ledger_path(out, part, parts).read_text())
+        if ledger["config_digest"] != config.digest():
+            raise FinalizeError(f"part {part}/{parts} ran with other options: {ledger['config']}")
+        if ledger["software"] != software:
+            raise FinalizeError(f"part {part}/{parts} ran with other software: {ledger['software']} != {software}")
+        for sidecar in ledger["scenes"]:
+            by_scene[sidecar["scene"]["name"]] = sidecar
+    if sorted(by_scene) != scenes:
+        absent, extra = sorted(set(scenes) - set(by_scene)), sorted(set(by_scene) - set(scenes))
+        raise FinalizeError(f"ledgers do not match the plan: missing {absent}, unexpected {extra}")
+    return [by_scene[name] for name in scenes]
+
+
+def iter_samples(tar_paths: list[Path]) -> Iterator[list[tuple[str, bytes]]]:
+    """Samples (members sharing a key) of staging tars, in file then archive order."""
+    for path in tar_paths:
+        sample: list[tuple[str, bytes]] = []
+        for name, data in read_members(path):
+            if sample and sample[0][0].split(".", 1)[0] != name.split(".", 1)[0]:
+                yield sample
+                sample = []
+            sample.append((name, data))
+        if sample:
+            yield sample
+
+
+def finalize(out: Path, config: IngestConfig, scenes: list[str], parts: int) -> dict:
+    """Pack staged clips into shards (keeping ones that already verify), write the manifest last.
+
+    Returns the manifest. Removes the staging folder once the manifest is in place.
+    """
+    staging_dir = out / "staging"
+    sidecars = read_ledgers(out, config, scenes, parts)
+    tar_paths = []
+    for sidecar in sidecars:
+        tar_path, _ = staging_paths(staging_dir, sidecar["scene"]["name"])
+        if not tar_path.is_file() or sha256_file(tar_path) != sidecar["sha256"]:
+            raise FinalizeError(f"staged {tar_path} is missing or damaged; re-run its part")
+        tar_paths.append(tar_path)
+
+    shards: list[dict] = []
+    batch: list[list[tuple[str, bytes]]] = []
+
+    def flush() -> None:
+        name = shard_name(len(shards))
+        archive = tar_bytes(member for sample in batch for member in sample)
+        digest = sha256_bytes(archive)
+        path = out / name
+        if not (path.is_file() and path.stat().st_size == len(archive) and sha256_file(path) == digest):
+            write_atomic(path, archive)
+        shards.append({"name": name, "clips": len(batch), "sha256": digest, "bytes": len(archive)})
+        batch.clear()
+
+    for sample in iter_samples(tar_paths):
+        batch.append(sample)
+        if len(batch) == config.shard_clips:
+            flush()
+    if batch:
+        flush()
+    planned = {shard["name"] for shard in shards}
+    for stale in out.iterdir():
+        if SHARD_PATTERN.fullmatch(stale.name) and stale.name not in planned:
+            stale.unlink()
+
+    manifest = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "config": config.to_json(),
+        "software": software_versions(),
+        "shards": shards,
+        "total_clips": sum(shard["clips"] for shard in shards),
+        "scenes": [sidecar["scene"] for sidecar in sidecars],
+        "rejects": [reject for sidecar in sidecars for reject in sidecar["rejects"]],
+    }
+    write_atomic(out / MANIFEST, dumps(manifest).encode())
+    shutil.rmtree(staging_dir, ignore_errors=True)
+    return manifest
+
+
+def verify_complete(out: Path, manifest: dict) -> list[str]:
+    """Problems with the shards a manifest lists (missing, wrong size or sha256); empty if none."""
+    problems = []
+    for shard in manifest["shards"]:
+        path = out / shard["name"]
+        if not path.is_file():
+            problems.append(f"{shard['name']} is missing")
+        elif path.stat().st_size != shard["bytes"] or sha256_file(path) != shard["sha256"]:
+            problems.append(f"{shard['name']} does not match its sha256")
+    return problems

@@ -1,0 +1,34 @@
+"""Where clips start inside a continuous segment: seeded by (seed, scene name), never by time."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+
+def scene_rng(seed: int, scene: str) -> np.random.Generator:
+    """A generator that depends on (seed, scene name) only, so a scene samples the same in any part."""
+    digest = hashlib.sha256(f"mvm-ingest/{seed}/{scene}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def clip_span(clip_len: int, stride: int) -> int:
+    """Chain positions covered by one clip: frames f, f+s, ..., f+(T-1)s."""
+    return (clip_len - 1) * stride + 1
+
+
+def clip_starts(segment_len: int, clip_len: int, stride: int, hop: int, rng: np.random.Generator) -> list[int]:
+    """Clip start offsets within a segment of `segment_len` frames, `hop` apart.
+
+    The first offset is drawn uniformly from the slack the segment leaves after the most clips
+    that fit, so the random offset never costs a clip. A segment shorter than one clip span gives
+    no starts and draws nothing.
+    """
+    span = clip_span(clip_len, stride)
+    if segment_len < span:
+        return []
+    count = (segment_len - span) // hop + 1
+    slack = segment_len - span - (count - 1) * hop
+    offset = int(rng.integers(0, slack + 1))
+    return [offset + index * hop for index in range(count)]

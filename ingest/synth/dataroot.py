@@ -1,0 +1,167 @@
+"""Write a synthetic nuScenes-format dataroot: tables, rendered CAM_FRONT JPEGs, placeholders.
+
+Layout (as real nuScenes): `<out>/<version>/*.json`, `<out>/samples/<CHANNEL>/` (keyframes),
+`<out>/sweeps/<CHANNEL>/` (non-keyframes), `<out>/maps/*.png`, plus the marker file
+`<out>/mvm-synth.json` that identifies the folder as this generator's output (so a later run
+may replace it) and records the arguments and whether the run completed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ingest.motion import yaw_from_quaternion
+from ingest.synth.camera import Camera
+from ingest.synth.plan import ScenePlan, plan_scene
+from ingest.synth.render import Renderer
+from ingest.synth.schedule import VERSIONS, rng_for, scene_names
+from ingest.synth.tables import TableBuilder
+from ingest.synth.world import build_world
+
+MARKER = "mvm-synth.json"
+"""Marker file name in the dataroot."""
+JPEG_QUALITY = 90
+DEFAULT_DROP_RATE = 0.005
+"""Chance that a CAM_FRONT non-keyframe is dropped (about one frame per 200: one or two per scene)."""
+OUTPUT_ENTRIES = ("samples", "sweeps", "maps", MARKER, *VERSIONS)
+"""Top-level names this generator may write, and the only ones it ever removes."""
+
+
+class OutputFolderError(RuntimeError):
+    """The output folder cannot be used without risking files that are not ours."""
+
+
+def prepare_output(out: Path) -> None:
+    """Make `out` an empty place for a dataroot: create it, or clear a previous synth output.
+
+    A previous output (it holds the marker) loses exactly the entries this generator writes;
+    anything else in the folder is left alone. Any other non-empty folder is refused.
+    """
+    if out.exists() and not out.is_dir():
+        raise OutputFolderError(f"--out {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        marker = out / MARKER
+        if not marker.is_file() or _marker_generator(marker) != "mvm-synth":
+            raise OutputFolderError(
+                f"--out {out} is not empty and is not an mvm-synth output (no {MARKER}); "
+                "refusing to write there. Choose an empty or new folder."
+            )
+        for name in OUTPUT_ENTRIES:
+            entry = out / name
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            elif entry.exists() or entry.is_symlink():
+                entry.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _marker_generator(marker: Path) -> str | None:
+    try:
+        return json.loads(marker.read_text()).get("generator")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _write_json(path: Path, value) -> None:
+    path.write_text(json.dumps(value, indent=1, sort_keys=True) + "\n")
+
+
+def generate(
+    out,
+    *,
+    version: str = "v1.0-mini",
+    scenes: int = 10,
+    frames_per_scene: int = 240,
+    width: int = 1600,
+    seed: int = 0,
+    drop_rate: float = DEFAULT_DROP_RATE,
+    progress: Callable[[int], None] | None = None,
+) -> Path:
+    """Write a synthetic nuScenes-format dataroot that `NuScenes(version, out)` loads; return its path.
+
+    out: dataroot folder; must be new, empty, or a previous mvm-synth output (replaced).
+    version: v1.0-mini (scenes from mini_train/mini_val, at most 10) or v1.0-trainval (scenes
+        from train/val). About 30% of the scenes carry val names (at least one from two scenes
+        on), the first names of the sorted split lists, independent of the seed.
+    scenes: number of scenes (one log each).
+    frames_per_scene: CAM_FRONT frames per scene (real nuScenes: about 240 in 20 s).
+    width: image width, a multiple of 32; height = width · 9/16 (1600 -> 900).
+    seed: everything random derives from (seed, scene name); same arguments, same bytes.
+    drop_rate: chance that a CAM_FRONT non-keyframe is dropped (leaving an interval >= 150 ms).
+    progress: called with 1 after each rendered CAM_FRONT frame.
+
+    Raises ValueError on invalid numbers and OutputFolderError for an unusable `out`.
+    """
+    out = Path(out)
+    names = scene_names(version, scenes)
+    camera = Camera.cam_front(width)
+    if frames_per_scene < 1:
+        raise ValueError(f"frames_per_scene must be >= 1, got {frames_per_scene}")
+    if not 0.0 <= drop_rate <= 0.5:
+        raise ValueError(f"drop_rate must be in [0, 0.5], got {drop_rate}")
+    prepare_output(out)
+    arguments = {
+        "version": version,
+        "scenes": scenes,
+        "frames_per_scene": frames_per_scene,
+        "width": width,
+        "seed": seed,
+        "drop_rate": drop_rate,
+    }
+    _write_json(out / MARKER, {"generator": "mvm-synth", "complete": False, "arguments": arguments})
+    builder = TableBuilder(version, seed)
+    for name, split in names:
+        plan = plan_scene(name, split, frames_per_scene, drop_rate, seed)
+        records = builder.add_scene(plan, camera)
+        _render_scene(out, plan, records, camera, seed, progress)
+    tables = builder.finish()
+    _write_placeholders(out, tables)
+    (out / version).mkdir()
+    for table_name, records in tables.items():
+        _write_json(out / version / f"{table_name}.json", records)
+    _write_json(out / MARKER, {"generator": "mvm-synth", "complete": True, "arguments": arguments})
+    return out
+
+
+def _render_scene(
+    out: Path,
+    plan: ScenePlan,
+    records: list[dict],
+    camera: Camera,
+    seed: int,
+    progress: Callable[[int], None] | None,
+) -> None:
+    world = build_world(plan.trajectory, plan.night, rng_for(seed, plan.name, "world"))
+    renderer = Renderer(camera, world, plan.night)
+    for record in records:
+        # Render from the pose exactly as written to ego_pose.
+        translation = np.array(record["ego_translation"])
+        yaw = float(yaw_from_quaternion(np.array(record["ego_rotation"])))
+        image = renderer.render(translation[:2], yaw)
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="JPEG", quality=JPEG_QUALITY)
+        path = out / record["filename"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(buffer.getvalue())
+        if progress is not None:
+            progress(1)
+
+
+def _write_placeholders(out: Path, tables: dict[str, list[dict]]) -> None:
+    """Empty point clouds for the lidar records and a small blank mask per map."""
+    for record in tables["sample_data"]:
+        if record["fileformat"] == "pcd":
+            path = out / record["filename"]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"")
+    for record in tables["map"]:
+        path = out / record["filename"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((64, 64), dtype=np.uint8)).save(path, format="PNG")

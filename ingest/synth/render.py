@@ -1,0 +1,238 @@
+"""Renders CAM_FRONT images of a synthetic World from ego poses.
+
+The ego vehicle stays flat on the ground (z = 0, yaw only), so where each pixel's ray meets the
+ground, in ego coordinates, never changes: it is computed once per image size. A frame then
+costs a rotation and translation of those ground points into the world, a texture lookup
+(mip level chosen per pixel by its footprint), and one palette lookup that folds in road or
+grass colour, distance haze by day and headlight falloff by night. Lane markings and objects
+are projected polygons drawn back to front with Pillow.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from ingest.synth.camera import Camera
+from ingest.synth.world import (
+    SKY_AZIMUTH_BINS,
+    SKY_ELEVATION_BINS,
+    SKY_TOP_RAD,
+    TEXEL_M,
+    TEXTURE_SIZE,
+    World,
+    texture_levels,
+)
+
+NEAR_M, FAR_M = 0.5, 250.0
+"""Clipping distances for projected geometry."""
+MAX_GROUND_M = 1000.0
+"""Ground points farther than this are drawn as haze."""
+LIGHT_LEVELS = 32
+"""Quantisation of per-pixel light (haze or headlights) in the ground palette."""
+SKY_LEVELS = 16
+"""Quantisation of elevation in the sky palette."""
+TILE_M = TEXEL_M * TEXTURE_SIZE
+SUN = np.array([0.4, 0.3, 0.866])
+"""Direction towards the sun (unit vector, global frame): shades the faces of objects by day."""
+HAZE_M = 220.0
+"""Distance at which day haze covers 63% of a colour."""
+DAY_HAZE, NIGHT_SKY = np.array([200.0, 210.0, 220.0]), np.array([8.0, 10.0, 22.0])
+ASPHALT, GRASS = np.array([105.0, 105.0, 110.0]), np.array([85.0, 120.0, 60.0])
+
+
+def headlight_gain(forward: np.ndarray, left: np.ndarray) -> np.ndarray:
+    """Light on the ground at ego-frame (forward, left) metres from the ego origin, 0-1 (ambient 0.04)."""
+    ahead = forward - 3.7
+    distance = np.hypot(ahead, left)
+    angle = np.arctan2(np.abs(left), np.maximum(ahead, 1e-3))
+    beam = np.exp(-((angle / 0.45) ** 2)) * np.minimum(1.0, (14.0 / np.maximum(distance, 1e-3)) ** 2)
+    return np.where(ahead > 0, 0.04 + 0.96 * beam, 0.04)
+
+
+def _palette(night: bool) -> np.ndarray:
+    """Ground palette (LIGHT_LEVELS · 2 · 256, 3) indexed by light level, road bit, texture value,
+    followed by the sky palette (SKY_LEVELS · 32, 3) indexed by elevation level and sky detail."""
+    light = np.arange(LIGHT_LEVELS)[:, None, None, None] / (LIGHT_LEVELS - 1)
+    surface = np.stack([GRASS, ASPHALT])[None, :, None, :]
+    grain = (0.55 + 0.9 * np.arange(256) / 255.0)[None, None, :, None]
+    lit = surface * grain
+    ground = lit * light if night else lit * (1 - light) + DAY_HAZE * light
+    elevation = np.arange(SKY_LEVELS)[:, None, None] / (SKY_LEVELS - 1)
+    detail = np.arange(32)[None, :, None] / 31.0
+    if night:
+        sky = NIGHT_SKY * (1 - 0.5 * elevation) + (255.0 - NIGHT_SKY) * detail
+    else:
+        blue = DAY_HAZE * (1 - elevation) + np.array([90.0, 140.0, 215.0]) * elevation
+        sky = blue * (1 - 0.8 * detail) + 245.0 * 0.8 * detail
+    flat = np.concatenate([ground.reshape(-1, 3), sky.reshape(-1, 3)])
+    return np.clip(np.round(flat), 0, 255).astype(np.uint8)
+
+
+class Renderer:
+    """Per-image-size precomputation plus the per-frame drawing of one scene's world."""
+
+    def __init__(self, camera: Camera, world: World, night: bool):
+        self.camera, self.world, self.night = camera, world, night
+        self.palette = _palette(night)
+        rays = camera.pixel_rays_ego()
+        origin = camera.cam_to_ego_translation
+        hits_ground = rays[..., 2] < -1e-6
+        reach = np.where(hits_ground, -origin[2] / np.where(hits_ground, rays[..., 2], -1.0), 0.0)
+        ground = origin + reach[..., None] * rays
+        distance = np.hypot(ground[..., 0] - origin[0], ground[..., 1] - origin[1])
+        is_ground = hits_ground & (distance < MAX_GROUND_M)
+        self.first_ground_row = int(np.argmax(is_ground.any(axis=1)))
+        rows = slice(self.first_ground_row, camera.height)
+        self._init_ground(ground[rows], distance[rows], is_ground[rows])
+        self._init_sky(rays[: self.first_ground_row])
+
+    def _init_ground(self, ground: np.ndarray, distance: np.ndarray, is_ground: np.ndarray) -> None:
+        # Texel footprint of each pixel: how far its ground point is from its neighbours'.
+        step_down = np.linalg.norm(np.diff(ground[..., :2], axis=0, append=ground[-1:, :, :2]), axis=-1)
+        step_right = np.linalg.norm(np.diff(ground[..., :2], axis=1, append=ground[:, -1:, :2]), axis=-1)
+        footprint = np.maximum(np.maximum(step_down, step_right), TEXEL_M)
+        levels = texture_levels()
+        level = np.clip(np.floor(np.log2(footprint / TEXEL_M)).astype(int), 0, len(levels) - 1)
+        offsets, sizes, texels = (np.array(column) for column in zip(*levels))
+        self.forward = np.where(is_ground, ground[..., 0], 0.0).astype(np.float32).ravel()
+        self.left = np.where(is_ground, ground[..., 1], 0.0).astype(np.float32).ravel()
+        self.inverse_texel = (1.0 / texels[level]).astype(np.float32).ravel()
+        self.texel_mask = (sizes[level] - 1).astype(np.int32).ravel()
+        self.texel_row = sizes[level].astype(np.int32).ravel()
+        self.texel_offset = offsets[level].astype(np.int32).ravel()
+        if self.night:
+            light = headlight_gain(ground[..., 0], ground[..., 1])
+        else:
+            light = 1.0 - np.exp(-distance / HAZE_M)
+        light = np.where(is_ground, light, 0.0 if self.night else 1.0)
+        self.light_base = (np.round(light * (LIGHT_LEVELS - 1)).astype(np.int32) * 512).ravel()
+
+    def _init_sky(self, rays: np.ndarray) -> None:
+        elevation = np.arctan2(rays[..., 2], np.hypot(rays[..., 0], rays[..., 1]))
+        elevation_fraction = np.clip(elevation / SKY_TOP_RAD, 0.0, 1.0)
+        self.sky_row = np.minimum((elevation_fraction * SKY_ELEVATION_BINS).astype(np.int32), SKY_ELEVATION_BINS - 1)
+        self.sky_azimuth = np.arctan2(rays[..., 1], rays[..., 0]).astype(np.float64)
+        sky_level = np.round(elevation_fraction * (SKY_LEVELS - 1)).astype(np.int32)
+        self.sky_base = LIGHT_LEVELS * 512 + sky_level * 32
+
+    def render(self, ego_xy: np.ndarray, ego_yaw: float) -> np.ndarray:
+        """The CAM_FRONT image at an ego pose (x, y metres, yaw rad): (H, W, 3) uint8 RGB."""
+        index = np.empty((self.camera.height, self.camera.width), dtype=np.int32)
+        index[self.first_ground_row :] = self._ground_index(ego_xy, ego_yaw)
+        index[: self.first_ground_row] = self._sky_index(ego_yaw)
+        image = Image.fromarray(self.palette[index])
+        self._draw_geometry(image, ego_xy, ego_yaw)
+        return np.asarray(image)
+
+    def _ground_index(self, ego_xy: np.ndarray, ego_yaw: float) -> np.ndarray:
+        c, s = np.float32(np.cos(ego_yaw)), np.float32(np.sin(ego_yaw))
+        # Work relative to a texture tile corner near the ego so float32 keeps sub-texel precision;
+        # the added tiles keep coordinates positive for the integer truncation.
+        base = np.mod(ego_xy, TILE_M) + 40 * TILE_M
+        x = np.float32(base[0]) + c * self.forward - s * self.left
+        y = np.float32(base[1]) + s * self.forward + c * self.left
+        column = (x * self.inverse_texel).astype(np.int32) & self.texel_mask
+        row = (y * self.inverse_texel).astype(np.int32) & self.texel_mask
+        grain = self.world.texture[self.texel_offset + row * self.texel_row + column]
+        road = self._road_mask(ego_xy, ego_yaw)[self.first_ground_row :].ravel()
+        index = self.light_base + road.astype(np.int32) * 256 + grain
+        return index.reshape(-1, self.camera.width)
+
+    def _sky_index(self, ego_yaw: float) -> np.ndarray:
+        azimuth = np.mod(self.sky_azimuth + ego_yaw, 2 * np.pi)
+        column = (azimuth * (SKY_AZIMUTH_BINS / (2 * np.pi))).astype(np.int32) % SKY_AZIMUTH_BINS
+        detail = self.world.sky[self.sky_row, column].astype(np.int32) >> 3
+        return self.sky_base + detail
+
+    def _road_mask(self, ego_xy: np.ndarray, ego_yaw: float) -> np.ndarray:
+        mask = Image.new("L", (self.camera.width, self.camera.height), 0)
+        draw = ImageDraw.Draw(mask)
+        for polygon, _ in self._visible_polygons(self.world.road_quads, ego_xy, ego_yaw):
+            draw.polygon(polygon, fill=1)
+        return np.asarray(mask)
+
+    def _visible_polygons(self, quads: np.ndarray, ego_xy: np.ndarray, ego_yaw: float):
+        """Yield (flat pixel coordinate list, index) for quads (N, 4, 3) in front of the camera,
+        clipped at NEAR_M, nearer than FAR_M and overlapping the image."""
+        if len(quads) == 0:
+            return
+        points = self.camera.world_to_camera(quads, ego_xy, ego_yaw)
+        depth = points[..., 2]
+        candidates = np.flatnonzero((depth.max(axis=1) > NEAR_M) & (depth.min(axis=1) < FAR_M))
+        for index in candidates:
+            polygon = points[index]
+            if depth[index].min() <= NEAR_M:
+                polygon = _clip_near(polygon)
+            pixels = self.camera.project(polygon) - 0.5
+            low, high = pixels.min(axis=0), pixels.max(axis=0)
+            if high[0] < 0 or high[1] < 0 or low[0] > self.camera.width or low[1] > self.camera.height:
+                continue
+            yield np.clip(pixels, -1e5, 1e5).ravel().tolist(), index
+
+    def _shade(self, color: np.ndarray, points_world: np.ndarray, ego_xy: np.ndarray, ego_yaw: float) -> tuple:
+        """Colour (3,) of a surface around points_world (3,) after haze (day) or headlights (night)."""
+        delta = points_world[:2] - ego_xy
+        c, s = np.cos(ego_yaw), np.sin(ego_yaw)
+        forward, left = c * delta[0] + s * delta[1], -s * delta[0] + c * delta[1]
+        if self.night:
+            lit = color * float(headlight_gain(np.array(forward), np.array(left)))
+        else:
+            haze = 1.0 - np.exp(-np.hypot(forward, left) / HAZE_M)
+            lit = color * (1 - haze) + DAY_HAZE * haze
+        return tuple(int(v) for v in np.clip(np.round(lit), 0, 255))
+
+    def _draw_geometry(self, image: Image.Image, ego_xy: np.ndarray, ego_yaw: float) -> None:
+        draw = ImageDraw.Draw(image)
+        world = self.world
+        for polygon, index in self._visible_polygons(world.line_quads, ego_xy, ego_yaw):
+            centre = world.line_quads[index].mean(axis=0)
+            draw.polygon(polygon, fill=self._shade(world.line_colors[index].astype(float), centre, ego_xy, ego_yaw))
+        camera_world = self._camera_position(ego_xy, ego_yaw)
+        centres = world.face_quads.mean(axis=1)
+        facing = np.einsum("ij,ij->i", world.face_normals, camera_world - centres) > 0
+        shading = 0.55 + 0.45 * np.clip(world.face_normals @ SUN, 0.0, 1.0)
+        polygons = {index: polygon for polygon, index in self._visible_polygons(world.face_quads, ego_xy, ego_yaw)}
+        distance = np.linalg.norm(world.object_centers - camera_world, axis=1)
+        faces_of = {}
+        for face in np.flatnonzero(facing):
+            if face in polygons:
+                faces_of.setdefault(int(world.face_object[face]), []).append(face)
+        for obj in np.argsort(-distance, kind="stable"):
+            for face in faces_of.get(int(obj), []):
+                color = world.face_colors[face] * (1.0 if self.night else shading[face])
+                draw.polygon(polygons[face], fill=self._shade(color, centres[face], ego_xy, ego_yaw))
+            if world.crowns[obj, 3] > 0:
+                self._draw_crown(draw, int(obj), ego_xy, ego_yaw)
+
+    def _draw_crown(self, draw: ImageDraw.ImageDraw, obj: int, ego_xy: np.ndarray, ego_yaw: float) -> None:
+        centre, radius = self.world.crowns[obj, :3], self.world.crowns[obj, 3]
+        point = self.camera.world_to_camera(centre, ego_xy, ego_yaw)
+        if not NEAR_M + radius < point[2] < FAR_M:
+            return
+        u, v = self.camera.project(point) - 0.5
+        r = self.camera.intrinsic[0, 0] * radius / point[2]
+        if u + r < 0 or v + r < 0 or u - r > self.camera.width or v - r > self.camera.height:
+            return
+        fill = self._shade(self.world.crown_colors[obj], centre, ego_xy, ego_yaw)
+        draw.ellipse([u - r, v - r * 0.9, u + r, v + r * 0.9], fill=fill)
+
+    def _camera_position(self, ego_xy: np.ndarray, ego_yaw: float) -> np.ndarray:
+        c, s = np.cos(ego_yaw), np.sin(ego_yaw)
+        offset = self.camera.cam_to_ego_translation
+        return np.array(
+            [ego_xy[0] + c * offset[0] - s * offset[1], ego_xy[1] + s * offset[0] + c * offset[1], offset[2]]
+        )
+
+
+def _clip_near(polygon: np.ndarray) -> np.ndarray:
+    """Part of a convex camera-frame polygon (N, 3) with z >= NEAR_M (Sutherland-Hodgman): (M, 3)."""
+    kept = []
+    for i in range(len(polygon)):
+        a, b = polygon[i], polygon[(i + 1) % len(polygon)]
+        if a[2] >= NEAR_M:
+            kept.append(a)
+        if (a[2] >= NEAR_M) != (b[2] >= NEAR_M):
+            t = (NEAR_M - a[2]) / (b[2] - a[2])
+            kept.append(a + t * (b - a))
+    return np.array(kept)

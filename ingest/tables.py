@@ -1,0 +1,108 @@
+"""nuScenes tables through the real devkit -> one light, picklable job per scene.
+
+Only the main process loads the devkit; workers get SceneJobs (CAM_FRONT records and ego poses of
+one scene) and never touch the tables. No file of another channel is ever named in a job.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nuscenes.nuscenes import NuScenes
+
+from ingest.chain import Reject, walk_chain
+
+CHANNEL = "CAM_FRONT"
+
+
+class DatarootError(ValueError):
+    """The dataroot or its version folder does not exist (a usage error)."""
+
+
+@dataclass(frozen=True)
+class SceneJob:
+    """Everything a worker needs to turn one scene into clips."""
+
+    name: str
+    """Scene name, e.g. `scene-0061`."""
+    token: str
+    """Scene token."""
+    description: str
+    """scene.description."""
+    location: str
+    """log.location."""
+    dataroot: str
+    """Absolute dataroot; frame files are `dataroot / frame["filename"]`."""
+    frames: list[dict] = field(default_factory=list)
+    """CAM_FRONT frames in walked-chain order: token, timestamp, filename, ego_translation, ego_rotation."""
+    breaks: frozenset[int] = frozenset()
+    """Chain positions that start over after a broken link."""
+    chain_rejects: list[Reject] = field(default_factory=list)
+    """`broken_chain` rejects found while walking."""
+
+
+def open_nuscenes(dataroot: str | Path, version: str) -> NuScenes:
+    """Load the devkit tables, with a clear DatarootError when the folders are missing."""
+    root = Path(dataroot)
+    if not root.is_dir():
+        raise DatarootError(f"dataroot {str(root)!r} does not exist or is not a folder")
+    if not (root / version).is_dir():
+        present = sorted(path.name for path in root.iterdir() if path.is_dir() and path.name.startswith("v1.0"))
+        raise DatarootError(
+            f"version folder {str(root / version)!r} does not exist; this dataroot has: {', '.join(present) or 'none'}"
+        )
+    return NuScenes(version=version, dataroot=str(root.resolve()), verbose=False)
+
+
+class SceneTables:
+    """Per-scene access to a loaded NuScenes: scene names and SceneJobs."""
+
+    def __init__(self, nusc: NuScenes):
+        self.nusc = nusc
+        self.scenes = {scene["name"]: scene for scene in nusc.scene}
+        self._samples_by_scene: dict[str, list[dict]] = defaultdict(list)
+        for sample in nusc.sample:
+            self._samples_by_scene[sample["scene_token"]].append(sample)
+
+    def _lookup(self, token: str) -> dict | None:
+        try:
+            return self.nusc.get("sample_data", token)
+        except KeyError:
+            return None
+
+    def job(self, name: str) -> SceneJob:
+        """Walk the CAM_FRONT chain of scene `name` (see ingest.chain.walk_chain)."""
+        scene = self.scenes[name]
+        samples = sorted(self._samples_by_scene[scene["token"]], key=lambda sample: sample["timestamp"])
+        keyframes = [sample["data"][CHANNEL] for sample in samples if CHANNEL in sample["data"]]
+        sample_scene = {sample["token"]: scene["token"] for sample in samples}
+
+        def in_scene(record: dict) -> bool:
+            return record.get("channel") == CHANNEL and sample_scene.get(record["sample_token"]) == scene["token"]
+
+        walked = walk_chain(self._lookup, keyframes, in_scene)
+        frames = []
+        for record in walked.records:
+            pose = self.nusc.get("ego_pose", record["ego_pose_token"])
+            frames.append(
+                {
+                    "token": record["token"],
+                    "timestamp": int(record["timestamp"]),
+                    "filename": record["filename"],
+                    "ego_translation": [float(value) for value in pose["translation"]],
+                    "ego_rotation": [float(value) for value in pose["rotation"]],
+                }
+            )
+        log = self.nusc.get("log", scene["log_token"])
+        return SceneJob(
+            name=name,
+            token=scene["token"],
+            description=scene["description"],
+            location=log["location"],
+            dataroot=str(Path(self.nusc.dataroot).resolve()),
+            frames=frames,
+            breaks=walked.breaks,
+            chain_rejects=walked.rejects,
+        )

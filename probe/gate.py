@@ -1,0 +1,42 @@
+"""The gate's verdict: does pretraining beat random initialisation, beyond scene-sampling noise?"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+PASS, FAIL = "pass", "fail"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The gate's decision and the reason in words."""
+
+    gate: str
+    """PASS or FAIL."""
+    reason: str
+    """One sentence a user can act on."""
+
+
+def decide(pretrained: float, best_random: float, difference_ci: tuple[float, float], metric: str) -> Verdict:
+    """PASS iff pretrained > best random on the full validation set AND the CI of the difference is above 0.
+
+    pretrained, best_random: primary-metric point estimates; difference_ci: (low, high) of the
+    bootstrap distribution of pretrained − best random.
+    """
+    low, high = difference_ci
+    if not all(math.isfinite(value) for value in (pretrained, best_random, low, high)):
+        return Verdict(FAIL, f"{metric} or its confidence interval is undefined (too few validation scenes or classes)")
+    if pretrained <= best_random:
+        return Verdict(FAIL, f"pretrained {metric} {pretrained:.3f} does not exceed the best random encoder's {best_random:.3f}")
+    if low <= 0.0:
+        return Verdict(
+            FAIL,
+            f"pretrained {metric} {pretrained:.3f} > best random {best_random:.3f}, but the 95% CI of the "
+            f"difference [{low:+.3f}, {high:+.3f}] includes 0: not distinguishable from scene-sampling noise",
+        )
+    return Verdict(
+        PASS,
+        f"pretrained {metric} {pretrained:.3f} > best random {best_random:.3f}; 95% CI of the difference "
+        f"[{low:+.3f}, {high:+.3f}] is above 0",
+    )

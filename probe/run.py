@@ -1,0 +1,97 @@
+"""One probe run: shards + checkpoint -> features of every encoder -> evaluation -> report files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ingest.motion import MotionThresholds
+from probe.data import read_metadata, spread_subset
+from probe.evaluate import Split, evaluate_encoders, shared_scenes
+from probe.features import encode_clips, load_encoders, resolve_device
+from probe.report_files import write_outputs
+from probe.tasks import make_task, targets
+from train.data import resolve_shards
+
+
+class SceneOverlapError(ValueError):
+    """Train and val clip sets share scenes: the probe would measure memorisation, not generalisation."""
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """Everything one `mvm-probe` run needs."""
+
+    checkpoint: str
+    """A run folder (newest complete checkpoint) or a checkpoints/step-NNNNNN folder."""
+    train_shards: str
+    """Shard spec of the clips the linear heads are fitted on (brace pattern, folder, or comma list)."""
+    val_shards: str
+    """Shard spec of the clips the heads are scored on; must share no scene with train_shards."""
+    out: Path
+    """Output folder for report.json, report.md and the PNG."""
+    task: str = "ego-motion"
+    """"ego-motion" (4 classes, balanced accuracy) or "speed" (regression, R²)."""
+    thresholds: MotionThresholds = field(default_factory=MotionThresholds)
+    """Ego-motion class thresholds."""
+    seeds: int = 3
+    """Random-initialisation baselines, seeds 0..seeds-1."""
+    batch_size: int = 16
+    """Clips per forward pass during feature extraction."""
+    device: str = "auto"
+    """"auto", "cpu" or "cuda"."""
+    decoder: str = "decord"
+    """Video decoder: "decord" or "pyav"."""
+    max_clips: int | None = None
+    """Cap per split (evenly spread over the split); None = all clips."""
+    bootstrap: int = 1000
+    """Bootstrap replicates over validation scenes."""
+    seed: int = 0
+    """Seed of the bootstrap resampling."""
+
+
+def load_split_metadata(spec: str, max_clips: int | None) -> tuple[list[str], list[dict]]:
+    """(shard urls, metadata of the selected clips in shard order)."""
+    urls = resolve_shards(spec)
+    metas = read_metadata(urls)
+    if not metas:
+        raise ValueError(f"no clips in {spec}")
+    return urls, [metas[i] for i in spread_subset(len(metas), max_clips)]
+
+
+def run_probe(config: ProbeConfig) -> dict:
+    """Run the gate; write the outputs; return the result dict (see probe/evaluate.py).
+
+    Raises SceneOverlapError before loading any model when the splits share scenes, ValueError on
+    bad inputs.
+    """
+    task = make_task(config.task, config.thresholds)
+    train_urls, train_metas = load_split_metadata(config.train_shards, config.max_clips)
+    val_urls, val_metas = load_split_metadata(config.val_shards, config.max_clips)
+    overlap = shared_scenes((m["scene"] for m in train_metas), (m["scene"] for m in val_metas))
+    if overlap:
+        raise SceneOverlapError(
+            f"train and val shards share {len(overlap)} scene(s): {', '.join(overlap)}. "
+            "A probe scored on scenes it was fitted on measures memorisation; use disjoint scene splits."
+        )
+
+    torch.set_grad_enabled(False)
+    device = resolve_device(config.device)
+    encoders, train_config = load_encoders(config.checkpoint, config.seeds, device)
+    splits = {}
+    for name, urls, metas in (("train", train_urls, train_metas), ("val", val_urls, val_metas)):
+        features = encode_clips(
+            encoders, urls, [m["key"] for m in metas], config.decoder, config.batch_size, device, f"{name} features"
+        )
+        splits[name] = Split(features, targets(task, metas), np.array([m["scene"] for m in metas]))
+
+    result = evaluate_encoders(task, splits["train"], splits["val"], n_boot=config.bootstrap, seed=config.seed)
+    result["checkpoint"] = str(config.checkpoint)
+    result["checkpoint_step"] = getattr(train_config, "step", None)
+    result["model"] = {"preset": train_config.preset, "image_size": list(train_config.model.image_size),
+                       "clip_len": train_config.model.clip_len}
+    write_outputs(result, splits["val"].targets, config.out)
+    return result

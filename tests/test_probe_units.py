@@ -1,0 +1,163 @@
+"""Probe pieces without models or shards: labels from hand-made poses, heads, bootstrap, gate."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from ingest.motion import MotionThresholds
+from probe.evaluate import PRETRAINED, Split, evaluate_encoders, majority_predictions, random_name
+from probe.gate import FAIL, PASS, decide
+from probe.report_files import write_outputs
+from probe.stats import paired_difference, percentile_interval, scene_resamples
+from probe.tasks import class_counts, clip_target, make_task, targets
+from train.online_probe import split_scenes
+
+
+def quaternion_of_yaw(yaw: np.ndarray) -> np.ndarray:
+    """(T,) yaw in radians -> (T, 4) quaternions [w, x, y, z] about +z."""
+    return np.stack([np.cos(yaw / 2), np.zeros_like(yaw), np.zeros_like(yaw), np.sin(yaw / 2)], axis=1)
+
+
+def drive(speed_mps: float, yaw_rate_rps: float, frames: int = 8, interval_s: float = 0.083, yaw0: float = 0.3) -> dict:
+    """Clip metadata of a car moving forward at `speed_mps` while turning at `yaw_rate_rps` (+ = CCW)."""
+    times = np.arange(frames) * interval_s
+    yaw = yaw0 + yaw_rate_rps * times
+    step = speed_mps * interval_s
+    xy = np.cumsum(np.stack([np.cos(yaw), np.sin(yaw)], axis=1) * step, axis=0) + [400.0, 1100.0]
+    return {
+        "timestamps": (1_532_402_927_612_460 + times * 1e6).round().astype(int).tolist(),
+        "ego_translation": np.concatenate([xy, np.zeros((frames, 1))], axis=1).tolist(),
+        "ego_rotation": quaternion_of_yaw(yaw).tolist(),
+    }
+
+
+def test_ego_motion_labels_from_poses_with_sign_convention():
+    task = make_task("ego-motion")
+    assert clip_target(task, drive(0.0, 0.0)) == "stopped"
+    assert clip_target(task, drive(0.2, 0.5)) == "stopped"  # stopped wins over turning
+    assert clip_target(task, drive(8.0, 0.0)) == "straight"
+    assert clip_target(task, drive(8.0, 0.05)) == "straight"
+    # Counter-clockwise seen from above (yaw increasing) is a left turn; across the ±pi wrap too.
+    assert clip_target(task, drive(6.0, 0.3)) == "left"
+    assert clip_target(task, drive(6.0, -0.3)) == "right"
+    assert clip_target(task, drive(6.0, 0.3, yaw0=math.pi - 0.05)) == "left"
+    assert clip_target(task, drive(6.0, -0.3, yaw0=-math.pi + 0.05)) == "right"
+
+
+def test_thresholds_are_configurable_and_speed_target():
+    strict = make_task("ego-motion", MotionThresholds(stopped_speed_mps=3.0, turn_yaw_rate_rps=0.5))
+    assert clip_target(strict, drive(2.0, 0.0)) == "stopped"
+    assert clip_target(strict, drive(6.0, 0.3)) == "straight"
+    speeds = targets(make_task("speed"), [drive(5.0, 0.0), drive(12.0, 0.2)])
+    assert speeds.dtype == np.float64
+    np.testing.assert_allclose(speeds, [5.0, 12.0], rtol=1e-3)
+    labels = targets(make_task("ego-motion"), [drive(0.0, 0), drive(9.0, 0), drive(9.0, 0)])
+    assert class_counts(make_task("ego-motion"), labels) == {"stopped": 1, "straight": 2, "left": 0, "right": 0}
+    with pytest.raises(ValueError, match="unknown task"):
+        make_task("steering")
+
+
+def test_gate_decision_rules():
+    assert decide(0.6, 0.4, (0.05, 0.3), "balanced_accuracy").gate == PASS
+    assert decide(0.6, 0.4, (-0.01, 0.3), "balanced_accuracy").gate == FAIL
+    assert decide(0.4, 0.6, (0.05, 0.3), "balanced_accuracy").gate == FAIL
+    assert decide(0.6, 0.4, (float("nan"), 0.3), "r2").gate == FAIL
+
+
+def test_bootstrap_resamples_whole_scenes_and_is_seeded():
+    scenes = np.array(["a"] * 3 + ["b"] * 5 + ["c"] * 2)
+    first = scene_resamples(scenes, 50, seed=7)
+    assert all(np.array_equal(x, y) for x, y in zip(first, scene_resamples(scenes, 50, seed=7), strict=True))
+    assert any(not np.array_equal(x, y) for x, y in zip(first, scene_resamples(scenes, 50, seed=8), strict=True))
+    for index in first:
+        drawn = scenes[index]
+        for name in set(drawn):  # a drawn scene contributes all its clips, k times over
+            assert np.sum(drawn == name) % np.sum(scenes == name) == 0
+    diff = paired_difference(np.array([0.5, 0.6]), [np.array([0.4, 0.7]), np.array([0.45, 0.5])])
+    np.testing.assert_allclose(diff, [0.05, -0.1])
+    assert percentile_interval(np.linspace(0, 1, 1001)) == pytest.approx((0.025, 0.975))
+
+
+def planted_split(rng: np.random.Generator, scenes: list[str], clips_per_scene: int, signal: float) -> Split:
+    """Features of a pretrained encoder that carry the class with strength `signal`, randoms that carry none."""
+    classes = np.array(["stopped", "straight", "left", "right"])
+    labels = classes[rng.integers(0, 4, len(scenes) * clips_per_scene)]
+    onehot = (labels[:, None] == classes[None, :]).astype(np.float32)
+    class_means = np.random.default_rng(99).normal(size=(4, 24))  # the same directions in train and val
+    features = {PRETRAINED: signal * onehot @ class_means + rng.normal(size=(len(labels), 24))}
+    for seed in range(3):
+        features[random_name(seed)] = rng.normal(size=(len(labels), 24))
+    return Split({k: v.astype(np.float32) for k, v in features.items()}, labels, np.repeat(scenes, clips_per_scene))
+
+
+def test_planted_separable_features_pass_and_noise_fails(tmp_path):
+    task = make_task("ego-motion")
+    rng = np.random.default_rng(0)
+    train_scenes = [f"scene-{i:04d}" for i in range(12)]
+    val_scenes = [f"scene-{i:04d}" for i in range(100, 106)]
+    train, val = planted_split(rng, train_scenes, 20, 3.0), planted_split(rng, val_scenes, 20, 3.0)
+    result = evaluate_encoders(task, train, val, n_boot=300, seed=0)
+    assert result["gate"] == PASS, result["reason"]
+    assert result["pretrained"]["balanced_accuracy"] > 0.8
+    assert result["difference_ci"][0] > 0
+    assert result["random"]["summary"]["best"] < 0.45
+    assert result["n_val_scenes"] == 6 and result["n_val_clips"] == 120
+
+    # The "pretrained" encoder is as uninformative as the randoms: the gate must refuse.
+    train0, val0 = planted_split(rng, train_scenes, 20, 0.0), planted_split(rng, val_scenes, 20, 0.0)
+    null = evaluate_encoders(task, train0, val0, n_boot=300, seed=0)
+    assert null["gate"] == FAIL
+    assert null["difference_ci"][0] <= 0
+
+    paths = write_outputs(result, val.targets, tmp_path)
+    report = json.loads(paths[0].read_text())
+    for field in ("task", "metric", "pretrained", "random", "majority", "difference_ci", "gate", "n_train_clips",
+                  "n_val_clips", "n_val_scenes", "class_counts"):
+        assert field in report
+    assert set(report["random"]["per_seed"]) == {"0", "1", "2"}
+    assert "PASS" in paths[1].read_text()
+    assert paths[2].stat().st_size > 10_000
+
+
+def test_evaluation_is_deterministic_and_refuses_shared_scenes():
+    task = make_task("ego-motion")
+    make = lambda: planted_split(np.random.default_rng(3), [f"s{i}" for i in range(8)], 10, 1.0)  # noqa: E731
+    train = make()
+    val = planted_split(np.random.default_rng(4), [f"v{i}" for i in range(5)], 10, 1.0)
+    first = evaluate_encoders(task, train, val, n_boot=200, seed=5)
+    second = evaluate_encoders(task, make(), val, n_boot=200, seed=5)
+    strip = lambda r: {k: v for k, v in r.items() if not k.startswith("_")}  # noqa: E731
+    assert json.dumps(strip(first), sort_keys=True) == json.dumps(strip(second), sort_keys=True)
+    with pytest.raises(ValueError, match="share scenes"):
+        evaluate_encoders(task, train, train, n_boot=100)
+
+
+def test_speed_regression_and_majority_baseline(tmp_path):
+    task = make_task("speed")
+    rng = np.random.default_rng(1)
+
+    def split(names):
+        speed = rng.uniform(0, 15, len(names) * 10)
+        pretrained = np.concatenate([speed[:, None] + rng.normal(0, 1, (len(speed), 1)), rng.normal(size=(len(speed), 7))], 1)
+        features = {PRETRAINED: pretrained, random_name(0): rng.normal(size=(len(speed), 8))}
+        return Split({k: v.astype(np.float32) for k, v in features.items()}, speed, np.repeat(names, 10))
+
+    result = evaluate_encoders(task, split([f"t{i}" for i in range(10)]), val := split([f"v{i}" for i in range(6)]),
+                               n_boot=200)
+    assert result["metric"] == "r2" and result["pretrained"]["r2"] > 0.8 and result["gate"] == PASS
+    assert result["majority"]["r2"] <= 0.0
+    assert (tmp_path / "speed.png") in write_outputs(result, val.targets, tmp_path)
+    counts = majority_predictions(make_task("ego-motion"), np.array(["left", "straight", "straight"]), 2)
+    assert counts.tolist() == ["straight", "straight"]
+
+
+def test_online_probe_scene_split_is_stable():
+    scenes = [f"scene-{i:04d}" for i in range(10)]
+    train, test = split_scenes(scenes)
+    assert (train, test) == split_scenes(list(reversed(scenes)))
+    assert train.isdisjoint(test) and train | test == set(scenes) and len(test) == 3
+    assert split_scenes(["a", "b"])[1] and split_scenes(["a", "b"])[0]

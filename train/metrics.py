@@ -1,0 +1,103 @@
+"""RUN/metrics.jsonl (one JSON object per logged step or event), RUN/loss.png and the end-of-run table.
+
+Step lines: {"step", "loss", "lr", "grad_norm", "emb_std", "emb_norm", "clips_per_s",
+"data_wait_frac", "step_time_s", "peak_mem_mb", ["comm_frac"], ["probe_*"]}; values are means
+over the steps since the previous line (clips_per_s over all ranks). Event lines carry "event"
+(`nonfinite`, `collapse`, `starvation`, `bad_sample`, `resume`, `stopped`) and "step".
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+from pathlib import Path
+
+import torch
+
+
+def peak_mem_mb(device: torch.device) -> float:
+    """Peak memory: max allocated on a CUDA device, else the process's peak RSS (Linux reports KiB)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """All lines of a JSONL file (empty when it does not exist)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def truncate_after(path: Path, step: int) -> None:
+    """Keep only the lines with "step" <= step: a resumed run rewrites what followed its checkpoint."""
+    path = Path(path)
+    if path.is_file():
+        kept = [line for line in read_jsonl(path) if line.get("step", 0) <= step]
+        path.write_text("".join(json.dumps(line) + "\n" for line in kept))
+
+
+class MetricsLog:
+    """Appends JSON lines to RUN/metrics.jsonl, flushed per line (a killed run keeps what it logged)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.file = self.path.open("a")
+
+    def write(self, record: dict) -> None:
+        """Append one line; floats are rounded to 6 significant digits."""
+        clean = {k: float(f"{v:.6g}") if isinstance(v, float) else v for k, v in record.items()}
+        self.file.write(json.dumps(clean) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def plot_curves(records: list[dict], out: Path) -> None:
+    """RUN/loss.png: loss and grad-norm against step (log scale for the grad norm)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r for r in records if "loss" in r and "event" not in r]
+    fig, (ax_loss, ax_grad) = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax_loss.plot([r["step"] for r in steps], [r["loss"] for r in steps])
+    ax_loss.set(xlabel="step", ylabel="masked-patch MSE", title="loss")
+    ax_grad.plot([r["step"] for r in steps], [r["grad_norm"] for r in steps], color="tab:orange")
+    ax_grad.set(xlabel="step", ylabel="grad norm (before clipping)", title="gradient norm", yscale="log")
+    for ax in (ax_loss, ax_grad):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def summary_rows(records: list[dict]) -> list[tuple[str, str]]:
+    """(name, value) rows for the end-of-run table from the metrics records."""
+    steps = [r for r in records if "loss" in r and "event" not in r]
+    events = [r["event"] for r in records if "event" in r]
+    if not steps:
+        return [("steps logged", "0")]
+    first, last = steps[0], steps[-1]
+    tail = steps[len(steps) // 2 :]
+
+    def mean(name: str) -> float:
+        return sum(r[name] for r in tail) / len(tail)
+
+    rows = [
+        ("steps", f"{last['step']}"),
+        ("loss first -> last", f"{first['loss']:.4f} -> {last['loss']:.4f}"),
+        ("clips/s (second half)", f"{mean('clips_per_s'):.1f}"),
+        ("data_wait_frac (second half)", f"{mean('data_wait_frac'):.3f}"),
+        ("step_time_s (second half)", f"{mean('step_time_s'):.3f}"),
+        ("emb_std last", f"{last['emb_std']:.4f}"),
+        ("peak_mem_mb", f"{max(r['peak_mem_mb'] for r in steps):.0f}"),
+    ]
+    if "comm_frac" in last:
+        rows.append(("comm_frac (second half)", f"{mean('comm_frac'):.3f}"))
+    for name in sorted(set(events)):
+        rows.append((f"events: {name}", str(events.count(name))))
+    return rows

@@ -1,0 +1,204 @@
+"""Masked video model: patch-local CNN embedding, space-time transformer encoder on visible
+tokens, light transformer decoder with mask tokens, MSE on masked patches.
+
+Tokens: one per (frame, spatial patch), ordered frame-major: token l = t * N + n with
+N = (H / p) * (W / p) patches per frame and L = T * N tokens per clip.
+
+No cheating: the visible patches' pixels are gathered *before* the CNN stem, and the stem runs
+on each patch separately (no normalization across patches or clips), so masked pixels never
+reach the encoder (tests/test_train_model.py proves the gradient is exactly zero).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from train.config import ModelConfig
+
+
+def patchify(video: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(B, T, C, H, W) -> (B, T * N, p * p * C), N = (H / p) * (W / p); pixel order (py, px, c)."""
+    batch, frames, channels, height, width = video.shape
+    rows, cols = height // patch_size, width // patch_size
+    x = video.reshape(batch, frames, channels, rows, patch_size, cols, patch_size)
+    x = x.permute(0, 1, 3, 5, 4, 6, 2)
+    return x.reshape(batch, frames * rows * cols, patch_size * patch_size * channels)
+
+
+def unpatchify(patches: torch.Tensor, frames: int, image_size: tuple[int, int], patch_size: int) -> torch.Tensor:
+    """(B, T * N, p * p * C) -> (B, T, C, H, W); the exact inverse of patchify."""
+    height, width = image_size
+    rows, cols = height // patch_size, width // patch_size
+    batch = patches.shape[0]
+    channels = patches.shape[-1] // (patch_size * patch_size)
+    x = patches.reshape(batch, frames, rows, cols, patch_size, patch_size, channels)
+    x = x.permute(0, 1, 6, 2, 4, 3, 5)
+    return x.reshape(batch, frames, channels, height, width)
+
+
+def make_mask(
+    batch: int, frames: int, patches_per_frame: int, ratio: float, kind: str, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample which tokens the encoder sees.
+
+    Returns ids_keep (B, L_vis) int64 sorted token indices and mask (B, L) bool, True = masked,
+    with L = T * N. Every clip keeps the same number of tokens (so the batch stays rectangular):
+    tube keeps round(N * (1 - ratio)) spatial positions in every frame; random keeps
+    round(L * (1 - ratio)) tokens anywhere. At least one token is always kept and one masked.
+    """
+    tokens = frames * patches_per_frame
+    if kind == "tube":
+        keep_per_frame = min(max(1, round(patches_per_frame * (1 - ratio))), patches_per_frame - 1)
+        scores = torch.rand(batch, patches_per_frame, generator=generator)
+        spatial = scores.argsort(dim=1)[:, :keep_per_frame]
+        offsets = torch.arange(frames).view(1, frames, 1) * patches_per_frame
+        ids_keep = (spatial.unsqueeze(1) + offsets).reshape(batch, -1)
+    elif kind == "random":
+        keep = min(max(1, round(tokens * (1 - ratio))), tokens - 1)
+        ids_keep = torch.rand(batch, tokens, generator=generator).argsort(dim=1)[:, :keep]
+    else:
+        raise ValueError(f"unknown mask type {kind!r}; use 'tube' or 'random'")
+    ids_keep = ids_keep.sort(dim=1).values
+    mask = torch.ones(batch, tokens, dtype=torch.bool)
+    mask.scatter_(1, ids_keep, False)
+    return ids_keep, mask
+
+
+def normalize_patches(patches: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """(..., P) -> (..., P): each patch to zero mean, unit variance over its own pixels."""
+    mean = patches.mean(dim=-1, keepdim=True)
+    var = patches.var(dim=-1, keepdim=True)
+    return (patches - mean) / (var + eps).sqrt()
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over masked tokens only. pred, target (B, L, P); mask (B, L) bool -> scalar."""
+    per_token = ((pred.float() - target.float()) ** 2).mean(dim=-1)
+    weights = mask.to(per_token.dtype)
+    return (per_token * weights).sum() / weights.sum()
+
+
+def _blocks(dim: int, depth: int, heads: int, mlp_ratio: float) -> nn.TransformerEncoder:
+    layer = nn.TransformerEncoderLayer(
+        dim, heads, int(dim * mlp_ratio), dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+    )
+    return nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+
+
+class PatchStem(nn.Module):
+    """Patch-local CNN: each (C, p, p) patch -> one embed_dim token, never looking outside the patch.
+
+    A 3x3 stride-2 conv (zero padding at the patch border, GELU) then a conv whose kernel covers
+    the whole half-size patch. No batch/group norm: those would mix statistics across patches.
+    """
+
+    def __init__(self, patch_size: int, channels: int, embed_dim: int):
+        super().__init__()
+        if patch_size % 2:
+            raise ValueError(f"patch_size must be even, got {patch_size}")
+        self.patch_size = patch_size
+        self.conv1 = nn.Conv2d(3, channels, 3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(channels, embed_dim, patch_size // 2)
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        """(B, K, p * p * 3) patches as from patchify -> (B, K, embed_dim)."""
+        batch, count, _ = patches.shape
+        p = self.patch_size
+        x = patches.reshape(batch * count, p, p, 3).permute(0, 3, 1, 2)
+        x = self.conv2(F.gelu(self.conv1(x)))
+        return x.reshape(batch, count, -1)
+
+
+class MaskedVideoModel(nn.Module):
+    """MAE-style masked video model; see the module docstring for token order and the no-leak rule."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        height, width = cfg.image_size
+        if height % cfg.patch_size or width % cfg.patch_size:
+            raise ValueError(f"image size {cfg.image_size} is not divisible by patch size {cfg.patch_size}")
+        if cfg.clip_len < 2:
+            raise ValueError(f"clip_len must be at least 2 (motion needs two frames), got {cfg.clip_len}")
+        self.cfg = cfg
+        self.frames = cfg.clip_len
+        self.patches_per_frame = (height // cfg.patch_size) * (width // cfg.patch_size)
+        patch_dim = cfg.patch_size * cfg.patch_size * 3
+        self.stem = PatchStem(cfg.patch_size, cfg.stem_channels, cfg.embed_dim)
+        self.space_pos = nn.Parameter(torch.zeros(1, 1, self.patches_per_frame, cfg.embed_dim))
+        self.time_pos = nn.Parameter(torch.zeros(1, cfg.clip_len, 1, cfg.embed_dim))
+        self.encoder = _blocks(cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio)
+        self.encoder_norm = nn.LayerNorm(cfg.embed_dim)
+        self.decoder_embed = nn.Linear(cfg.embed_dim, cfg.decoder_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.decoder_dim))
+        self.decoder_space_pos = nn.Parameter(torch.zeros(1, 1, self.patches_per_frame, cfg.decoder_dim))
+        self.decoder_time_pos = nn.Parameter(torch.zeros(1, cfg.clip_len, 1, cfg.decoder_dim))
+        self.decoder = _blocks(cfg.decoder_dim, cfg.decoder_depth, cfg.decoder_heads, cfg.mlp_ratio)
+        self.decoder_norm = nn.LayerNorm(cfg.decoder_dim)
+        self.head = nn.Linear(cfg.decoder_dim, patch_dim)
+        for param in (self.space_pos, self.time_pos, self.mask_token, self.decoder_space_pos, self.decoder_time_pos):
+            nn.init.trunc_normal_(param, std=0.02)
+
+    def _pos(self, space: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
+        """Separable position embedding: (1, N, d) space + (T, 1, d) time -> (1, L, d)."""
+        return (space + time).reshape(1, self.frames * self.patches_per_frame, -1)
+
+    def encode(self, patches: torch.Tensor, ids_keep: torch.Tensor | None) -> torch.Tensor:
+        """Encoder on the kept tokens only.
+
+        patches (B, L, p * p * 3) from patchify; ids_keep (B, L_vis) or None for all tokens.
+        Returns normalized token features (B, L_vis, embed_dim).
+        """
+        pos = self._pos(self.space_pos, self.time_pos).expand(patches.shape[0], -1, -1)
+        if ids_keep is not None:
+            patches = torch.gather(patches, 1, ids_keep.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
+            pos = torch.gather(pos, 1, ids_keep.unsqueeze(-1).expand(-1, -1, pos.shape[-1]))
+        tokens = self.stem(patches) + pos
+        return self.encoder_norm(self.encoder(tokens))
+
+    def decode(self, latent: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
+        """latent (B, L_vis, embed_dim), ids_keep (B, L_vis) -> predicted patches (B, L, p * p * 3)."""
+        batch = latent.shape[0]
+        tokens = self.frames * self.patches_per_frame
+        visible = self.decoder_embed(latent)
+        full = self.mask_token.to(visible.dtype).expand(batch, tokens, -1).clone()
+        full = full.scatter(1, ids_keep.unsqueeze(-1).expand(-1, -1, full.shape[-1]), visible)
+        full = full + self._pos(self.decoder_space_pos, self.decoder_time_pos)
+        return self.head(self.decoder_norm(self.decoder(full)))
+
+    def forward(self, video: torch.Tensor, ids_keep: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """video (B, T, 3, H, W) in [0, 1]; ids_keep (B, L_vis); mask (B, L) bool, True = masked.
+
+        Returns loss (scalar, MSE on masked patches), pred (B, L, p * p * 3) in target space
+        (per-patch normalized when cfg.norm_pix_loss), and pooled (B, embed_dim): the mean of
+        the visible tokens' features, for the emb_std/emb_norm health metrics.
+        """
+        patches = patchify(video, self.cfg.patch_size)
+        latent = self.encode(patches, ids_keep)
+        pred = self.decode(latent, ids_keep)
+        target = normalize_patches(patches) if self.cfg.norm_pix_loss else patches
+        return {"loss": masked_mse(pred, target, mask), "pred": pred, "pooled": latent.float().mean(dim=1)}
+
+    @torch.no_grad()
+    def features(self, video: torch.Tensor) -> torch.Tensor:
+        """Frozen-encoder features of unmasked clips, the one pooling every probe uses.
+
+        video (B, T, 3, H, W) float in [0, 1] -> (B, 3 * embed_dim). The encoder sees all tokens;
+        its token features are averaged over space per frame, giving f (B, T, d). Returned:
+        [mean_t f, mean of the second half of the frames - mean of the first half, mean_t |f_t+1 - f_t|].
+        The signed half-difference keeps the direction of change (left vs right turn) and the
+        mean absolute step keeps its magnitude (stopped vs moving), both reachable by a linear probe.
+        """
+        patches = patchify(video, self.cfg.patch_size)
+        tokens = self.encode(patches, None).float()
+        per_frame = tokens.reshape(video.shape[0], self.frames, self.patches_per_frame, -1).mean(dim=2)
+        half = self.frames // 2
+        change = per_frame[:, half:].mean(dim=1) - per_frame[:, :half].mean(dim=1)
+        speed = (per_frame[:, 1:] - per_frame[:, :-1]).abs().mean(dim=1)
+        return torch.cat([per_frame.mean(dim=1), change, speed], dim=1)
+
+
+def build_model(model_cfg: ModelConfig) -> MaskedVideoModel:
+    """A freshly initialised MaskedVideoModel (seed torch beforehand for a reproducible init)."""
+    return MaskedVideoModel(model_cfg)
