@@ -48,14 +48,14 @@ def ingest_scaling(runs: list[IngestRun]) -> dict:
 
 
 def trainer_memory_vs_shards(
-    runs: list[IngestRun], work: Path, *, steps: int, warmup: int, batch_size: int, overrides: Path
+    runs: list[IngestRun], work: Path, *, steps: int, warmup: int, batch_size: int, log_every: int
 ) -> dict:
     """Peak memory of the same short `tiny` run (0 workers) pointed at each ingest output."""
     rows = []
     for run in runs:
         train = run_training(
             run.out, work / f"train-shards{run.shards}", model="tiny", steps=steps, workers=0, device="cpu",
-            warmup=warmup, batch_size=batch_size, overrides=overrides,
+            warmup=warmup, batch_size=batch_size, log_every=log_every,
         )  # fmt: skip
         rows.append({"shards": run.shards, "clips": run.clips, "peak_mem_mb": train.summary["peak_mem_mb"],
                      "process_peak_rss_mb": train.child.peak_rss_mb})  # fmt: skip

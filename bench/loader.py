@@ -228,7 +228,7 @@ def loader_sources(setup: LoaderSetup, clips: list[ClipRef]) -> dict[str, Callab
 LOADER_LABELS = {
     "shards_decord": "(a) shards, decord",
     "shards_pyav": "(b) shards, PyAV",
-    "naive_devkit_jpeg": "(c) devkit JPEGs 1600x900 + resize",
+    "naive_devkit_jpeg": "(c) devkit full-size JPEGs + resize",
     "resized_jpeg": "(d) pre-resized JPEG folder",
 }
 BASELINE = "naive_devkit_jpeg"

@@ -53,7 +53,7 @@ def codec_versions() -> dict[str, str]:
     from PIL import features
 
     found = {
-        "libjpeg": str(features.version("jpg")),
+        "libjpeg": str(features.version("libjpeg_turbo") or features.version("jpg")),
         "libjpeg_turbo": str(features.check_feature("libjpeg_turbo")),
     }
     try:

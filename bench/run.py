@@ -90,16 +90,6 @@ def ingest_resize(size: tuple[int, int]) -> Callable[[Path], np.ndarray]:
     return lambda path: load_frame(path, size)
 
 
-def train_overrides(config: BenchConfig, work: Path) -> Path:
-    """A --config file for the training runs: frequent metrics, no viz or checkpoints mid-run."""
-    path = work / "train-overrides.json"
-    never = config.train_steps + 1
-    path.write_text(
-        json.dumps({"log_every": config.train_log_every, "viz_every": never, "ckpt_every": never})
-    )
-    return path
-
-
 class Sections:
     """Runs the independent measurement sections under one progress bar, keeping each result or error."""
 
@@ -175,7 +165,7 @@ def run_bench(config: BenchConfig, mode: str, work: Path = WORK_DIR) -> tuple[di
                          lambda: storage.bench_storage(shard_dir, clips, source_path, resized_dir, resize,
                                                        config.psnr_clips))  # fmt: skip
         train_args = {"steps": config.train_steps, "warmup": config.train_warmup_logs,
-                      "batch_size": config.train_batch, "overrides": train_overrides(config, work)}  # fmt: skip
+                      "batch_size": config.train_batch, "log_every": config.train_log_every}  # fmt: skip
         sections.measure("training", "mvm-train --model tiny, 0/1/2 workers",
                          lambda: training.bench_training(shard_dir, work, workers=config.train_workers,
                                                          **train_args))  # fmt: skip

@@ -57,9 +57,12 @@ def run_training(
     device: str,
     warmup: int,
     batch_size: int,
-    overrides: Path,
+    log_every: int,
 ) -> TrainRun:
-    """Train `steps` steps from scratch on `shards` into a fresh `out` and summarize it."""
+    """Train `steps` steps from scratch on `shards` into a fresh `out` and summarize it.
+
+    Metrics every `log_every` steps; no pictures or checkpoints before the end (they would be timed).
+    """
     shutil.rmtree(out, ignore_errors=True)
     args = [
         venv_script("mvm-train"),
@@ -70,7 +73,9 @@ def run_training(
         "--workers", str(workers),
         "--device", device,
         "--batch-size", str(batch_size),
-        "--config", str(overrides),
+        "--log-every", str(log_every),
+        "--viz-every", str(steps + 1),
+        "--ckpt-every", str(steps + 1),
     ]  # fmt: skip
     child = run_child(args, out.with_name(out.name + ".log")).check()
     return TrainRun(summarize_steps(read_step_metrics(out), warmup), child)
@@ -84,19 +89,16 @@ def bench_training(
     warmup: int,
     workers: tuple[int, ...],
     batch_size: int,
-    overrides: Path,
+    log_every: int,
 ) -> dict:
-    """tiny on CPU with each worker count; ratios of clips/s against 0 workers. GPU rows when CUDA exists.
-
-    overrides: a --config JSON file applied to every run (logging cadence, no mid-run checkpoints).
-    """
+    """tiny on CPU with each worker count; ratios of clips/s against 0 workers. GPU rows when CUDA exists."""
     import torch
 
     rows = []
     for count in workers:
         run = run_training(
             shards, work / f"train-cpu-w{count}", model="tiny", steps=steps, workers=count, device="cpu",
-            warmup=warmup, batch_size=batch_size, overrides=overrides,
+            warmup=warmup, batch_size=batch_size, log_every=log_every,
         )  # fmt: skip
         rows.append({"device": "cpu", "model": "tiny", "workers": count, **run.summary,
                      "process_peak_rss_mb": run.child.peak_rss_mb, "wall_s": run.child.wall_s})  # fmt: skip
@@ -109,7 +111,7 @@ def bench_training(
         for model in ("small", "base"):
             run = run_training(
                 shards, work / f"train-cuda-{model}", model=model, steps=steps, workers=max(workers),
-                device="cuda", warmup=warmup, batch_size=batch_size, overrides=overrides,
+                device="cuda", warmup=warmup, batch_size=batch_size, log_every=log_every,
             )  # fmt: skip
             gpu_rows.append({"device": "cuda", "model": model, "workers": max(workers), **run.summary})
         result["gpu_rows"] = gpu_rows

@@ -90,7 +90,12 @@ def walk_chain(
             if following is None or following["prev"] != current["token"] or following["token"] in visited:
                 why = "missing record" if following is None else "prev does not point back or loop"
                 rejects.append(
-                    Reject(len(records) - 1, current["timestamp"], "broken_chain", f"next {current['next']}: {why}")
+                    Reject(
+                        len(records) - 1,
+                        current["timestamp"],
+                        "broken_chain",
+                        f"next {current['next']}: {why}",
+                    )
                 )
                 break
             if not in_scene(following):
@@ -140,7 +145,9 @@ def split_segments(
             close()
         elif current and timestamp - timestamps[current[-1]] > max_gap_us:
             interval_ms = (timestamp - timestamps[current[-1]]) / 1000
-            rejects.append(Reject(position, timestamp, "gap", f"{interval_ms:g} ms > {max_gap_us / 1000:g} ms"))
+            rejects.append(
+                Reject(position, timestamp, "gap", f"{interval_ms:g} ms > {max_gap_us / 1000:g} ms")
+            )
             close()
         current.append(position)
         latest = timestamp

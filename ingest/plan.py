@@ -26,6 +26,7 @@ from ingest.video import encode_clip
 
 MANIFEST = "manifest.json"
 SHARD_PATTERN = re.compile(r"shard-\d{6}\.tar")
+LEDGER_PATTERN = re.compile(r"part-(\d{4})-of-(\d{4})\.json")
 
 
 class FinalizeError(RuntimeError):
@@ -76,6 +77,28 @@ def write_ledger(out: Path, config: IngestConfig, part: int, parts: int, sidecar
     return path
 
 
+def discover_parts(out: Path) -> int:
+    """N of the part ledgers under DIR/parts: the one N whose ledgers are all present.
+
+    Raises FinalizeError naming the missing parts when no N is complete.
+    """
+    found: dict[int, set[int]] = {}
+    for path in (out / "parts").glob("part-*-of-*.json"):
+        match = LEDGER_PATTERN.fullmatch(path.name)
+        if match:
+            found.setdefault(int(match.group(2)), set()).add(int(match.group(1)))
+    if not found:
+        raise FinalizeError(f"no part ledgers under {out / 'parts'}: run the --part I/N steps first")
+    for parts in sorted(found):
+        if found[parts] == set(range(parts)):
+            return parts
+    missing = "; ".join(
+        f"of {parts}: {', '.join(f'{part}/{parts}' for part in sorted(set(range(parts)) - present))}"
+        for parts, present in sorted(found.items())
+    )
+    raise FinalizeError(f"parts not finished (no ledger under {out / 'parts'}) {missing}")
+
+
 def read_ledgers(out: Path, config: IngestConfig, scenes: list[str], parts: int) -> list[dict]:
     """Every part's sidecars, in plan order, after checking all ledgers exist and agree."""
     missing = [part for part in range(parts) if not ledger_path(out, part, parts).is_file()]
@@ -89,7 +112,9 @@ def read_ledgers(out: Path, config: IngestConfig, scenes: list[str], parts: int)
         if ledger["config_digest"] != config.digest():
             raise FinalizeError(f"part {part}/{parts} ran with other options: {ledger['config']}")
         if ledger["software"] != software:
-            raise FinalizeError(f"part {part}/{parts} ran with other software: {ledger['software']} != {software}")
+            raise FinalizeError(
+                f"part {part}/{parts} ran with other software: {ledger['software']} != {software}"
+            )
         for sidecar in ledger["scenes"]:
             by_scene[sidecar["scene"]["name"]] = sidecar
     if sorted(by_scene) != scenes:

@@ -18,7 +18,9 @@ def clip_span(clip_len: int, stride: int) -> int:
     return (clip_len - 1) * stride + 1
 
 
-def clip_starts(segment_len: int, clip_len: int, stride: int, hop: int, rng: np.random.Generator) -> list[int]:
+def clip_starts(
+    segment_len: int, clip_len: int, stride: int, hop: int, rng: np.random.Generator
+) -> list[int]:
     """Clip start offsets within a segment of `segment_len` frames, `hop` apart.
 
     The first offset is drawn uniformly from the slack the segment leaves after the most clips

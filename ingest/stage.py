@@ -66,7 +66,9 @@ def clip_metadata(job: SceneJob, config: IngestConfig, positions: list[int]) -> 
     }
 
 
-def load_scene_frames(job: SceneJob, size: tuple[int, int]) -> tuple[dict[int, np.ndarray], dict[int, tuple[str, str]]]:
+def load_scene_frames(
+    job: SceneJob, size: tuple[int, int]
+) -> tuple[dict[int, np.ndarray], dict[int, tuple[str, str]]]:
     """Decode every frame of the chain: (position -> uint8 (H, W, 3), position -> (reason, detail))."""
     images, bad = {}, {}
     for position, frame in enumerate(job.frames):
@@ -98,7 +100,9 @@ def stage_scene(job: SceneJob, config: IngestConfig, staging_dir: Path) -> dict:
         for start in clip_starts(len(segment), config.clip_len, config.stride, config.hop, rng):
             positions = segment[start : start + span : config.stride]
             metadata = clip_metadata(job, config, positions)
-            video = encode_clip(np.stack([images[p] for p in positions]), crf=config.crf, preset=config.preset)
+            video = encode_clip(
+                np.stack([images[p] for p in positions]), crf=config.crf, preset=config.preset
+            )
             members.append((f"{metadata['key']}.json", json.dumps(metadata, sort_keys=True).encode()))
             members.append((f"{metadata['key']}.mp4", video))
     if not segments:

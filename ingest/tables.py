@@ -49,7 +49,9 @@ def open_nuscenes(dataroot: str | Path, version: str) -> NuScenes:
     if not root.is_dir():
         raise DatarootError(f"dataroot {str(root)!r} does not exist or is not a folder")
     if not (root / version).is_dir():
-        present = sorted(path.name for path in root.iterdir() if path.is_dir() and path.name.startswith("v1.0"))
+        present = sorted(
+            path.name for path in root.iterdir() if path.is_dir() and path.name.startswith("v1.0")
+        )
         raise DatarootError(
             f"version folder {str(root / version)!r} does not exist; this dataroot has: {', '.join(present) or 'none'}"
         )
@@ -80,7 +82,10 @@ class SceneTables:
         sample_scene = {sample["token"]: scene["token"] for sample in samples}
 
         def in_scene(record: dict) -> bool:
-            return record.get("channel") == CHANNEL and sample_scene.get(record["sample_token"]) == scene["token"]
+            return (
+                record.get("channel") == CHANNEL
+                and sample_scene.get(record["sample_token"]) == scene["token"]
+            )
 
         walked = walk_chain(self._lookup, keyframes, in_scene)
         frames = []

@@ -24,7 +24,7 @@ import numpy as np
 DEFAULT_CRF = 14
 """x264 constant rate factor; chosen for mean RGB PSNR >= 35 dB on natural frames (shards/README.md)."""
 DEFAULT_PRESET = "faster"
-"""x264 speed/quality trade-off: ~2x the speed of `medium` at the same PSNR for ~same size (README)."""
+"""x264 speed/size trade-off: ~1.6x the speed of `medium` at the same PSNR (shards/README.md)."""
 NOMINAL_FPS = 12
 """Container frame rate (CAM_FRONT runs at ~12 Hz); frame times in the MP4 are index / NOMINAL_FPS."""
 

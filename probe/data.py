@@ -1,35 +1,28 @@
-"""Clip sets of the probe: metadata first (cheap, no decoding), then the selected clips' frames.
+"""Clip sets of the probe: metadata first (no decoding), then the frames of the selected clips.
 
-Reading only the `.json` members lets the CLI refuse overlapping train/val scenes and choose a
-`--max-clips` subset before any model is loaded or any video decoded.
+The metadata pass lets the CLI refuse overlapping train/val scenes and choose a `--max-clips`
+subset before any model is loaded or any video decoded. Both passes read the shards through
+train.data (same tar layout, same error messages naming shard and key).
 """
 
 from __future__ import annotations
 
 import json
-import tarfile
 from collections.abc import Iterator
 
 import numpy as np
 
-from train.data import iter_clips
+from train.data import ShardError, decode_sample, iter_samples
 
 
 def read_metadata(urls: list[str]) -> list[dict]:
-    """Clip metadata of every sample, in shard order then sample order (the order of iter_clips).
-
-    urls: local shard paths (as from train.data.resolve_shards). Only `<key>.json` members are read.
-    """
+    """Clip metadata of every sample, in shard order then sample order (the order of iter_clips)."""
     metas = []
     for url in urls:
-        path = url.removeprefix("file:")
-        try:
-            with tarfile.open(path) as archive:
-                for member in archive:
-                    if member.isfile() and member.name.endswith(".json"):
-                        metas.append(json.loads(archive.extractfile(member).read()))
-        except (OSError, tarfile.TarError, json.JSONDecodeError) as error:
-            raise ValueError(f"cannot read clip metadata from shard {url}: {error}") from error
+        for sample in iter_samples(url):
+            if "json" not in sample:
+                raise ShardError(f"shard {url}, sample {sample['key']}: no .json metadata member")
+            metas.append(json.loads(sample["json"]))
     return metas
 
 
@@ -47,17 +40,18 @@ def spread_subset(count: int, max_clips: int | None) -> np.ndarray:
 def iter_selected_frames(urls: list[str], keys: list[str], decoder: str) -> Iterator[np.ndarray]:
     """(T, H, W, 3) uint8 frames of the clips named in `keys`, in that order (which is shard order).
 
-    Raises ValueError if the shards do not hold exactly these keys in this order (a shard changed
-    between the metadata pass and decoding).
+    Only the selected clips are decoded. Raises ShardError if the shards do not hold exactly these
+    keys in this order (a shard changed between the metadata pass and decoding).
     """
     wanted = set(keys)
     position = 0
-    for key, frames, _meta in iter_clips(urls, decoder=decoder):
-        if key not in wanted:
-            continue
-        if position >= len(keys) or key != keys[position]:
-            raise ValueError(f"shard contents changed while probing: got clip {key}, expected {keys[position:position + 1]}")
-        position += 1
-        yield frames
+    for url in urls:
+        for sample in iter_samples(url):
+            if sample["key"] not in wanted:
+                continue
+            if position >= len(keys) or sample["key"] != keys[position]:
+                raise ShardError(f"shard {url} changed while probing: unexpected clip {sample['key']}")
+            position += 1
+            yield decode_sample(sample, decoder, None)[0]
     if position != len(keys):
-        raise ValueError(f"shard contents changed while probing: {len(keys) - position} selected clips not found")
+        raise ShardError(f"shards changed while probing: {len(keys) - position} selected clips not found")

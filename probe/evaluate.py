@@ -70,7 +70,9 @@ def evaluate_encoders(task: Task, train: Split, val: Split, n_boot: int = 1000, 
     overlap = shared_scenes(train.scenes, val.scenes)
     if overlap:
         raise ValueError(f"train and val share scenes {overlap}")
-    randoms = sorted((name for name in train.features if name != PRETRAINED), key=lambda n: int(n.split("-")[1]))
+    randoms = sorted(
+        (name for name in train.features if name != PRETRAINED), key=lambda n: int(n.split("-")[1])
+    )
     if PRETRAINED not in train.features or not randoms:
         raise ValueError("need a 'pretrained' encoder and at least one 'random-<seed>' encoder")
 
@@ -99,7 +101,9 @@ def evaluate_encoders(task: Task, train: Split, val: Split, n_boot: int = 1000, 
     best_random = max(randoms, key=lambda name: random_scores[name])
     point_difference = encoders[PRETRAINED][task.metric] - random_scores[best_random]
     difference_ci = percentile_interval(difference)
-    verdict = decide(encoders[PRETRAINED][task.metric], random_scores[best_random], difference_ci, task.metric)
+    verdict = decide(
+        encoders[PRETRAINED][task.metric], random_scores[best_random], difference_ci, task.metric
+    )
     values = np.array(list(random_scores.values()))
 
     result = {
@@ -139,7 +143,12 @@ def evaluate_encoders(task: Task, train: Split, val: Split, n_boot: int = 1000, 
         }
     else:
         result["target_summary"] = {
-            split: {"mean": float(np.mean(y)), "std": float(np.std(y)), "min": float(np.min(y)), "max": float(np.max(y))}
+            split: {
+                "mean": float(np.mean(y)),
+                "std": float(np.std(y)),
+                "min": float(np.min(y)),
+                "max": float(np.max(y)),
+            }
             for split, y in (("train", train.targets), ("val", val.targets))
         }
     return result

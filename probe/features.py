@@ -23,7 +23,7 @@ from train.online_probe import extract_features
 
 
 def resolve_device(device: str) -> torch.device:
-    """"auto" -> CUDA when available else CPU; "cpu"/"cuda" as given (ValueError if CUDA is missing)."""
+    """Device for "auto" (CUDA when available, else CPU), "cpu" or "cuda" (ValueError if CUDA is missing)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
@@ -31,7 +31,9 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def load_encoders(checkpoint: str, seeds: int, device: torch.device) -> tuple[dict[str, torch.nn.Module], object]:
+def load_encoders(
+    checkpoint: str, seeds: int, device: torch.device
+) -> tuple[dict[str, torch.nn.Module], object]:
     """(name -> model on `device` in eval mode, the checkpoint's TrainConfig)."""
     pretrained, config = load_for_eval(checkpoint, device=device)
     encoders = {PRETRAINED: pretrained}
@@ -53,5 +55,7 @@ def encode_clips(
     description: str = "features",
 ) -> dict[str, np.ndarray]:
     """name -> (len(keys), F) float32 features of the named clips, decoded once for all encoders."""
-    frames = track(iter_selected_frames(urls, keys, decoder), total=len(keys), description=description, transient=True)
+    frames = track(
+        iter_selected_frames(urls, keys, decoder), total=len(keys), description=description, transient=True
+    )
     return extract_features(encoders, frames, batch_size=batch_size, device=device)

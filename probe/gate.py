@@ -26,9 +26,14 @@ def decide(pretrained: float, best_random: float, difference_ci: tuple[float, fl
     """
     low, high = difference_ci
     if not all(math.isfinite(value) for value in (pretrained, best_random, low, high)):
-        return Verdict(FAIL, f"{metric} or its confidence interval is undefined (too few validation scenes or classes)")
+        return Verdict(
+            FAIL, f"{metric} or its confidence interval is undefined (too few validation scenes or classes)"
+        )
     if pretrained <= best_random:
-        return Verdict(FAIL, f"pretrained {metric} {pretrained:.3f} does not exceed the best random encoder's {best_random:.3f}")
+        return Verdict(
+            FAIL,
+            f"pretrained {metric} {pretrained:.3f} does not exceed the best random encoder's {best_random:.3f}",
+        )
     if low <= 0.0:
         return Verdict(
             FAIL,

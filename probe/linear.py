@@ -21,6 +21,7 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.model_selection import GridSearchCV, GroupKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from probe.tasks import Task
 
@@ -47,7 +48,12 @@ class FittedHead:
 def _pipeline(task: Task) -> tuple[Pipeline, str, tuple[float, ...], str]:
     if task.kind == "classification":
         head = LogisticRegression(class_weight="balanced", max_iter=5000)
-        return Pipeline([("scale", StandardScaler()), ("head", head)]), "head__C", LOGISTIC_C_GRID, "balanced_accuracy"
+        return (
+            Pipeline([("scale", StandardScaler()), ("head", head)]),
+            "head__C",
+            LOGISTIC_C_GRID,
+            "balanced_accuracy",
+        )
     return Pipeline([("scale", StandardScaler()), ("head", Ridge())]), "head__alpha", RIDGE_ALPHA_GRID, "r2"
 
 
@@ -60,9 +66,13 @@ def fit_head(task: Task, features: np.ndarray, targets: np.ndarray, scenes: np.n
     """
     pipeline, param, grid, scoring = _pipeline(task)
     if task.kind == "classification" and len(np.unique(targets)) < 2:
-        raise ValueError(f"the training clips hold a single class {np.unique(targets).tolist()}: nothing to probe")
+        raise ValueError(
+            f"the training clips hold a single class {np.unique(targets).tolist()}: nothing to probe"
+        )
     n_folds = min(MAX_CV_FOLDS, len(np.unique(scenes)))
-    with warnings.catch_warnings():
+    # One BLAS thread: these fits are small, so threads only add overhead (3x slower on 2 shared
+    # cores) and make float sums depend on the thread count.
+    with warnings.catch_warnings(), threadpool_limits(limits=1):
         # Scene folds can miss a rare class; scores then warn but stay well defined.
         warnings.simplefilter("ignore", UserWarning)
         warnings.simplefilter("ignore", ConvergenceWarning)

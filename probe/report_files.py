@@ -45,7 +45,9 @@ def _ci(ci) -> str:
 def markdown(result: dict) -> str:
     """A human-readable report.md of the result dict."""
     metric = result["metric"]
-    columns = ["balanced_accuracy", "macro_f1", "accuracy"] if metric == "balanced_accuracy" else ["r2", "mae"]
+    columns = (
+        ["balanced_accuracy", "macro_f1", "accuracy"] if metric == "balanced_accuracy" else ["r2", "mae"]
+    )
     rows = [("pretrained", result["pretrained"])]
     rows += [(f"random seed {seed}", scores) for seed, scores in result["random"]["per_seed"].items()]
     rows.append(("majority" if metric == "balanced_accuracy" else "mean", result["majority"]))
@@ -72,7 +74,9 @@ def markdown(result: dict) -> str:
     if "class_counts" in result:
         lines += ["", "| class | train clips | val clips |", "|---|---|---|"]
         for name in result["classes"]:
-            lines.append(f"| {name} | {result['class_counts']['train'][name]} | {result['class_counts']['val'][name]} |")
+            lines.append(
+                f"| {name} | {result['class_counts']['train'][name]} | {result['class_counts']['val'][name]} |"
+            )
     thresholds = result["thresholds"]
     lines += [
         "",
@@ -98,14 +102,25 @@ def plot_confusions(result: dict, val_targets: np.ndarray, path: Path) -> None:
         axis.imshow(rates, vmin=0.0, vmax=1.0, cmap="Blues")
         for row in range(len(classes)):
             for col in range(len(classes)):
-                axis.text(col, row, f"{int(matrix[row, col])}", ha="center", va="center",
-                          color="white" if rates[row, col] > 0.5 else "black", fontsize=9)
+                axis.text(
+                    col,
+                    row,
+                    f"{int(matrix[row, col])}",
+                    ha="center",
+                    va="center",
+                    color="white" if rates[row, col] > 0.5 else "black",
+                    fontsize=9,
+                )
         axis.set_xticks(range(len(classes)), classes, rotation=45)
         axis.set_yticks(range(len(classes)), classes)
         axis.set_xlabel("predicted")
         axis.set_ylabel("true")
-        score = result["pretrained"] if name == PRETRAINED else (
-            result["majority"] if name == MAJORITY else result["random"]["per_seed"][name.split("-")[1]]
+        score = (
+            result["pretrained"]
+            if name == PRETRAINED
+            else (
+                result["majority"] if name == MAJORITY else result["random"]["per_seed"][name.split("-")[1]]
+            )
         )
         axis.set_title(f"{title}\nbal. acc {score['balanced_accuracy']:.3f}", fontsize=10)
     fig.suptitle(f"ego-motion probe on validation scenes: gate {result['gate']} (counts; colour = row rate)")
@@ -122,7 +137,9 @@ def plot_speed(result: dict, val_targets: np.ndarray, path: Path) -> None:
     for axis, name in zip(axes, (PRETRAINED, best), strict=True):
         axis.scatter(val_targets, result["_predictions"][name], s=8, alpha=0.6)
         axis.plot([0, limit], [0, limit], color="grey", linewidth=1)
-        score = result["pretrained"] if name == PRETRAINED else result["random"]["per_seed"][name.split("-")[1]]
+        score = (
+            result["pretrained"] if name == PRETRAINED else result["random"]["per_seed"][name.split("-")[1]]
+        )
         axis.set_title(f"{name}: R² {score['r2']:.3f}, MAE {score['mae']:.2f} m/s", fontsize=10)
         axis.set_xlabel("true mean speed (m/s)")
         axis.set_ylabel("predicted (m/s)")

@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ingest.motion import MotionThresholds
 from probe.data import read_metadata, spread_subset
@@ -14,6 +13,7 @@ from probe.evaluate import Split, evaluate_encoders, shared_scenes
 from probe.features import encode_clips, load_encoders, resolve_device
 from probe.report_files import write_outputs
 from probe.tasks import make_task, targets
+from train.checkpoint import resolve
 from train.data import resolve_shards
 
 
@@ -34,7 +34,7 @@ class ProbeConfig:
     out: Path
     """Output folder for report.json, report.md and the PNG."""
     task: str = "ego-motion"
-    """"ego-motion" (4 classes, balanced accuracy) or "speed" (regression, R²)."""
+    """Task name: "ego-motion" (4 classes, balanced accuracy) or "speed" (regression, R²)."""
     thresholds: MotionThresholds = field(default_factory=MotionThresholds)
     """Ego-motion class thresholds."""
     seeds: int = 3
@@ -42,7 +42,7 @@ class ProbeConfig:
     batch_size: int = 16
     """Clips per forward pass during feature extraction."""
     device: str = "auto"
-    """"auto", "cpu" or "cuda"."""
+    """Where encoders run: "auto", "cpu" or "cuda"."""
     decoder: str = "decord"
     """Video decoder: "decord" or "pyav"."""
     max_clips: int | None = None
@@ -62,6 +62,17 @@ def load_split_metadata(spec: str, max_clips: int | None) -> tuple[list[str], li
     return urls, [metas[i] for i in spread_subset(len(metas), max_clips)]
 
 
+def check_clip_shape(model_config, metas: list[dict]) -> None:
+    """ValueError unless every clip has the clip_len and (H, W) size the encoder was built for."""
+    expected = (model_config.clip_len, tuple(model_config.image_size))
+    wrong = sorted({(m["clip_len"], tuple(m["size"])) for m in metas} - {expected})
+    if wrong:
+        raise ValueError(
+            f"the checkpoint's encoder takes (clip_len, size) {expected}, but the shards hold {wrong}; "
+            "probe with shards ingested at the training shards' clip length and size"
+        )
+
+
 def run_probe(config: ProbeConfig) -> dict:
     """Run the gate; write the outputs; return the result dict (see probe/evaluate.py).
 
@@ -78,20 +89,32 @@ def run_probe(config: ProbeConfig) -> dict:
             "A probe scored on scenes it was fitted on measures memorisation; use disjoint scene splits."
         )
 
-    torch.set_grad_enabled(False)
     device = resolve_device(config.device)
-    encoders, train_config = load_encoders(config.checkpoint, config.seeds, device)
+    step_folder = resolve(config.checkpoint)
+    encoders, train_config = load_encoders(str(step_folder), config.seeds, device)
+    check_clip_shape(train_config.model, train_metas + val_metas)
     splits = {}
     for name, urls, metas in (("train", train_urls, train_metas), ("val", val_urls, val_metas)):
         features = encode_clips(
-            encoders, urls, [m["key"] for m in metas], config.decoder, config.batch_size, device, f"{name} features"
+            encoders,
+            urls,
+            [m["key"] for m in metas],
+            config.decoder,
+            config.batch_size,
+            device,
+            f"{name} features",
         )
         splits[name] = Split(features, targets(task, metas), np.array([m["scene"] for m in metas]))
 
-    result = evaluate_encoders(task, splits["train"], splits["val"], n_boot=config.bootstrap, seed=config.seed)
+    result = evaluate_encoders(
+        task, splits["train"], splits["val"], n_boot=config.bootstrap, seed=config.seed
+    )
     result["checkpoint"] = str(config.checkpoint)
-    result["checkpoint_step"] = getattr(train_config, "step", None)
-    result["model"] = {"preset": train_config.preset, "image_size": list(train_config.model.image_size),
-                       "clip_len": train_config.model.clip_len}
+    result["checkpoint_step"] = int(step_folder.name.split("-")[1])
+    result["model"] = {
+        "preset": train_config.preset,
+        "image_size": list(train_config.model.image_size),
+        "clip_len": train_config.model.clip_len,
+    }
     write_outputs(result, splits["val"].targets, config.out)
     return result

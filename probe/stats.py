@@ -26,7 +26,9 @@ from probe.tasks import Task
 CI_LEVEL = 0.95
 
 
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: tuple[str, ...]) -> dict[str, float]:
+def classification_metrics(
+    y_true: np.ndarray, y_pred: np.ndarray, classes: tuple[str, ...]
+) -> dict[str, float]:
     """balanced_accuracy, macro_f1 (over the classes present in y_true or y_pred), accuracy. Inputs (N,) labels."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -49,17 +51,25 @@ def task_metrics(task: Task, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str
     return regression_metrics(y_true, y_pred)
 
 
+def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Mean per-class recall over the classes present in y_true (as sklearn's), without its overhead. (N,) labels."""
+    _, codes = np.unique(np.concatenate([y_true, y_pred]), return_inverse=True)
+    true_codes, pred_codes = codes[: len(y_true)], codes[len(y_true) :]
+    support = np.bincount(true_codes, minlength=codes.max() + 1)
+    hits = np.bincount(true_codes[true_codes == pred_codes], minlength=codes.max() + 1)
+    present = support > 0
+    return float(np.mean(hits[present] / support[present]))
+
+
+def r2(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Coefficient of determination (NaN when y_true is constant). (N,) floats."""
+    total = np.sum((y_true - y_true.mean()) ** 2)
+    return float(1.0 - np.sum((y_true - y_pred) ** 2) / total) if total > 0 else float("nan")
+
+
 def primary_metric_fn(task: Task) -> Callable[[np.ndarray, np.ndarray], float]:
     """(y_true (N,), y_pred (N,)) -> the task's primary metric (balanced accuracy or R²)."""
-    if task.kind == "classification":
-
-        def balanced(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                return float(balanced_accuracy_score(y_true, y_pred))
-
-        return balanced
-    return lambda y_true, y_pred: float(r2_score(y_true, y_pred))
+    return balanced_accuracy if task.kind == "classification" else r2
 
 
 def scene_resamples(scenes: np.ndarray, n_boot: int, seed: int) -> list[np.ndarray]:
@@ -71,7 +81,9 @@ def scene_resamples(scenes: np.ndarray, n_boot: int, seed: int) -> list[np.ndarr
     names = np.unique(scenes)
     clips_of = [np.flatnonzero(scenes == name) for name in names]
     rng = np.random.default_rng(seed)
-    return [np.concatenate([clips_of[i] for i in rng.integers(0, len(names), len(names))]) for _ in range(n_boot)]
+    return [
+        np.concatenate([clips_of[i] for i in rng.integers(0, len(names), len(names))]) for _ in range(n_boot)
+    ]
 
 
 def percentile_interval(values: np.ndarray, level: float = CI_LEVEL) -> tuple[float, float]:
@@ -93,16 +105,12 @@ def bootstrap_scores(
     """Primary metric of every predictor on every replicate: name -> (n_boot,) floats.
 
     y_true: (N,); predictions: name -> (N,) predictions of the same clips.
-    A replicate whose targets are constant gives NaN for R² (undefined), balanced accuracy stays defined.
+    A replicate whose targets are constant gives NaN for R² (undefined); balanced accuracy stays defined.
     """
-    scores: dict[str, np.ndarray] = {}
-    for name, y_pred in predictions.items():
-        values = []
-        for index in resamples:
-            constant = len(np.unique(y_true[index])) < 2
-            values.append(float("nan") if constant and y_true.dtype.kind == "f" else metric(y_true[index], y_pred[index]))
-        scores[name] = np.array(values)
-    return scores
+    return {
+        name: np.array([metric(y_true[index], y_pred[index]) for index in resamples])
+        for name, y_pred in predictions.items()
+    }
 
 
 def paired_difference(pretrained: np.ndarray, randoms: list[np.ndarray]) -> np.ndarray:

@@ -28,7 +28,7 @@ class Task:
     name: str
     """One of TASKS."""
     kind: str
-    """"classification" or "regression"."""
+    """Either "classification" or "regression"."""
     metric: str
     """Primary metric the gate compares: "balanced_accuracy" or "r2"."""
     classes: tuple[str, ...]

@@ -36,8 +36,8 @@ mvm_submit() {
   sbatch --parsable "${site_options[@]}" "$@" | cut -d';' -f1
 }
 
-# mvm_job_setup: the software environment of a job (modules, conda or venv), then a header line.
-mvm_job_setup() {
+# mvm_software_setup: modules, then a conda environment or a venv, as the site settings say.
+mvm_software_setup() {
   if [[ -n "$MVM_MODULES" ]]; then
     module purge
     # shellcheck disable=SC2086
@@ -50,6 +50,11 @@ mvm_job_setup() {
     # shellcheck disable=SC1091
     source "$MVM_VENV/bin/activate"
   fi
+}
+
+# mvm_job_setup: the software environment, then a header line for the job's log.
+mvm_job_setup() {
+  mvm_software_setup
   echo "mvm: job ${SLURM_JOB_ID:-local}${SLURM_ARRAY_TASK_ID:+ task $SLURM_ARRAY_TASK_ID} on $(hostname -s)" \
     "(restart ${SLURM_RESTART_COUNT:-0}) at $(date -Is)"
 }

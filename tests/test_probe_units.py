@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -22,7 +23,9 @@ def quaternion_of_yaw(yaw: np.ndarray) -> np.ndarray:
     return np.stack([np.cos(yaw / 2), np.zeros_like(yaw), np.zeros_like(yaw), np.sin(yaw / 2)], axis=1)
 
 
-def drive(speed_mps: float, yaw_rate_rps: float, frames: int = 8, interval_s: float = 0.083, yaw0: float = 0.3) -> dict:
+def drive(
+    speed_mps: float, yaw_rate_rps: float, frames: int = 8, interval_s: float = 0.083, yaw0: float = 0.3
+) -> dict:
     """Clip metadata of a car moving forward at `speed_mps` while turning at `yaw_rate_rps` (+ = CCW)."""
     times = np.arange(frames) * interval_s
     yaw = yaw0 + yaw_rate_rps * times
@@ -56,7 +59,12 @@ def test_thresholds_are_configurable_and_speed_target():
     assert speeds.dtype == np.float64
     np.testing.assert_allclose(speeds, [5.0, 12.0], rtol=1e-3)
     labels = targets(make_task("ego-motion"), [drive(0.0, 0), drive(9.0, 0), drive(9.0, 0)])
-    assert class_counts(make_task("ego-motion"), labels) == {"stopped": 1, "straight": 2, "left": 0, "right": 0}
+    assert class_counts(make_task("ego-motion"), labels) == {
+        "stopped": 1,
+        "straight": 2,
+        "left": 0,
+        "right": 0,
+    }
     with pytest.raises(ValueError, match="unknown task"):
         make_task("steering")
 
@@ -72,7 +80,9 @@ def test_bootstrap_resamples_whole_scenes_and_is_seeded():
     scenes = np.array(["a"] * 3 + ["b"] * 5 + ["c"] * 2)
     first = scene_resamples(scenes, 50, seed=7)
     assert all(np.array_equal(x, y) for x, y in zip(first, scene_resamples(scenes, 50, seed=7), strict=True))
-    assert any(not np.array_equal(x, y) for x, y in zip(first, scene_resamples(scenes, 50, seed=8), strict=True))
+    assert any(
+        not np.array_equal(x, y) for x, y in zip(first, scene_resamples(scenes, 50, seed=8), strict=True)
+    )
     for index in first:
         drawn = scenes[index]
         for name in set(drawn):  # a drawn scene contributes all its clips, k times over
@@ -91,7 +101,9 @@ def planted_split(rng: np.random.Generator, scenes: list[str], clips_per_scene: 
     features = {PRETRAINED: signal * onehot @ class_means + rng.normal(size=(len(labels), 24))}
     for seed in range(3):
         features[random_name(seed)] = rng.normal(size=(len(labels), 24))
-    return Split({k: v.astype(np.float32) for k, v in features.items()}, labels, np.repeat(scenes, clips_per_scene))
+    return Split(
+        {k: v.astype(np.float32) for k, v in features.items()}, labels, np.repeat(scenes, clips_per_scene)
+    )
 
 
 def test_planted_separable_features_pass_and_noise_fails(tmp_path):
@@ -115,8 +127,19 @@ def test_planted_separable_features_pass_and_noise_fails(tmp_path):
 
     paths = write_outputs(result, val.targets, tmp_path)
     report = json.loads(paths[0].read_text())
-    for field in ("task", "metric", "pretrained", "random", "majority", "difference_ci", "gate", "n_train_clips",
-                  "n_val_clips", "n_val_scenes", "class_counts"):
+    for field in (
+        "task",
+        "metric",
+        "pretrained",
+        "random",
+        "majority",
+        "difference_ci",
+        "gate",
+        "n_train_clips",
+        "n_val_clips",
+        "n_val_scenes",
+        "class_counts",
+    ):
         assert field in report
     assert set(report["random"]["per_seed"]) == {"0", "1", "2"}
     assert "PASS" in paths[1].read_text()
@@ -142,12 +165,15 @@ def test_speed_regression_and_majority_baseline(tmp_path):
 
     def split(names):
         speed = rng.uniform(0, 15, len(names) * 10)
-        pretrained = np.concatenate([speed[:, None] + rng.normal(0, 1, (len(speed), 1)), rng.normal(size=(len(speed), 7))], 1)
+        pretrained = np.concatenate(
+            [speed[:, None] + rng.normal(0, 1, (len(speed), 1)), rng.normal(size=(len(speed), 7))], 1
+        )
         features = {PRETRAINED: pretrained, random_name(0): rng.normal(size=(len(speed), 8))}
         return Split({k: v.astype(np.float32) for k, v in features.items()}, speed, np.repeat(names, 10))
 
-    result = evaluate_encoders(task, split([f"t{i}" for i in range(10)]), val := split([f"v{i}" for i in range(6)]),
-                               n_boot=200)
+    result = evaluate_encoders(
+        task, split([f"t{i}" for i in range(10)]), val := split([f"v{i}" for i in range(6)]), n_boot=200
+    )
     assert result["metric"] == "r2" and result["pretrained"]["r2"] > 0.8 and result["gate"] == PASS
     assert result["majority"]["r2"] <= 0.0
     assert (tmp_path / "speed.png") in write_outputs(result, val.targets, tmp_path)
@@ -161,3 +187,20 @@ def test_online_probe_scene_split_is_stable():
     assert (train, test) == split_scenes(list(reversed(scenes)))
     assert train.isdisjoint(test) and train | test == set(scenes) and len(test) == 3
     assert split_scenes(["a", "b"])[1] and split_scenes(["a", "b"])[0]
+
+
+def test_fast_metrics_match_sklearn():
+    from sklearn.metrics import balanced_accuracy_score, r2_score
+
+    from probe.stats import balanced_accuracy, r2
+
+    rng = np.random.default_rng(2)
+    classes = np.array(["stopped", "straight", "left", "right"])
+    for _ in range(20):
+        y_true, y_pred = classes[rng.integers(0, 3, 30)], classes[rng.integers(0, 4, 30)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # sklearn warns when y_pred holds a class absent from y_true
+            expected = balanced_accuracy_score(y_true, y_pred)
+        assert balanced_accuracy(y_true, y_pred) == pytest.approx(expected)
+        values, noisy = rng.normal(size=30), rng.normal(size=30)
+        assert r2(values, noisy) == pytest.approx(r2_score(values, noisy))

@@ -82,7 +82,9 @@ def resolve(path: str | Path) -> Path:
         return path
     found = complete_checkpoints(path)
     if not found:
-        raise FileNotFoundError(f"no complete checkpoint in {path} (expected {path}/checkpoints/step-NNNNNN/{MARKER})")
+        raise FileNotFoundError(
+            f"no complete checkpoint in {path} (expected {path}/checkpoints/step-NNNNNN/{MARKER})"
+        )
     return found[-1]
 
 
@@ -91,7 +93,9 @@ def load_state(path: str | Path, device: str | torch.device = "cpu") -> dict:
     return torch.load(resolve(path) / "state.pt", map_location=device, weights_only=True)
 
 
-def load_for_eval(path: str | Path, device: str | torch.device = "cpu") -> tuple[MaskedVideoModel, TrainConfig]:
+def load_for_eval(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[MaskedVideoModel, TrainConfig]:
     """(model in eval mode on `device`, its TrainConfig) from a run folder or a step-NNNNNN folder."""
     state = load_state(path, device)
     config = from_dict(state["config"])

@@ -172,7 +172,9 @@ def base() -> TrainConfig:
     """Several GPUs: a ViT-B-width encoder (d=768, 12 blocks), VideoMAE's objective, decoder d=384."""
     return TrainConfig(
         preset="base",
-        model=ModelConfig(embed_dim=768, depth=12, num_heads=12, decoder_dim=384, decoder_depth=4, decoder_heads=6),
+        model=ModelConfig(
+            embed_dim=768, depth=12, num_heads=12, decoder_dim=384, decoder_depth=4, decoder_heads=6
+        ),
         data=DataConfig(batch_size=32, workers=6),
         optim=OptimConfig(lr=1.5e-4, warmup_steps=1000),
         steps=50000,

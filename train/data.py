@@ -11,7 +11,6 @@ layout (members `<key>.<ext>`, consecutive per key), which lets errors name the 
 from __future__ import annotations
 
 import glob
-import io
 import json
 import tarfile
 from collections.abc import Iterator
@@ -35,7 +34,9 @@ def _resolve_one(part: str) -> list[str]:
     if path.is_dir():
         manifest = path / "manifest.json"
         if not manifest.is_file():
-            raise ShardError(f"shard folder {part} has no manifest.json (incomplete or not an mvm-ingest output)")
+            raise ShardError(
+                f"shard folder {part} has no manifest.json (incomplete or not an mvm-ingest output)"
+            )
         return [str(path / shard["name"]) for shard in json.loads(manifest.read_text())["shards"]]
     if "{" in part:
         return list(braceexpand.braceexpand(part))
@@ -120,11 +121,15 @@ def iter_samples(url: str) -> Iterator[dict]:
         yield current
 
 
-def decode_sample(sample: dict, decoder: str, shape: tuple[int, int, int, int] | None) -> tuple[np.ndarray, dict]:
+def decode_sample(
+    sample: dict, decoder: str, shape: tuple[int, int, int, int] | None
+) -> tuple[np.ndarray, dict]:
     """mp4 + json of a raw sample -> (frames uint8 (T, H, W, 3), metadata); ShardError naming shard and key."""
     where = f"shard {sample['url']}, sample {sample['key']}"
     if "mp4" not in sample or "json" not in sample:
-        raise ShardError(f"{where}: needs .mp4 and .json members, has {sorted(set(sample) - {'key', 'url', 'index'})}")
+        raise ShardError(
+            f"{where}: needs .mp4 and .json members, has {sorted(set(sample) - {'key', 'url', 'index'})}"
+        )
     try:
         meta = json.loads(sample["json"])
         frames = decode_clip(sample["mp4"], backend=decoder)
@@ -197,7 +202,9 @@ def decoded(samples: Iterator[dict], decoder: str, shape, on_bad_sample: str) ->
 class RankStream(IterableDataset):
     """One rank's samples for one epoch; each DataLoader worker runs one slot of the plan."""
 
-    def __init__(self, urls, slots: list[SlotPlan], consumed: int, cfg, seed: int, epoch: int, rank: int, shape):
+    def __init__(
+        self, urls, slots: list[SlotPlan], consumed: int, cfg, seed: int, epoch: int, rank: int, shape
+    ):
         self.urls, self.slots, self.cfg, self.shape = urls, slots, cfg, shape
         self.seed, self.epoch, self.rank = seed, epoch, rank
         self.skip, self.phase = consumed_per_worker([slot.clips for slot in slots], consumed)
@@ -210,7 +217,9 @@ class RankStream(IterableDataset):
         worker = (physical + self.phase) % len(self.slots)
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch, self.rank, worker]))
         samples = shuffled(slot_samples(self.urls, self.slots[worker]), self.cfg.shuffle_buffer, rng)
-        return decoded(skipped(samples, self.skip[worker]), self.cfg.decoder, self.shape, self.cfg.on_bad_sample)
+        return decoded(
+            skipped(samples, self.skip[worker]), self.cfg.decoder, self.shape, self.cfg.on_bad_sample
+        )
 
 
 def epoch_samples(urls, slots, consumed, cfg, seed, epoch, rank, shape) -> Iterator[dict]:
@@ -221,7 +230,9 @@ def epoch_samples(urls, slots, consumed, cfg, seed, epoch, rank, shape) -> Itera
     return iter(DataLoader(stream, batch_size=None, num_workers=len(slots), prefetch_factor=4))
 
 
-def batches(samples: Iterator[dict], batch_size: int) -> Iterator[tuple[list[str], torch.Tensor, int, list[str]]]:
+def batches(
+    samples: Iterator[dict], batch_size: int
+) -> Iterator[tuple[list[str], torch.Tensor, int, list[str]]]:
     """Group good samples: (keys, frames uint8 (B, T, H, W, 3), stream positions used, bad-sample reasons).
 
     Bad samples (skip mode) use a stream position but no batch slot; a short final batch is dropped.

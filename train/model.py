@@ -27,7 +27,9 @@ def patchify(video: torch.Tensor, patch_size: int) -> torch.Tensor:
     return x.reshape(batch, frames * rows * cols, patch_size * patch_size * channels)
 
 
-def unpatchify(patches: torch.Tensor, frames: int, image_size: tuple[int, int], patch_size: int) -> torch.Tensor:
+def unpatchify(
+    patches: torch.Tensor, frames: int, image_size: tuple[int, int], patch_size: int
+) -> torch.Tensor:
     """(B, T * N, p * p * C) -> (B, T, C, H, W); the exact inverse of patchify."""
     height, width = image_size
     rows, cols = height // patch_size, width // patch_size
@@ -137,7 +139,13 @@ class MaskedVideoModel(nn.Module):
         self.decoder = _blocks(cfg.decoder_dim, cfg.decoder_depth, cfg.decoder_heads, cfg.mlp_ratio)
         self.decoder_norm = nn.LayerNorm(cfg.decoder_dim)
         self.head = nn.Linear(cfg.decoder_dim, patch_dim)
-        for param in (self.space_pos, self.time_pos, self.mask_token, self.decoder_space_pos, self.decoder_time_pos):
+        for param in (
+            self.space_pos,
+            self.time_pos,
+            self.mask_token,
+            self.decoder_space_pos,
+            self.decoder_time_pos,
+        ):
             nn.init.trunc_normal_(param, std=0.02)
 
     def _pos(self, space: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
@@ -167,7 +175,9 @@ class MaskedVideoModel(nn.Module):
         full = full + self._pos(self.decoder_space_pos, self.decoder_time_pos)
         return self.head(self.decoder_norm(self.decoder(full)))
 
-    def forward(self, video: torch.Tensor, ids_keep: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, video: torch.Tensor, ids_keep: torch.Tensor, mask: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         """video (B, T, 3, H, W) in [0, 1]; ids_keep (B, L_vis); mask (B, L) bool, True = masked.
 
         Returns loss (scalar, MSE on masked patches), pred (B, L, p * p * 3) in target space

@@ -14,6 +14,7 @@ baseline and no confidence interval: it is a trend line for `metrics.jsonl`, not
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -72,7 +73,8 @@ def extract_features(
         for name, model in models.items():
             model.train(was_training[name])
     return {
-        name: np.concatenate(parts) if parts else np.zeros((0, 0), np.float32) for name, parts in chunks.items()
+        name: np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+        for name, parts in chunks.items()
     }
 
 
@@ -128,10 +130,11 @@ class OnlineProbe:
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
         """Fit on the training scenes' features, score on the held-out scenes.
 
-        Returns probe_bal_acc (balanced accuracy on held-out scenes), probe_chance (1 / number of
-        classes present there: the balanced accuracy of any constant predictor), probe_train_clips,
-        probe_test_clips.
+        model: a MaskedVideoModel, or a DDP wrapper of one. Returns bal_acc (balanced accuracy on the
+        held-out scenes), chance (1 / number of classes present there: the balanced accuracy of any
+        constant predictor), train_clips, test_clips; train/cli.py logs them with a "probe_" prefix.
         """
+        model = getattr(model, "module", model)
         device = next(model.parameters()).device
         features = extract_features({"model": model}, self.clips, self.batch_size, device)["model"]
         train, test = ~self.is_test, self.is_test
@@ -142,10 +145,14 @@ class OnlineProbe:
             scaler = StandardScaler().fit(features[train])
             head = LogisticRegression(C=self.regularization, class_weight="balanced", max_iter=2000)
             head.fit(scaler.transform(features[train]), y_train)
-            balanced_acc = balanced_accuracy_score(y_test, head.predict(scaler.transform(features[test])))
+            with warnings.catch_warnings():
+                warnings.simplefilter(
+                    "ignore"
+                )  # predictions may hold classes absent from the held-out scenes
+                balanced_acc = balanced_accuracy_score(y_test, head.predict(scaler.transform(features[test])))
         return {
-            "probe_bal_acc": float(balanced_acc),
-            "probe_chance": 1.0 / len(np.unique(y_test)),
-            "probe_train_clips": int(train.sum()),
-            "probe_test_clips": int(test.sum()),
+            "bal_acc": float(balanced_acc),
+            "chance": 1.0 / len(np.unique(y_test)),
+            "train_clips": int(train.sum()),
+            "test_clips": int(test.sum()),
         }

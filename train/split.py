@@ -85,7 +85,9 @@ def plan_epoch(counts: list[int], world: int, workers: int, seed: int, epoch: in
         starts.append((index, position))
         position += counts[index]
     per_rank = _divide(starts, counts, 1, 0, world)
-    return [_divide(list(rank.shards), counts, rank.modulus, rank.residue, max(workers, 1)) for rank in per_rank]
+    return [
+        _divide(list(rank.shards), counts, rank.modulus, rank.residue, max(workers, 1)) for rank in per_rank
+    ]
 
 
 def steps_per_epoch(plan: list[list[SlotPlan]], batch_size: int) -> int:

@@ -47,7 +47,13 @@ def reconstruction_patches(
 
 
 def render(
-    video: torch.Tensor, mask: torch.Tensor, pred: torch.Tensor, cfg: ModelConfig, step: int, out: Path, clips: int = 2
+    video: torch.Tensor,
+    mask: torch.Tensor,
+    pred: torch.Tensor,
+    cfg: ModelConfig,
+    step: int,
+    out: Path,
+    clips: int = 2,
 ) -> Path:
     """Write the picture for the first `clips` clips of a batch; returns its path."""
     video, mask, pred = video[:clips].float().cpu(), mask[:clips].cpu(), pred[:clips].cpu()
@@ -58,8 +64,11 @@ def render(
     merged, caption = reconstruction_patches(video, mask, pred, cfg)
     rows = []
     for clip in range(video.shape[0]):
-        for image in (video[clip], unpatchify(masked, frames, size, cfg.patch_size)[clip],
-                      unpatchify(merged, frames, size, cfg.patch_size)[clip]):
+        for image in (
+            video[clip],
+            unpatchify(masked, frames, size, cfg.patch_size)[clip],
+            unpatchify(merged, frames, size, cfg.patch_size)[clip],
+        ):
             rows.append(torch.cat(list(image), dim=2))
     grid = (torch.cat(rows, dim=1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     header = 28

@@ -14,7 +14,11 @@ import numpy as np
 
 FULL_WIDTH, FULL_HEIGHT = 1600, 900
 CAM_FRONT_INTRINSIC = np.array(
-    [[1266.417203046554, 0.0, 816.2670197447984], [0.0, 1266.417203046554, 491.50706579294757], [0.0, 0.0, 1.0]]
+    [
+        [1266.417203046554, 0.0, 816.2670197447984],
+        [0.0, 1266.417203046554, 491.50706579294757],
+        [0.0, 0.0, 1.0],
+    ]
 )
 CAM_FRONT_TRANSLATION = (1.70079118954, 0.0159456324149, 1.51095763913)
 CAM_FRONT_ROTATION = (0.4998015430569128, -0.5030316162024876, 0.4997798114386805, -0.49737083824542755)
@@ -76,7 +80,12 @@ class Camera:
     def pixel_rays_ego(self) -> np.ndarray:
         """Viewing direction of every pixel centre in ego axes: (H, W, 3), not normalised."""
         u, v = np.meshgrid(np.arange(self.width) + 0.5, np.arange(self.height) + 0.5)
-        fx, fy, cx, cy = self.intrinsic[0, 0], self.intrinsic[1, 1], self.intrinsic[0, 2], self.intrinsic[1, 2]
+        fx, fy, cx, cy = (
+            self.intrinsic[0, 0],
+            self.intrinsic[1, 1],
+            self.intrinsic[0, 2],
+            self.intrinsic[1, 2],
+        )
         rays_cam = np.stack([(u - cx) / fx, (v - cy) / fy, np.ones_like(u)], axis=-1)
         return rays_cam @ self.cam_to_ego_rotation.T
 

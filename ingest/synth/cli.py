@@ -5,7 +5,14 @@ from __future__ import annotations
 import time
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from ingest.synth.camera import image_size
 from ingest.synth.dataroot import DEFAULT_DROP_RATE, OutputFolderError, generate
@@ -84,7 +91,9 @@ def _check_width(ctx: click.Context, param: click.Parameter, value: int) -> int:
     help="Chance that a CAM_FRONT non-keyframe is dropped, leaving an interval of 150 ms or more "
     "(real nuScenes drops frames under load).",
 )
-def main(out: str, version: str, scenes: int, frames_per_scene: int, width: int, seed: int, drop_rate: float) -> None:
+def main(
+    out: str, version: str, scenes: int, frames_per_scene: int, width: int, seed: int, drop_rate: float
+) -> None:
     """Write a synthetic nuScenes-format dataroot that the real nuscenes-devkit loads.
 
     All 13 tables plus map masks; CAM_FRONT JPEGs rendered from each scene's ego trajectory

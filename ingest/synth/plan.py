@@ -82,7 +82,9 @@ def plan_scene(name: str, split: str, frames: int, drop_rate: float, seed: int) 
     night = bool(rng.random() < NIGHT_FRACTION)
     hour = int(rng.integers(19, 23)) if night else int(rng.integers(8, 18))
     local_zone = timezone(timedelta(hours=utc_offset))
-    started = datetime(2018, int(rng.integers(7, 10)), int(rng.integers(1, 29)), hour, 0, 0, tzinfo=local_zone)
+    started = datetime(
+        2018, int(rng.integers(7, 10)), int(rng.integers(1, 29)), hour, 0, 0, tzinfo=local_zone
+    )
     started += timedelta(seconds=int(rng.integers(0, 3600)))
     logfile = f"{vehicle}-{started.strftime('%Y-%m-%d-%H-%M-%S')}{utc_offset * 100:+05d}"
     log_start_us = int(started.timestamp()) * 1_000_000

@@ -30,7 +30,7 @@ MAX_GROUND_M = 1000.0
 """Ground points farther than this are drawn as haze."""
 LIGHT_LEVELS = 32
 """Quantisation of per-pixel light (haze or headlights) in the ground palette."""
-SKY_LEVELS = 16
+SKY_LEVELS = 64
 """Quantisation of elevation in the sky palette."""
 TILE_M = TEXEL_M * TEXTURE_SIZE
 SUN = np.array([0.4, 0.3, 0.866])
@@ -94,7 +94,7 @@ class Renderer:
         footprint = np.maximum(np.maximum(step_down, step_right), TEXEL_M)
         levels = texture_levels()
         level = np.clip(np.floor(np.log2(footprint / TEXEL_M)).astype(int), 0, len(levels) - 1)
-        offsets, sizes, texels = (np.array(column) for column in zip(*levels))
+        offsets, sizes, texels = np.array(levels).T
         self.forward = np.where(is_ground, ground[..., 0], 0.0).astype(np.float32).ravel()
         self.left = np.where(is_ground, ground[..., 1], 0.0).astype(np.float32).ravel()
         self.inverse_texel = (1.0 / texels[level]).astype(np.float32).ravel()
@@ -111,7 +111,9 @@ class Renderer:
     def _init_sky(self, rays: np.ndarray) -> None:
         elevation = np.arctan2(rays[..., 2], np.hypot(rays[..., 0], rays[..., 1]))
         elevation_fraction = np.clip(elevation / SKY_TOP_RAD, 0.0, 1.0)
-        self.sky_row = np.minimum((elevation_fraction * SKY_ELEVATION_BINS).astype(np.int32), SKY_ELEVATION_BINS - 1)
+        self.sky_row = np.minimum(
+            (elevation_fraction * SKY_ELEVATION_BINS).astype(np.int32), SKY_ELEVATION_BINS - 1
+        )
         self.sky_azimuth = np.arctan2(rays[..., 1], rays[..., 0]).astype(np.float64)
         sky_level = np.round(elevation_fraction * (SKY_LEVELS - 1)).astype(np.int32)
         self.sky_base = LIGHT_LEVELS * 512 + sky_level * 32
@@ -170,7 +172,9 @@ class Renderer:
                 continue
             yield np.clip(pixels, -1e5, 1e5).ravel().tolist(), index
 
-    def _shade(self, color: np.ndarray, points_world: np.ndarray, ego_xy: np.ndarray, ego_yaw: float) -> tuple:
+    def _shade(
+        self, color: np.ndarray, points_world: np.ndarray, ego_xy: np.ndarray, ego_yaw: float
+    ) -> tuple:
         """Colour (3,) of a surface around points_world (3,) after haze (day) or headlights (night)."""
         delta = points_world[:2] - ego_xy
         c, s = np.cos(ego_yaw), np.sin(ego_yaw)
@@ -187,12 +191,16 @@ class Renderer:
         world = self.world
         for polygon, index in self._visible_polygons(world.line_quads, ego_xy, ego_yaw):
             centre = world.line_quads[index].mean(axis=0)
-            draw.polygon(polygon, fill=self._shade(world.line_colors[index].astype(float), centre, ego_xy, ego_yaw))
+            draw.polygon(
+                polygon, fill=self._shade(world.line_colors[index].astype(float), centre, ego_xy, ego_yaw)
+            )
         camera_world = self._camera_position(ego_xy, ego_yaw)
         centres = world.face_quads.mean(axis=1)
         facing = np.einsum("ij,ij->i", world.face_normals, camera_world - centres) > 0
         shading = 0.55 + 0.45 * np.clip(world.face_normals @ SUN, 0.0, 1.0)
-        polygons = {index: polygon for polygon, index in self._visible_polygons(world.face_quads, ego_xy, ego_yaw)}
+        polygons = {
+            index: polygon for polygon, index in self._visible_polygons(world.face_quads, ego_xy, ego_yaw)
+        }
         distance = np.linalg.norm(world.object_centers - camera_world, axis=1)
         faces_of = {}
         for face in np.flatnonzero(facing):

@@ -33,7 +33,13 @@ CATEGORIES = (
     "movable_object.barrier",
     "movable_object.trafficcone",
 )
-ATTRIBUTES = ("vehicle.moving", "vehicle.stopped", "vehicle.parked", "pedestrian.moving", "pedestrian.standing")
+ATTRIBUTES = (
+    "vehicle.moving",
+    "vehicle.stopped",
+    "vehicle.parked",
+    "pedestrian.moving",
+    "pedestrian.standing",
+)
 VISIBILITY = (("1", "v0-40"), ("2", "v40-60"), ("3", "v60-80"), ("4", "v80-100"))
 
 
@@ -44,10 +50,12 @@ class TableBuilder:
         self.version, self.seed = version, seed
         self.tables: dict[str, list[dict]] = {
             "category": [
-                {"token": self.token("category", n), "name": n, "description": n.replace(".", " ")} for n in CATEGORIES
+                {"token": self.token("category", n), "name": n, "description": n.replace(".", " ")}
+                for n in CATEGORIES
             ],
             "attribute": [
-                {"token": self.token("attribute", n), "name": n, "description": n.replace(".", " ")} for n in ATTRIBUTES
+                {"token": self.token("attribute", n), "name": n, "description": n.replace(".", " ")}
+                for n in ATTRIBUTES
             ],
             "visibility": [
                 {"token": t, "level": level, "description": f"visibility of whole object is {level[1:]}%"}
@@ -58,8 +66,18 @@ class TableBuilder:
                 for ch, modality in CHANNELS.items()
             ],
         }
-        empty = ("instance", "sample_annotation", "calibrated_sensor", "ego_pose", "log", "scene", "sample", "sample_data", "map")
-        self.tables.update({name: [] for name in empty})
+        filled_per_scene = (
+            "instance",
+            "sample_annotation",
+            "calibrated_sensor",
+            "ego_pose",
+            "log",
+            "scene",
+            "sample",
+            "sample_data",
+            "map",
+        )
+        self.tables.update({name: [] for name in filled_per_scene})
         self.logs_by_location: dict[str, list[str]] = {}
 
     def token(self, *parts: object) -> str:
@@ -159,7 +177,9 @@ class TableBuilder:
             }
             self.tables["sample_data"].append(record)
             self.tables["ego_pose"].append(pose)
-            records.append({**record, "ego_translation": pose["translation"], "ego_rotation": pose["rotation"]})
+            records.append(
+                {**record, "ego_translation": pose["translation"], "ego_rotation": pose["rotation"]}
+            )
         return records
 
     def finish(self) -> dict[str, list[dict]]:

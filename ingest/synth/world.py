@@ -77,13 +77,17 @@ def texture_levels() -> list[tuple[int, int, float]]:
     return levels
 
 
-def _fractal_noise(shape: tuple[int, int], slope: float, rng: np.random.Generator) -> np.ndarray:
-    """Tileable 1/f^slope noise scaled to zero mean and unit standard deviation."""
+def _fractal_noise(
+    shape: tuple[int, int], slope: float, rng: np.random.Generator, min_frequency: float = 0.0
+) -> np.ndarray:
+    """Tileable 1/f^slope noise (flat below min_frequency, in cycles per sample) scaled to zero
+    mean and unit standard deviation."""
     spectrum = np.fft.rfft2(rng.standard_normal(shape))
     fy = np.fft.fftfreq(shape[0])[:, None]
     fx = np.fft.rfftfreq(shape[1])[None, :]
     radius = np.hypot(fx, fy)
     radius[0, 0] = 1.0
+    radius = np.maximum(radius, min_frequency)
     noise = np.fft.irfft2(spectrum / radius**slope, s=shape)
     return (noise - noise.mean()) / noise.std()
 
@@ -108,8 +112,8 @@ def _sky(night: bool, rng: np.random.Generator) -> np.ndarray:
     if night:
         stars = rng.random(shape) < 0.002
         return np.where(stars, rng.integers(120, 255, shape), 0).astype(np.uint8)
-    clouds = _fractal_noise(shape, 1.6, rng)
-    return np.clip(255.0 * (clouds - 0.2), 0, 255).astype(np.uint8)
+    clouds = _fractal_noise(shape, 1.8, rng, min_frequency=1 / 48)
+    return np.clip(160.0 * (clouds - 0.3), 0, 255).astype(np.uint8)
 
 
 def _road_frame(trajectory: Trajectory) -> tuple[np.ndarray, np.ndarray]:
@@ -206,7 +210,15 @@ def build_world(trajectory: Trajectory, night: bool, rng: np.random.Generator) -
             strip = strip[(station % DASH_PERIOD_M) < DASH_M]
         line_quads.append(strip)
         line_colors.append(np.tile(np.array(color, dtype=np.uint8), (len(strip), 1)))
-    faces, face_normals, face_colors, face_object, object_centres, crowns, crown_colors = [], [], [], [], [], [], []
+    faces, face_normals, face_colors, face_object, object_centres, crowns, crown_colors = (
+        [],
+        [],
+        [],
+        [],
+        [],
+        [],
+        [],
+    )
     for index, obj in enumerate(_objects(centres, normals, rng)):
         quads, quad_normals = _box_faces(obj["position"], obj["size"], obj["heading"])
         if obj["kind"] == "pole":

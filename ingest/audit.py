@@ -1,0 +1,287 @@
+"""Checks of a shard folder against its manifest and the format contract (shards/README.md).
+
+`audit_shards` reads every shard once, decodes every clip, and returns a report: a list of named
+checks (each ok or failed with the reasons) and the statistics the report plots. Nothing here
+trusts the manifest's sha256 alone: decoding, shapes, timestamps, keys and counts are checked
+from the samples themselves, so a tampered clip whose manifest entry was updated still fails.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ingest.config import FORMAT_NAME, FORMAT_VERSION
+from ingest.frames import FrameError, load_frame
+from ingest.motion import ego_motion_label
+from ingest.plan import MANIFEST
+from ingest.tarshard import sha256_file
+from ingest.video import decode_clip, psnr
+
+MAX_LISTED = 20
+"""Failures listed per check in the report (the count is always complete)."""
+
+
+@dataclass
+class Check:
+    """One named check: ok when no failure was recorded."""
+
+    name: str
+    """Short identifier, e.g. `sha256`."""
+    description: str
+    """What the check verifies."""
+    failures: list[str] = field(default_factory=list)
+    """One line per violation."""
+    note: str = ""
+    """Extra context (e.g. why a check was skipped)."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "ok": self.ok,
+            "failures": self.failures[:MAX_LISTED],
+            "failure_count": len(self.failures),
+            "note": self.note,
+        }
+
+
+@dataclass
+class Stats:
+    """What the audit measured, for the report and plots."""
+
+    intervals_ms: list[float] = field(default_factory=list)
+    clips_per_scene: Counter = field(default_factory=Counter)
+    speeds_mps: list[float] = field(default_factory=list)
+    labels: Counter = field(default_factory=Counter)
+    clips_read: int = 0
+    psnr_db: list[float] = field(default_factory=list)
+
+
+def read_manifest(shard_dir: Path) -> dict | None:
+    try:
+        return json.loads((shard_dir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def iter_shard_samples(path: Path):
+    """(key, {extension: bytes}) per sample of a shard, in archive order; tar errors propagate."""
+    current_key, sample = None, {}
+    with tarfile.open(path, mode="r:") as archive:
+        for info in archive:
+            if not info.isfile():
+                continue
+            key, _, extension = info.name.partition(".")
+            # A repeated member starts a new sample, so an adjacent duplicate key is seen as one.
+            if current_key is not None and (key != current_key or extension in sample):
+                yield current_key, sample
+                sample = {}
+            current_key = key
+            sample[extension] = archive.extractfile(info).read()
+    if current_key is not None:
+        yield current_key, sample
+
+
+def check_clip(
+    key: str, sample: dict, config: dict, where: str
+) -> tuple[list[str], dict | None, np.ndarray | None]:
+    """Contract violations of one sample, its metadata and its decoded frames (T, H, W, 3)."""
+    problems = []
+    if sorted(sample) != ["json", "mp4"]:
+        problems.append(f"{where}: members {sorted(sample)} != ['json', 'mp4']")
+    if "." in key or not key:
+        problems.append(f"{where}: bad key {key!r}")
+    try:
+        meta = json.loads(sample["json"])
+    except (KeyError, ValueError) as error:
+        return [*problems, f"{where}: unreadable json ({error})"], None, None
+    clip_len, size = config["clip_len"], config["size"]
+    expected = {
+        "version": FORMAT_VERSION,
+        "key": key,
+        "clip_len": clip_len,
+        "size": size,
+        "stride": config["stride"],
+    }
+    problems += [
+        f"{where}: {name} = {meta.get(name)!r}, expected {value!r}"
+        for name, value in expected.items()
+        if meta.get(name) != value
+    ]
+    shapes = {
+        "timestamps": (clip_len,),
+        "sample_data_tokens": (clip_len,),
+        "frame_indices": (clip_len,),
+        "ego_translation": (clip_len, 3),
+        "ego_rotation": (clip_len, 4),
+    }
+    for name, shape in shapes.items():
+        if np.shape(meta.get(name)) != shape:
+            problems.append(f"{where}: {name} has shape {np.shape(meta.get(name))}, expected {shape}")
+    try:
+        frames = decode_clip(sample["mp4"])
+    except Exception as error:  # any decoder failure is a finding, not a crash
+        return [*problems, f"{where}: mp4 does not decode ({type(error).__name__}: {error})"], meta, None
+    if frames.shape != (clip_len, size[0], size[1], 3):
+        problems.append(f"{where}: decodes to {frames.shape}, expected {(clip_len, size[0], size[1], 3)}")
+    return problems, meta, frames
+
+
+def timing_problems(meta: dict, config: dict, where: str) -> list[str]:
+    """Strictly increasing timestamps, frame indices `stride` apart, every interval within the max gap."""
+    timestamps, indices = (
+        np.asarray(meta["timestamps"], np.int64),
+        np.asarray(meta["frame_indices"], np.int64),
+    )
+    intervals = np.diff(timestamps)
+    problems = []
+    if np.any(intervals <= 0):
+        problems.append(f"{where}: timestamps not strictly increasing")
+    if np.any(np.diff(indices) != config["stride"]):
+        problems.append(f"{where}: frame_indices {indices.tolist()} not {config['stride']} apart")
+    # With stride s each clip interval spans s chain intervals, each at most the max gap.
+    limit_us = config["max_gap_ms"] * 1000 * config["stride"]
+    if np.any(intervals > limit_us):
+        problems.append(f"{where}: interval {intervals.max() / 1000:g} ms > {limit_us / 1000:g} ms")
+    return problems
+
+
+def audit_shards(
+    shard_dir: Path, against: Path | None = None, psnr_clips: int = 8, min_psnr: float = 35.0
+) -> tuple[list[Check], Stats, dict | None]:
+    """Run every check on `shard_dir`; returns (checks, stats, manifest or None)."""
+    stats = Stats()
+    manifest_check = Check("manifest", "manifest.json present, readable, this format and version")
+    manifest = read_manifest(shard_dir)
+    if manifest is None:
+        manifest_check.failures.append(f"{shard_dir / MANIFEST} missing or unreadable (ingest incomplete?)")
+        return [manifest_check], stats, None
+    if manifest.get("format") != FORMAT_NAME or manifest.get("version") != FORMAT_VERSION:
+        manifest_check.failures.append(
+            f"format {manifest.get('format')!r} v{manifest.get('version')}, expected {FORMAT_NAME!r} v{FORMAT_VERSION}"
+        )
+        return [manifest_check], stats, manifest
+    config = manifest["config"]
+    present = Check("shards_present", "every shard the manifest lists exists")
+    hashes = Check("sha256", "every shard's size and sha256 match the manifest")
+    clips = Check("clips", "every sample has json+mp4 and decodes to exactly T frames of the declared size")
+    timing = Check("timestamps", "timestamps strictly increasing, every interval within the max gap")
+    keys = Check("keys_unique", "clip keys are unique across all shards")
+    counts = Check("counts", "clips per shard, per scene and in total match the manifest")
+    seen_keys: set[str] = set()
+    scene_of_clip: list[tuple[str, list[str]]] = []
+    for shard in manifest["shards"]:
+        path = shard_dir / shard["name"]
+        if not path.is_file():
+            present.failures.append(f"{shard['name']} missing")
+            continue
+        if path.stat().st_size != shard["bytes"] or sha256_file(path) != shard["sha256"]:
+            hashes.failures.append(f"{shard['name']} sha256 or size differs from the manifest")
+        shard_clips = 0
+        try:
+            for key, sample in iter_shard_samples(path):
+                where = f"{shard['name']}:{key}"
+                shard_clips += 1
+                if key in seen_keys:
+                    keys.failures.append(f"{where}: duplicate key")
+                seen_keys.add(key)
+                problems, meta, _frames = check_clip(key, sample, config, where)
+                clips.failures += problems
+                if meta is None or problems:
+                    continue
+                timing.failures += timing_problems(meta, config, where)
+                stats.clips_read += 1
+                stats.clips_per_scene[meta["scene"]] += 1
+                stats.intervals_ms += (np.diff(meta["timestamps"]) / 1000).tolist()
+                stats.speeds_mps.append(meta["speed_mps"])
+                stats.labels[ego_motion_label(meta["speed_mps"], meta["yaw_rate_rps"])] += 1
+                scene_of_clip.append((meta["scene"], meta["sample_data_tokens"]))
+        except (tarfile.TarError, OSError, EOFError) as error:
+            clips.failures.append(f"{shard['name']}: unreadable tar ({error})")
+        if shard_clips != shard["clips"]:
+            counts.failures.append(f"{shard['name']}: {shard_clips} clips, manifest says {shard['clips']}")
+    listed_total = sum(shard["clips"] for shard in manifest["shards"])
+    if listed_total != manifest["total_clips"]:
+        counts.failures.append(
+            f"shards list {listed_total} clips, total_clips says {manifest['total_clips']}"
+        )
+    if present.ok and hashes.ok and clips.ok:
+        for scene in manifest["scenes"]:
+            if stats.clips_per_scene[scene["name"]] != scene["clips"]:
+                counts.failures.append(
+                    f"{scene['name']}: {stats.clips_per_scene[scene['name']]} clips read, manifest says {scene['clips']}"
+                )
+    checks = [manifest_check, present, hashes, clips, timing, keys, counts]
+    if against is not None:
+        checks.append(leakage_check(manifest, against))
+    checks.append(psnr_check(manifest, shard_dir, psnr_clips, min_psnr, stats))
+    return checks, stats, manifest
+
+
+def leakage_check(manifest: dict, against: Path) -> Check:
+    """No scene appears in both shard sets (e.g. train and val)."""
+    check = Check("scene_leakage", f"no scene shared with {against}")
+    other = read_manifest(against)
+    if other is None:
+        check.failures.append(f"{against / MANIFEST} missing or unreadable")
+        return check
+    shared = sorted({s["name"] for s in manifest["scenes"]} & {s["name"] for s in other["scenes"]})
+    shared_tokens = sorted({s["token"] for s in manifest["scenes"]} & {s["token"] for s in other["scenes"]})
+    check.failures += [f"scene {name} is in both" for name in shared]
+    if shared_tokens and not shared:
+        check.failures.append(f"{len(shared_tokens)} scene tokens shared under different names")
+    return check
+
+
+def psnr_check(manifest: dict, shard_dir: Path, psnr_clips: int, min_psnr: float, stats: Stats) -> Check:
+    """Mean PSNR of evenly spaced clips against their source frames read as the ingest reads them."""
+    check = Check("psnr", f"mean PSNR of {psnr_clips} clips vs resized source frames >= {min_psnr:g} dB")
+    config = manifest["config"]
+    dataroot = Path(config["dataroot"])
+    if psnr_clips <= 0 or not (dataroot / config["version"]).is_dir():
+        check.note = "skipped: " + (
+            "--psnr-clips 0" if psnr_clips <= 0 else f"dataroot {dataroot} not reachable"
+        )
+        return check
+    from ingest.tables import open_nuscenes  # the devkit load is only needed here
+
+    nusc = open_nuscenes(dataroot, config["version"])
+    total = manifest["total_clips"]
+    wanted = sorted({int(i) for i in np.linspace(0, total - 1, min(psnr_clips, total))}) if total else []
+    index = 0
+    for shard in manifest["shards"]:
+        if not wanted:
+            break
+        path = shard_dir / shard["name"]
+        if index + shard["clips"] <= wanted[0] or not path.is_file():
+            index += shard["clips"]
+            continue
+        try:
+            for _key, sample in iter_shard_samples(path):
+                if wanted and index == wanted[0]:
+                    wanted.pop(0)
+                    meta = json.loads(sample["json"])
+                    sources = [
+                        load_frame(dataroot / nusc.get("sample_data", t)["filename"], tuple(config["size"]))
+                        for t in meta["sample_data_tokens"]
+                    ]
+                    stats.psnr_db.append(psnr(np.stack(sources), decode_clip(sample["mp4"])))
+                index += 1
+        except (tarfile.TarError, OSError, ValueError, KeyError, FrameError) as error:
+            check.failures.append(f"{shard['name']}: cannot compare ({error})")
+    if stats.psnr_db:
+        mean = float(np.mean(stats.psnr_db))
+        check.note = f"mean {mean:.2f} dB over {len(stats.psnr_db)} clips (min {min(stats.psnr_db):.2f})"
+        if mean < min_psnr:
+            check.failures.append(f"mean PSNR {mean:.2f} dB < {min_psnr:g} dB")
+    return check

@@ -1,0 +1,125 @@
+"""The audit report: audit.json, audit.md and PNG plots in a report folder."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ingest.audit import Check, Stats  # noqa: E402
+from ingest.config import dumps  # noqa: E402
+from ingest.motion import EGO_MOTION_CLASSES  # noqa: E402
+
+
+def _bar(path: Path, counts: dict, title: str, xlabel: str, ylabel: str = "clips") -> None:
+    figure, axes = plt.subplots(figsize=(max(4.0, 0.35 * len(counts) + 2), 3.2))
+    axes.bar([str(name) for name in counts], list(counts.values()), color="tab:blue")
+    axes.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    axes.tick_params(axis="x", rotation=60 if len(counts) > 6 else 0)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def write_plots(report_dir: Path, stats: Stats, manifest: dict | None) -> list[str]:
+    """PNG plots; returns their file names."""
+    names = []
+    figure, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    axes[0].hist(stats.intervals_ms, bins=40, color="tab:blue")
+    axes[0].set(title="intervals between clip frames", xlabel="ms", ylabel="count")
+    axes[1].hist(stats.speeds_mps, bins=30, color="tab:green")
+    axes[1].set(title="mean clip speed", xlabel="m/s", ylabel="clips")
+    figure.tight_layout()
+    figure.savefig(report_dir / "intervals_speed.png", dpi=100)
+    plt.close(figure)
+    names.append("intervals_speed.png")
+    _bar(
+        report_dir / "clips_per_scene.png",
+        dict(sorted(stats.clips_per_scene.items())),
+        "clips per scene",
+        "scene",
+    )
+    names.append("clips_per_scene.png")
+    reasons = Counter(reject["reason"] for reject in (manifest or {}).get("rejects", []))
+    _bar(
+        report_dir / "rejects.png",
+        dict(sorted(reasons.items())) or {"none": 0},
+        "rejects by reason",
+        "reason",
+        "rejects",
+    )
+    names.append("rejects.png")
+    labels = {name: stats.labels.get(name, 0) for name in EGO_MOTION_CLASSES}
+    _bar(report_dir / "ego_motion.png", labels, "ego-motion labels (ingest.motion)", "class")
+    names.append("ego_motion.png")
+    return names
+
+
+def summary_stats(stats: Stats, manifest: dict | None) -> dict:
+    rejects = Counter(reject["reason"] for reject in (manifest or {}).get("rejects", []))
+    return {
+        "clips_read": stats.clips_read,
+        "scenes": len(stats.clips_per_scene),
+        "rejects_by_reason": dict(sorted(rejects.items())),
+        "ego_motion_labels": {name: stats.labels.get(name, 0) for name in EGO_MOTION_CLASSES},
+        "interval_ms": {
+            "min": min(stats.intervals_ms, default=None),
+            "max": max(stats.intervals_ms, default=None),
+            "histogram": dict(sorted(Counter(round(value) for value in stats.intervals_ms).items())),
+        },
+        "psnr_db_mean": sum(stats.psnr_db) / len(stats.psnr_db) if stats.psnr_db else None,
+        "psnr_clips": len(stats.psnr_db),
+    }
+
+
+def write_report(
+    report_dir: Path, shard_dir: Path, checks: list[Check], stats: Stats, manifest: dict | None
+) -> dict:
+    """Write audit.json, audit.md and plots; returns the JSON report."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    plots = write_plots(report_dir, stats, manifest)
+    report = {
+        "shard_dir": str(shard_dir),
+        "ok": all(check.ok for check in checks),
+        "checks": [check.to_json() for check in checks],
+        "stats": summary_stats(stats, manifest),
+        "config": (manifest or {}).get("config"),
+        "total_clips": (manifest or {}).get("total_clips"),
+        "plots": plots,
+    }
+    (report_dir / "audit.json").write_text(dumps(report))
+    lines = [
+        f"# Shard audit: `{shard_dir}`",
+        "",
+        f"**{'PASS' if report['ok'] else 'FAIL'}**: {sum(c.ok for c in checks)}/{len(checks)} checks hold; "
+        f"{stats.clips_read} clips read of {report['total_clips']} listed.",
+        "",
+        "| check | result | what | details |",
+        "|---|---|---|---|",
+    ]
+    for check in checks:
+        details = "; ".join(check.failures[:5]) + (
+            f" (+{len(check.failures) - 5} more)" if len(check.failures) > 5 else ""
+        )
+        lines.append(
+            f"| `{check.name}` | {'ok' if check.ok else 'FAIL'} | {check.description} | {details or check.note} |"
+        )
+    stats_json = report["stats"]
+    lines += [
+        "",
+        "## Statistics",
+        "",
+        f"- rejects by reason: {stats_json['rejects_by_reason'] or 'none'}",
+        f"- ego-motion labels: {stats_json['ego_motion_labels']}",
+        f"- intervals between clip frames: {stats_json['interval_ms']['min']}–{stats_json['interval_ms']['max']} ms",
+        f"- mean PSNR: {stats_json['psnr_db_mean'] if stats_json['psnr_db_mean'] is None else round(stats_json['psnr_db_mean'], 2)} dB over {stats_json['psnr_clips']} clips",
+        "",
+        *[f"![{name}]({name})" for name in plots],
+        "",
+    ]
+    (report_dir / "audit.md").write_text("\n".join(lines))
+    return report

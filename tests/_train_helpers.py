@@ -1,0 +1,98 @@
+"""Small shard folders in the contract format (shards/README.md) for the trainer tests.
+
+Clips are a random texture sliding by a per-clip velocity, encoded with ingest.video.encode_clip,
+so the decoder, the tar layout and the manifest are the real ones; only the content is made up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+from ingest.video import encode_clip
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = REPO / ".venv" / "bin"
+
+
+def moving_clip(rng: np.random.Generator, clip_len: int, size: tuple[int, int]) -> tuple[np.ndarray, float]:
+    """A texture translating horizontally: (frames uint8 (T, H, W, 3), velocity in px/frame)."""
+    height, width = size
+    velocity = float(rng.choice([-3, -1, 0, 1, 3]))
+    texture = rng.integers(0, 256, (height // 4 + 1, (width + 4 * clip_len * 3) // 4 + 1, 3), dtype=np.uint8)
+    texture = texture.repeat(4, axis=0).repeat(4, axis=1)
+    origin = clip_len * 3
+    frames = [texture[:height, origin + int(velocity * t) : origin + int(velocity * t) + width] for t in range(clip_len)]
+    return np.ascontiguousarray(np.stack(frames)), velocity
+
+
+def _add(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(payload), 0, 0o644
+    tar.addfile(info, io.BytesIO(payload))
+
+
+def write_shards(folder: Path, counts: list[int], clip_len: int = 8, size=(32, 64), seed: int = 0) -> Path:
+    """folder/shard-NNNNNN.tar with counts[i] clips each, plus manifest.json (written last)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    shards, clip = [], 0
+    for shard_index, count in enumerate(counts):
+        path = folder / f"shard-{shard_index:06d}.tar"
+        with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+            for _ in range(count):
+                frames, velocity = moving_clip(rng, clip_len, size)
+                key = f"scene-{clip // 10:04d}-{(clip % 10) * clip_len:04d}"
+                meta = {"version": 1, "key": key, "scene": key[:10], "clip_len": clip_len, "size": list(size),
+                        "speed_mps": abs(velocity), "yaw_rate_rps": 0.0}  # fmt: skip
+                _add(tar, f"{key}.mp4", encode_clip(frames))
+                _add(tar, f"{key}.json", json.dumps(meta, sort_keys=True).encode())
+                clip += 1
+        data = path.read_bytes()
+        shards.append({"name": path.name, "clips": count, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)})
+    manifest = {"format": "mvm-shards", "version": 1, "config": {"clip_len": clip_len, "size": list(size)},
+                "shards": shards, "total_clips": sum(counts)}  # fmt: skip
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    return folder
+
+
+def tiny_config(path: Path, **overrides) -> Path:
+    """A --config JSON making the tiny preset even smaller (test-sized shapes, fast steps)."""
+    config = {
+        "model": {"patch_size": 16, "embed_dim": 32, "depth": 1, "num_heads": 2, "decoder_dim": 32,
+                  "decoder_depth": 1, "decoder_heads": 2, "stem_channels": 8},
+        "data": {"batch_size": 4, "workers": 0, "shuffle_buffer": 8},
+        "log_every": 1, "viz_every": 1000, "ckpt_every": 1000,
+    }  # fmt: skip
+    for section, values in overrides.items():
+        if isinstance(values, dict):
+            config.setdefault(section, {}).update(values)
+        else:
+            config[section] = values
+    path.write_text(json.dumps(config))
+    return path
+
+
+def run_train(args: list[str], nproc: int = 1, timeout: float = 120, env_extra: dict | None = None):
+    """Run mvm-train (under torchrun when nproc > 1) with one thread per process; returns CompletedProcess."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **(env_extra or {})}
+    if nproc > 1:
+        command = [str(VENV_BIN / "torchrun"), f"--nproc_per_node={nproc}", "--standalone", "-m", "train.cli"]
+    else:
+        command = [sys.executable, "-m", "train.cli"]
+    return subprocess.run(command + args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def read_keys(run: Path, rank: int = 0) -> list[tuple[int, list[str]]]:
+    """(step, keys) per line of RUN/keys-rank{rank}.jsonl."""
+    lines = (Path(run) / f"keys-rank{rank}.jsonl").read_text().splitlines()
+    return [(record["step"], record["keys"]) for record in map(json.loads, lines)]

@@ -1,0 +1,160 @@
+"""slurm/ scripts on a real single-node Slurm cluster started by the `cluster` fixture.
+
+Skipped when munge/Slurm are not installed, unless MVM_REQUIRE_SLURM=1 (set by .ci/run), which
+turns a missing Slurm into a failure so CI never skips these silently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from _slurm_cluster import SlurmCluster, missing_binaries, start_cluster
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SLURM = REPO / "slurm"
+SIZE = "32x64"
+TRAIN_ARGS = ["--model", "tiny", "--batch-size", "4", "--workers", "0", "--device", "cpu", "--log-every", "5"]
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> SlurmCluster:
+    missing = missing_binaries()
+    if missing:
+        message = f"Slurm/munge not installed (missing: {', '.join(missing)})"
+        if os.environ.get("MVM_REQUIRE_SLURM") == "1":
+            pytest.fail(f"MVM_REQUIRE_SLURM=1 but {message}", pytrace=False)
+        pytest.skip(message)
+    with start_cluster(tmp_path_factory.mktemp("slurm")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> dict[str, str]:
+    """Environment for slurm/ scripts: a site file using this checkout's venv, OMP threads at 1."""
+    folder = tmp_path_factory.mktemp("site")
+    site_env = folder / "site.env"
+    site_env.write_text(
+        'MVM_ACCOUNT=""\nMVM_PARTITION=""\nMVM_GPU_PARTITION=""\nMVM_QOS=""\nMVM_SBATCH_EXTRA="--mem=1G"\n'
+        f'MVM_MODULES=""\nMVM_CONDA_ENV=""\nMVM_VENV="{BIN.parent}"\n'
+        f'MVM_DATAROOT=""\nMVM_VERSION=""\nMVM_WORK="{folder}"\nMVM_INGEST_PARTS=3\nMVM_GPUS_PER_NODE=1\n'
+    )
+    return {
+        "MVM_SITE_ENV": str(site_env),
+        "MVM_ROOT": str(REPO),
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "OMP_NUM_THREADS": "1",
+    }
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, object]:
+    """A 3-scene synthetic dataroot and its single-process ingest (the reference bytes)."""
+    root = tmp_path_factory.mktemp("data")
+    dataroot = root / "nuscenes"
+    subprocess.run(
+        [BIN / "mvm-synth", "--out", dataroot, "--version", "v1.0-mini", "--scenes", "3",
+         "--frames-per-scene", "48", "--width", "256"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    ingest_args = ["--dataroot", str(dataroot), "--version", "v1.0-mini", "--scenes", "all",
+                   "--size", SIZE, "--shard-clips", "4"]  # fmt: skip
+    single = root / "single"
+    subprocess.run([BIN / "mvm-ingest", *ingest_args, "--out", single], check=True, capture_output=True)
+    return {"ingest_args": ingest_args, "single": single, "root": root}
+
+
+def _products(folder: Path) -> dict[str, bytes]:
+    """The files that must be reproducible: shards and manifest (logs and ledgers excluded)."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.suffix == ".tar"} | {
+        "manifest.json": (folder / "manifest.json").read_bytes()
+    }
+
+
+def test_ingest_array_and_finalize_match_single_process(cluster, site, data):
+    out = data["root"] / "array"
+    submitted = subprocess.run(
+        ["bash", SLURM / "ingest.sh", "--parts", "3", "--", *data["ingest_args"], "--out", str(out)],
+        env={**cluster.env, **site}, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    finalize_id = submitted.stdout.strip().splitlines()[-1]
+    array_id = re.search(r"array job (\d+)", submitted.stderr).group(1)
+    states = cluster.wait([array_id, finalize_id], timeout_s=120)
+    logs = sorted((data["root"] / "logs").glob("ingest-array-*"))
+    assert states == {array_id: ["COMPLETED"] * 3, finalize_id: ["COMPLETED"]}, [p.read_text() for p in logs]
+    assert len([p for p in logs if "finalize" not in p.name]) == 3
+    reference = _products(data["single"])
+    produced = _products(out)
+    assert sorted(produced) == sorted(reference)
+    assert len(reference) > 2
+    for name, content in reference.items():
+        assert produced[name] == content, f"{name} differs between the array ingest and one process"
+
+
+def _submit_training(cluster, site, run: Path, shards: Path, steps: int, extra: list[str]) -> str:
+    log = run.parent / f"{run.name}.out"
+    return cluster.run(
+        "sbatch", "--parsable", "--gpus-per-node=0", "--ntasks-per-node=2", "--cpus-per-task=1",
+        f"--output={log}", str(SLURM / "train_ddp.sbatch"),
+        "--shards", str(shards), "--out", str(run), "--steps", str(steps), *TRAIN_ARGS, *extra,
+        env=site,
+    ).strip()  # fmt: skip
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def test_two_task_ddp_training_through_srun(cluster, site, data):
+    run = data["root"] / "ddp-run"
+    job = _submit_training(cluster, site, run, data["single"], steps=10, extra=["--ckpt-every", "5"])
+    states = cluster.wait([job], timeout_s=180)
+    log = (run.parent / "ddp-run.out").read_text()
+    assert states[job] == ["COMPLETED"], log
+    assert "2 agent(s) x 1 process(es)" in log
+    for rank in (0, 1):
+        assert (run / f"keys-rank{rank}.jsonl").read_text().strip(), f"rank {rank} consumed no clips\n{log}"
+    steps = [r for r in _metrics(run) if "loss" in r]
+    assert steps[-1]["step"] == 10
+    assert all("comm_frac" in r for r in steps), "no DDP all-reduce was measured"
+    assert json.loads((run / "config.json").read_text())["steps"] == 10
+    complete = sorted(p.parent.name for p in (run / "checkpoints").glob("step-*/COMPLETE"))
+    assert complete == ["step-000005", "step-000010"]
+
+
+def test_requeued_training_resumes_from_its_checkpoint(cluster, site, data):
+    run = data["root"] / "requeue-run"
+    job = _submit_training(cluster, site, run, data["single"], steps=40, extra=["--ckpt-every", "10"])
+    first = run / "checkpoints" / "step-000010" / "COMPLETE"
+    deadline = time.monotonic() + 150
+    while not first.exists():
+        assert cluster.job_states(job) != ["FAILED"], (run.parent / "requeue-run.out").read_text()
+        assert time.monotonic() < deadline, "no checkpoint within 150 s"
+        time.sleep(0.2)
+    assert cluster.job_states(job) == ["RUNNING"], "training finished before the requeue; give it more steps"
+    cluster.run("scontrol", "requeue", job)
+    # Slurm holds a requeued job for 120 s (BeginTime); release it as soon as it is pending again.
+    while cluster.job_states(job) != ["PENDING"]:
+        time.sleep(0.2)
+    cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+    states = cluster.wait([job], timeout_s=180)
+    log = (run.parent / "requeue-run.out").read_text()
+    assert states[job] == ["COMPLETED"], log
+    assert cluster.job_field(job, "Restarts") == "1"
+    assert "DUE TO JOB REQUEUE" in log and "(restart 1)" in log
+    records = _metrics(run)
+    resumes = [r for r in records if r.get("event") == "resume"]
+    assert len(resumes) == 1 and resumes[0]["step"] >= 10, resumes
+    steps = [r["step"] for r in records if "loss" in r]
+    assert steps == sorted(set(steps)) and steps[-1] == 40, steps
+    assert (run / "checkpoints" / "step-000040" / "COMPLETE").exists()

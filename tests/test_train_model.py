@@ -1,0 +1,112 @@
+"""train.model: patchify inverse, masking invariants, no leak of masked pixels, loss on masked patches only."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from train.config import ModelConfig
+from train.model import build_model, make_mask, masked_mse, patchify, unpatchify
+
+torch.set_num_threads(1)
+
+CFG = ModelConfig(
+    clip_len=4, image_size=(32, 48), patch_size=16, stem_channels=8, embed_dim=32, depth=2, num_heads=2,
+    decoder_dim=32, decoder_depth=1, decoder_heads=2, mask_type="random", mask_ratio=0.75, norm_pix_loss=True,
+)  # fmt: skip
+PATCHES_PER_FRAME = 2 * 3
+
+
+def test_patchify_unpatchify_are_exact_inverses():
+    video = torch.rand(2, 4, 3, 32, 48)
+    patches = patchify(video, 16)
+    assert patches.shape == (2, 4 * 6, 16 * 16 * 3)
+    assert torch.equal(unpatchify(patches, 4, (32, 48), 16), video)
+    # token l = t * N + n holds frame t's patch n (row-major): check one by hand
+    t, row, col = 2, 1, 2
+    expected = video[0, t, :, row * 16 : (row + 1) * 16, col * 16 : (col + 1) * 16].permute(1, 2, 0).reshape(-1)
+    assert torch.equal(patches[0, t * 6 + row * 3 + col], expected)
+    random_patches = torch.rand(2, 24, 768)
+    assert torch.equal(patchify(unpatchify(random_patches, 4, (32, 48), 16), 16), random_patches)
+
+
+@pytest.mark.parametrize("kind", ["tube", "random"])
+@pytest.mark.parametrize("ratio", [0.5, 0.75, 0.9])
+def test_mask_invariants(kind, ratio):
+    frames, per_frame = 4, 28
+    ids_keep, mask = make_mask(3, frames, per_frame, ratio, kind, torch.Generator().manual_seed(0))
+    tokens = frames * per_frame
+    assert mask.shape == (3, tokens) and mask.dtype == torch.bool
+    for clip in range(3):
+        kept = ids_keep[clip]
+        assert torch.equal(kept, kept.sort().values) and len(set(kept.tolist())) == len(kept)
+        assert torch.equal(~mask[clip], torch.zeros(tokens, dtype=torch.bool).index_fill(0, kept, True))
+    masked_share = mask.float().mean().item()
+    assert abs(masked_share - ratio) < 0.05
+    if kind == "tube":
+        per_frame_masks = mask.reshape(3, frames, per_frame)
+        assert torch.equal(per_frame_masks, per_frame_masks[:, :1].expand_as(per_frame_masks))
+    again, _ = make_mask(3, frames, per_frame, ratio, kind, torch.Generator().manual_seed(0))
+    other, _ = make_mask(3, frames, per_frame, ratio, kind, torch.Generator().manual_seed(1))
+    assert torch.equal(again, ids_keep) and not torch.equal(other, ids_keep)
+
+
+def test_random_masks_differ_across_frames():
+    _, mask = make_mask(2, 8, 28, 0.75, "random", torch.Generator().manual_seed(0))
+    per_frame = mask.reshape(2, 8, 28)
+    assert not torch.equal(per_frame, per_frame[:, :1].expand_as(per_frame))
+
+
+def test_encoder_output_has_exactly_zero_gradient_wrt_masked_pixels():
+    torch.manual_seed(0)
+    model = build_model(CFG)
+    video = torch.rand(2, 4, 3, 32, 48, requires_grad=True)
+    ids_keep, mask = make_mask(2, 4, PATCHES_PER_FRAME, 0.75, "random", torch.Generator().manual_seed(3))
+    latent = model.encode(patchify(video, 16), ids_keep)
+    (latent * torch.randn_like(latent)).sum().backward()
+    pixel_masked = unpatchify(mask.unsqueeze(-1).expand(-1, -1, 768).float(), 4, (32, 48), 16).bool()
+    grad = video.grad
+    assert grad[pixel_masked].abs().max().item() == 0.0
+    assert grad[~pixel_masked].abs().max().item() > 0.0  # visible pixels do reach the encoder
+
+
+def test_loss_depends_only_on_masked_targets():
+    torch.manual_seed(0)
+    model = build_model(CFG)
+    pred = torch.rand(2, 24, 768)
+    target = torch.rand(2, 24, 768)
+    _, mask = make_mask(2, 4, PATCHES_PER_FRAME, 0.75, "random", torch.Generator().manual_seed(0))
+    changed = torch.where(mask.unsqueeze(-1), target, torch.rand_like(target) * 100)
+    assert masked_mse(pred, target, mask).item() == masked_mse(pred, changed, mask).item()
+    assert masked_mse(pred, torch.where(mask.unsqueeze(-1), target + 1, target), mask).item() != pytest.approx(
+        masked_mse(pred, target, mask).item()
+    )
+    # End to end: changing the *pixels* of visible patches changes the input, so instead feed the
+    # model a video whose masked patches change: the loss must change (they are the targets),
+    # while the encoder output stays identical (they are hidden).
+    video = torch.rand(2, 4, 3, 32, 48)
+    ids_keep, mask = make_mask(2, 4, PATCHES_PER_FRAME, 0.75, "random", torch.Generator().manual_seed(1))
+    pixel_masked = unpatchify(mask.unsqueeze(-1).expand(-1, -1, 768).float(), 4, (32, 48), 16).bool()
+    altered = torch.where(pixel_masked, torch.rand_like(video), video)
+    with torch.no_grad():
+        first, second = model(video, ids_keep, mask), model(altered, ids_keep, mask)
+    assert torch.equal(first["pooled"], second["pooled"]) and torch.equal(first["pred"], second["pred"])
+    assert first["loss"].item() != second["loss"].item()
+
+
+def test_features_shape_and_motion_sensitivity():
+    torch.manual_seed(0)
+    model = build_model(CFG).eval()
+    video = torch.rand(3, 4, 3, 32, 48)
+    features = model.features(video)
+    assert features.shape == (3, 3 * 32) and torch.isfinite(features).all()
+    reversed_time = model.features(video.flip(1))
+    # same frames, other order: the time-mean part is (nearly) unchanged, the change part flips sign
+    assert not torch.allclose(features[:, 32:64], reversed_time[:, 32:64], atol=1e-4)
+
+
+def test_shape_errors_are_clear():
+    with pytest.raises(ValueError, match="not divisible"):
+        build_model(ModelConfig(clip_len=4, image_size=(30, 48), patch_size=16))
+    with pytest.raises(ValueError, match="unknown mask type"):
+        make_mask(1, 2, 4, 0.5, "blocks", torch.Generator())
