@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.ingest_speed import IngestRun
-from bench.training import run_training
+from bench.training import TrainRun, run_training
 
 
 def ingest_scaling(runs: list[IngestRun]) -> dict:
@@ -48,12 +48,22 @@ def ingest_scaling(runs: list[IngestRun]) -> dict:
 
 
 def trainer_memory_vs_shards(
-    runs: list[IngestRun], work: Path, *, steps: int, warmup: int, batch_size: int, log_every: int
+    runs: list[IngestRun],
+    work: Path,
+    *,
+    done: dict[Path, TrainRun],
+    steps: int,
+    warmup: int,
+    batch_size: int,
+    log_every: int,
 ) -> dict:
-    """Peak memory of the same short `tiny` run (0 workers) pointed at each ingest output."""
+    """Peak memory of the same short `tiny` run (0 workers) pointed at each ingest output.
+
+    done: shard folder -> an identical run already made (reused, not repeated).
+    """
     rows = []
     for run in runs:
-        train = run_training(
+        train = done.get(run.out) or run_training(
             run.out, work / f"train-shards{run.shards}", model="tiny", steps=steps, workers=0, device="cpu",
             warmup=warmup, batch_size=batch_size, log_every=log_every,
         )  # fmt: skip

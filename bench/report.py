@@ -22,6 +22,11 @@ class Goal:
     """measured satisfies the target."""
 
 
+def _ok(results: dict, section: str) -> bool:
+    """The section ran and did not fail."""
+    return section in results and "error" not in results[section]
+
+
 def _row(rows: list[dict], key: str, value) -> dict:
     return next(row for row in rows if row[key] == value)
 
@@ -29,7 +34,7 @@ def _row(rows: list[dict], key: str, value) -> dict:
 def evaluate_goals(results: dict) -> list[Goal]:
     """The issue's goals, evaluated on whichever sections the results hold."""
     goals = []
-    if "loader" in results:
+    if _ok(results, "loader"):
         rows = results["loader"]["rows"]
         best = max(_row(rows, "loader", "shards_decord"), _row(rows, "loader", "shards_pyav"),
                    key=lambda row: row["clips_per_s"])  # fmt: skip
@@ -39,14 +44,14 @@ def evaluate_goals(results: dict) -> list[Goal]:
         ratio = best["clips_per_s"] / resized["clips_per_s"]
         goals.append(Goal("loader_vs_resized", "best shard loader >= pre-resized JPEG folder (ratio)", ratio,
                           ratio >= 1))  # fmt: skip
-    if "ingest" in results:
+    if _ok(results, "ingest"):
         whole = _row(results["ingest"]["rows"], "stage", "whole_ingest")["vs_reduced_decode"]
         goals.append(Goal("ingest_vs_reduced_decode", "whole ingest >= 0.5x reduced-size decode (frames/core-s)",
                           whole, whole >= 0.5))  # fmt: skip
-    if "storage" in results and results["storage"].get("mean_psnr_db") is not None:
+    if _ok(results, "storage"):
         psnr = results["storage"]["mean_psnr_db"]
         goals.append(Goal("psnr", "mean PSNR of decoded clips vs resized source >= 35 dB", psnr, psnr >= 35))
-    if "scaling" in results:
+    if _ok(results, "scaling"):
         last = results["scaling"]["ingest"]["rows"][-1]
         growth = last["cpu_ratio"] / last["data_ratio"]
         goals.append(Goal("ingest_linear_time", f"ingest CPU time grows at most linearly (ratio/data <= {TOLERANCE})",
@@ -68,7 +73,7 @@ def _fmt(value) -> str:
 def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, header, rows of cells) for every section present, shared by rich and markdown output."""
     out = []
-    if "loader" in results:
+    if _ok(results, "loader"):
         loader = results["loader"]
         h, w = loader["size"]
         out.append((
@@ -77,7 +82,7 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
             [[r["label"], _fmt(r["clips_per_s"]), _fmt(r["clips_per_cpu_s"]), _fmt(r["frames_per_s"]),
               _fmt(r["vs_baseline"])] for r in loader["rows"]],
         ))  # fmt: skip
-    if "ingest" in results:
+    if _ok(results, "ingest"):
         ingest = results["ingest"]
         out.append((
             f"Ingest: frames/s per core ({ingest['frames']} frames, source {ingest['source_size'][0]}x"
@@ -86,7 +91,7 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
             [[r["label"], _fmt(r["frames_per_core_s"]), _fmt(r["frames_per_s"]), _fmt(r["vs_reduced_decode"])]
              for r in ingest["rows"]],
         ))  # fmt: skip
-    if "storage" in results:
+    if _ok(results, "storage"):
         storage = results["storage"]
         psnr = storage.get("mean_psnr_db")
         out.append((
@@ -94,7 +99,7 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
             ["format", "KiB/clip", "x source JPEGs"],
             [[r["label"], _fmt(r["bytes_per_clip"] / 1024), _fmt(r["vs_source"])] for r in storage["rows"]],
         ))  # fmt: skip
-    if "training" in results:
+    if _ok(results, "training"):
         training = results["training"]
         rows = training["rows"] + training.get("gpu_rows", [])
         out.append((
@@ -104,7 +109,7 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
             [[r["device"], r["model"], str(r["workers"]), _fmt(r["clips_per_s"]), _fmt(r["step_time_s"]),
               f"{r['data_wait_frac']:.0%}", _fmt(r["peak_mem_mb"])] for r in rows],
         ))  # fmt: skip
-    if "scaling" in results:
+    if _ok(results, "scaling"):
         scaling = results["scaling"]
         out.append((
             "Cost scaling: ingest (--workers 1)",
@@ -118,6 +123,11 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
             [[str(r["shards"]), str(r["clips"]), _fmt(r["peak_mem_mb"]), _fmt(r["shard_ratio"]),
               _fmt(r["mem_ratio"])] for r in scaling["trainer_memory"]["rows"]],
         ))  # fmt: skip
+    failed = [name for name, value in results.items() if isinstance(value, dict) and "error" in value]
+    if failed:
+        out.append(
+            ("Failed sections", ["section", "error"], [[name, results[name]["error"]] for name in failed])
+        )
     if results.get("goals"):
         out.append((
             "Goals",

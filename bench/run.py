@@ -74,9 +74,9 @@ QUICK = BenchConfig(
     shard_clips=2,
     min_seconds=1.0,
     rounds=2,
-    train_steps=12,
-    train_batch=4,
-    train_log_every=2,
+    train_steps=6,
+    train_batch=2,
+    train_log_every=1,
     train_warmup_logs=1,
     psnr_clips=8,
 )
@@ -97,17 +97,21 @@ class Sections:
         self.progress, self.task = progress, task
         self.results: dict[str, dict] = {}
         self.failed: list[str] = []
+        self.seconds: dict[str, float] = {}
 
     def step(self, description: str, action: Callable[[], object]):
         """A prerequisite step: its failure stops the bench (nothing after it can run)."""
         self.progress.update(self.task, description=description)
+        started = time.perf_counter()
         value = action()
+        self.seconds[description] = time.perf_counter() - started
         self.progress.advance(self.task)
         return value
 
     def measure(self, name: str, description: str, action: Callable[[], dict]) -> None:
         """A measurement: its result, or its error, goes to results[name]; the others still run."""
         self.progress.update(self.task, description=description)
+        started = time.perf_counter()
         try:
             self.results[name] = action()
         except Exception as error:  # one broken measurement must not hide the others' numbers
@@ -117,6 +121,7 @@ class Sections:
                 "traceback": traceback.format_exc(),
             }
             self.progress.console.print(f"[red]{name} failed:[/red] {type(error).__name__}: {error}")
+        self.seconds[description] = time.perf_counter() - started
         self.progress.advance(self.task)
 
 
@@ -166,13 +171,26 @@ def run_bench(config: BenchConfig, mode: str, work: Path = WORK_DIR) -> tuple[di
                                                        config.psnr_clips))  # fmt: skip
         train_args = {"steps": config.train_steps, "warmup": config.train_warmup_logs,
                       "batch_size": config.train_batch, "log_every": config.train_log_every}  # fmt: skip
-        sections.measure("training", "mvm-train --model tiny, 0/1/2 workers",
-                         lambda: training.bench_training(shard_dir, work, workers=config.train_workers,
-                                                         **train_args))  # fmt: skip
-        sections.measure("scaling", "cost scaling: trainer memory vs shards",
-                         lambda: {"ingest": cost_scaling.ingest_scaling(ingests),
-                                  "trainer_memory": cost_scaling.trainer_memory_vs_shards(ingests, work,
-                                                                                          **train_args)})  # fmt: skip
+        cpu_runs: dict = {}
+
+        def measure_training() -> dict:
+            result, runs = training.bench_training(
+                shard_dir, work, workers=config.train_workers, **train_args
+            )
+            cpu_runs.update(runs)
+            return result
+
+        def measure_scaling() -> dict:
+            done = {shard_dir: cpu_runs[0]} if 0 in cpu_runs else {}
+            return {
+                "ingest": cost_scaling.ingest_scaling(ingests),
+                "trainer_memory": cost_scaling.trainer_memory_vs_shards(
+                    ingests, work, done=done, **train_args
+                ),
+            }
+
+        sections.measure("training", "mvm-train --model tiny, 0/1/2 workers", measure_training)
+        sections.measure("scaling", "cost scaling: trainer memory vs shards", measure_scaling)
     measured = {name: value for name, value in sections.results.items() if "error" not in value}
     results = {
         "mode": mode,
@@ -181,6 +199,7 @@ def run_bench(config: BenchConfig, mode: str, work: Path = WORK_DIR) -> tuple[di
         **sections.results,
         "goals": [dataclasses.asdict(goal) for goal in report.evaluate_goals(measured)],
         "failed_sections": sections.failed,
+        "section_seconds": sections.seconds,
         "elapsed_s": time.perf_counter() - started,
     }
     return results, sections.failed

@@ -90,21 +90,26 @@ def bench_training(
     workers: tuple[int, ...],
     batch_size: int,
     log_every: int,
-) -> dict:
-    """tiny on CPU with each worker count; ratios of clips/s against 0 workers. GPU rows when CUDA exists."""
+) -> tuple[dict, dict[int, TrainRun]]:
+    """tiny on CPU with each worker count; ratios of clips/s against the first count. GPU rows when CUDA exists.
+
+    Returns (results, worker count -> its CPU TrainRun) so the cost-scaling runs can reuse them.
+    """
     import torch
 
     rows = []
+    runs = {}
     for count in workers:
         run = run_training(
             shards, work / f"train-cpu-w{count}", model="tiny", steps=steps, workers=count, device="cpu",
             warmup=warmup, batch_size=batch_size, log_every=log_every,
         )  # fmt: skip
+        runs[count] = run
         rows.append({"device": "cpu", "model": "tiny", "workers": count, **run.summary,
                      "process_peak_rss_mb": run.child.peak_rss_mb, "wall_s": run.child.wall_s})  # fmt: skip
     base = rows[0]["clips_per_s"]
     for row in rows:
-        row["vs_0_workers"] = row["clips_per_s"] / base
+        row["vs_first"] = row["clips_per_s"] / base
     result = {"steps": steps, "batch_size": batch_size, "warmup_logs_dropped": warmup, "rows": rows}
     if torch.cuda.is_available():
         gpu_rows = []
@@ -117,4 +122,4 @@ def bench_training(
         result["gpu_rows"] = gpu_rows
     else:
         result["gpu_note"] = "skipped: torch.cuda.is_available() is False on this machine"
-    return result
+    return result, runs

@@ -165,7 +165,10 @@ def run_part(
                 while queue or pending:
                     while queue and len(pending) < 2 * workers:  # bounded: memory independent of scene count
                         name = queue.pop(0)
-                        pending[pool.submit(stage_scene, tables.job(name), config, staging_dir)] = name
+                        try:
+                            pending[pool.submit(stage_scene, tables.job(name), config, staging_dir)] = name
+                        except Exception as error:  # a scene whose tables are broken; the rest go on
+                            finished(name, error)
                     done, _ = wait(pending, return_when=FIRST_COMPLETED)
                     for future in done:
                         name = pending.pop(future)
@@ -286,6 +289,11 @@ def ingest_main(
 
     Same inputs and options give the same bytes, for one process or any --part I/N split plus
     --finalize. A killed run resumes: verified staged scenes and shards are kept.
+
+    \b
+    Slurm array (N tasks), then one finalize with the same options:
+      mvm-ingest ... --part $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT
+      mvm-ingest ... --finalize
 
     Exit codes: 0 success (or already complete), 1 failure (a scene failed, parts missing at
     finalize, damaged complete output), 2 usage error (bad option, unknown scene or split,

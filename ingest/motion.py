@@ -50,7 +50,9 @@ def clip_motion(timestamps, ego_translation, ego_rotation) -> tuple[float, float
     return float(path / elapsed), float((yaw[-1] - yaw[0]) / elapsed)
 
 
-def ego_motion_label(speed_mps: float, yaw_rate_rps: float, thresholds: MotionThresholds = MotionThresholds()) -> str:
+def ego_motion_label(
+    speed_mps: float, yaw_rate_rps: float, thresholds: MotionThresholds = MotionThresholds()
+) -> str:
     """One of EGO_MOTION_CLASSES. Stopped wins over turning (a car turning on the spot is rare)."""
     if speed_mps < thresholds.stopped_speed_mps:
         return "stopped"

@@ -22,6 +22,15 @@ SIZE = (32, 64)
 CLIP_LEN = 8
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The machine's cores are shared; one thread keeps these runs predictable."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> dict[str, Path]:
     """Train and val shard folders of a 5-scene synthetic trainval dataroot (3 train, 2 val scenes)."""

@@ -1,0 +1,172 @@
+"""Find training runs and their probes on disk and reduce each to one flat record (mvm-report's input).
+
+Layouts understood (both written by slurm/scaling.sh or by hand):
+- sweep: `SWEEP/runs/NAME/{experiment.json, run/, probe/}`;
+- bare run: `RUN/` (config.json + metrics.jsonl) with its probe in `RUN/probe/` or a sibling `probe/`.
+A run is any folder holding both config.json and metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from train.data import ShardError, resolve_shards, shard_clip_counts
+
+MAX_DEPTH = 4
+"""How deep below a given path runs are looked for (SWEEP/runs/NAME/run is depth 3)."""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One training run (and its probe, when there is one), as the report's table and plots use it."""
+
+    name: str
+    """Experiment name (the experiment folder's, else the run folder's)."""
+    run_dir: str
+    """The mvm-train RUN folder."""
+    preset: str
+    """Model preset the run started from."""
+    data_scale: float | None
+    """Dataset scale factor from experiment.json (None for a bare run)."""
+    clip_len: int
+    """T, frames per clip (from the run's config)."""
+    world_size: int
+    """Training processes (experiment.json, else the number of keys-rank*.jsonl files)."""
+    batch_size: int
+    """Clips per step per rank."""
+    steps: int
+    """Last logged training step."""
+    n_train_clips: int | None
+    """Distinct clips in the training shards (None when the shards are no longer where the run saw them)."""
+    clips_seen: int
+    """Clips consumed by training: steps x batch_size x world_size."""
+    final_loss: float
+    """Loss of the last logged step."""
+    clips_per_s: float
+    """Training throughput over all ranks, mean over the second half of the logged steps (steady state)."""
+    step_time_s: float
+    """Seconds per optimizer step, second-half mean."""
+    data_wait_frac: float
+    """Share of step time waiting for data, second-half mean."""
+    comm_frac: float | None
+    """Share of step time in gradient all-reduce, second-half mean (None for one process)."""
+    peak_mem_mb: float
+    """Largest peak memory logged (RSS on CPU, max allocated on GPU)."""
+    probe_metric: str | None
+    """The probe's primary metric name (balanced_accuracy, r2), None when the run has no probe."""
+    probe_pretrained: float | None
+    """The pretrained encoder's primary metric."""
+    probe_ci: tuple[float, float] | None
+    """Its 95% bootstrap CI over validation scenes."""
+    probe_random_best: float | None
+    """The best randomly initialised encoder's primary metric."""
+    probe_difference_ci: tuple[float, float] | None
+    """95% CI of pretrained minus best random."""
+    probe_gate: str | None
+    """"pass" or "fail"."""
+
+
+def find_runs(path: Path) -> list[Path]:
+    """Run folders at or below `path` (at most MAX_DEPTH levels), sorted."""
+    found = []
+    pending = [(Path(path), 0)]
+    while pending:
+        folder, depth = pending.pop()
+        if (folder / "config.json").is_file() and (folder / "metrics.jsonl").is_file():
+            found.append(folder)
+            continue
+        if depth < MAX_DEPTH:
+            pending += [(child, depth + 1) for child in folder.iterdir() if child.is_dir()]
+    return sorted(found)
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _experiment_and_probe(run: Path) -> tuple[Path, dict | None, dict | None]:
+    """(experiment folder, experiment.json, probe report.json) of a run, by the layouts above."""
+    experiment = _read_json(run.parent / "experiment.json")
+    home = run.parent if experiment is not None else run
+    for probe_dir in (run / "probe", run.parent / "probe"):
+        probe = _read_json(probe_dir / "report.json")
+        if probe is not None:
+            return home, experiment, probe
+    return home, experiment, None
+
+
+def _count_clips(spec: str) -> int | None:
+    try:
+        return sum(shard_clip_counts(resolve_shards(spec)))
+    except (ShardError, OSError, KeyError, ValueError):
+        return None
+
+
+def _second_half_mean(steps: list[dict], key: str) -> float | None:
+    values = [record[key] for record in steps[len(steps) // 2 :] if record.get(key) is not None]
+    return sum(values) / len(values) if values else None
+
+
+def summarize_run(run: Path) -> RunRecord:
+    """Reduce one run folder (and its probe) to a RunRecord; ValueError when it logged no step."""
+    config = json.loads((run / "config.json").read_text())
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    steps = [record for record in records if "loss" in record and "event" not in record]
+    if not steps:
+        raise ValueError(f"{run}/metrics.jsonl has no training step yet")
+    home, experiment, probe = _experiment_and_probe(run)
+    experiment = experiment or {}
+    world = experiment.get("world_size") or max(1, len(list(run.glob("keys-rank*.jsonl"))))
+    last_step = steps[-1]["step"]
+    batch_size = config["data"]["batch_size"]
+    metric = probe["metric"] if probe else None
+    return RunRecord(
+        name=home.name,
+        run_dir=str(run),
+        preset=config.get("preset", "?"),
+        data_scale=experiment.get("data_scale"),
+        clip_len=config["model"]["clip_len"],
+        world_size=world,
+        batch_size=batch_size,
+        steps=last_step,
+        n_train_clips=_count_clips(experiment.get("train_shards") or config["data"]["shards"]),
+        clips_seen=last_step * batch_size * world,
+        final_loss=steps[-1]["loss"],
+        clips_per_s=_second_half_mean(steps, "clips_per_s"),
+        step_time_s=_second_half_mean(steps, "step_time_s"),
+        data_wait_frac=_second_half_mean(steps, "data_wait_frac"),
+        comm_frac=_second_half_mean(steps, "comm_frac"),
+        peak_mem_mb=max(record["peak_mem_mb"] for record in steps),
+        probe_metric=metric,
+        probe_pretrained=probe["pretrained"][metric] if probe else None,
+        probe_ci=tuple(probe["pretrained"]["ci"]) if probe else None,
+        probe_random_best=probe["random"]["summary"]["best"] if probe else None,
+        probe_difference_ci=tuple(probe["difference_ci"]) if probe else None,
+        probe_gate=probe["gate"] if probe else None,
+    )
+
+
+def collect(paths: list[Path]) -> tuple[list[RunRecord], list[dict]]:
+    """Records of every run under `paths` (deduplicated, sorted by name) and the skipped ones with why."""
+    records, skipped, seen = [], [], set()
+    for path in paths:
+        for run in find_runs(path):
+            if run.resolve() in seen:
+                continue
+            seen.add(run.resolve())
+            try:
+                records.append(summarize_run(run))
+            except (ValueError, KeyError, json.JSONDecodeError) as error:
+                skipped.append({"run": str(run), "reason": f"{type(error).__name__}: {error}"})
+    return sorted(records, key=lambda r: r.name), skipped
+
+
+def as_dict(record: RunRecord) -> dict:
+    """Strict-JSON-ready dict of a record (a non-finite number becomes None)."""
+    return {
+        key: None if isinstance(value, float) and not math.isfinite(value) else value
+        for key, value in asdict(record).items()
+    }
