@@ -15,12 +15,8 @@ from bench.training import TrainRun, run_training
 
 
 def ingest_scaling(runs: list[IngestRun]) -> dict:
-    """Rows of wall/CPU time and peak RSS per ingest run, as ratios to the first (smallest) run.
-
-    Also the marginal rate between the smallest and largest run: frames/CPU-second once the fixed
-    start-up cost (interpreter, imports, devkit table load) is taken out.
-    """
-    first, last = runs[0], runs[-1]
+    """Rows of wall/CPU time and peak RSS per ingest run, as ratios to the first (smallest) run."""
+    first = runs[0]
     rows = [
         {
             "scenes": run.scenes,
@@ -37,14 +33,7 @@ def ingest_scaling(runs: list[IngestRun]) -> dict:
         }
         for run in runs
     ]
-    extra_frames = last.frames - first.frames
-    extra_cpu = last.child.cpu_s - first.child.cpu_s
-    startup_cpu = first.child.cpu_s - first.frames * extra_cpu / extra_frames if extra_frames else None
-    return {
-        "rows": rows,
-        "marginal_frames_per_core_s": extra_frames / extra_cpu if extra_frames and extra_cpu > 0 else None,
-        "startup_cpu_s": startup_cpu,
-    }
+    return {"rows": rows}
 
 
 def trainer_memory_vs_shards(

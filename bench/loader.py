@@ -104,20 +104,21 @@ def write_resized_folder(
     source_path: Callable[[str], Path],
     resize: Callable[[Path], np.ndarray],
 ) -> Path:
-    """Write every frame of `clips` once, resized by `resize(path) -> uint8 (H, W, 3)`, as JPEG.
+    """Write every frame of `clips` not yet in `root`, resized by `resize(path) -> uint8 (H, W, 3)`, as JPEG.
 
-    source_path maps a sample_data token to its JPEG. A `READY` marker is written last, so a
-    finished folder is reused and an interrupted one is rebuilt.
+    source_path maps a sample_data token to its JPEG. Each file is written under a temporary name
+    and renamed, so an interrupted run leaves no truncated frame and a rerun only adds what is missing.
     """
-    if (root / "READY").exists():
-        return root
     for clip in clips:
         for token, frame_index in zip(clip.sample_data_tokens, clip.frame_indices, strict=True):
             path = resized_frame_path(root, clip.scene, frame_index)
             if not path.exists():
                 path.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(resize(source_path(token))).save(path, quality=RESIZED_JPEG_QUALITY)
-    (root / "READY").write_text("")
+                partial = path.with_suffix(".partial")
+                Image.fromarray(resize(source_path(token))).save(
+                    partial, format="JPEG", quality=RESIZED_JPEG_QUALITY
+                )
+                partial.rename(path)
     return root
 
 

@@ -45,9 +45,12 @@ def evaluate_goals(results: dict) -> list[Goal]:
         goals.append(Goal("loader_vs_resized", "best shard loader >= pre-resized JPEG folder (ratio)", ratio,
                           ratio >= 1))  # fmt: skip
     if _ok(results, "ingest"):
-        whole = _row(results["ingest"]["rows"], "stage", "whole_ingest")["vs_reduced_decode"]
-        goals.append(Goal("ingest_vs_reduced_decode", "whole ingest >= 0.5x reduced-size decode (frames/core-s)",
-                          whole, whole >= 0.5))  # fmt: skip
+        rows = results["ingest"]["rows"]
+        stage = "steady_ingest" if any(row["stage"] == "steady_ingest" for row in rows) else "whole_ingest"
+        ratio = _row(rows, "stage", stage)["vs_reduced_decode"]
+        goals.append(Goal("ingest_vs_reduced_decode",
+                          f"ingest ({'steady state' if stage == 'steady_ingest' else 'whole'}) >= 0.5x "
+                          "reduced-size decode (frames/core-s)", ratio, ratio >= 0.5))  # fmt: skip
     if _ok(results, "storage"):
         psnr = results["storage"]["mean_psnr_db"]
         goals.append(Goal("psnr", "mean PSNR of decoded clips vs resized source >= 35 dB", psnr, psnr >= 35))
@@ -65,6 +68,8 @@ def evaluate_goals(results: dict) -> list[Goal]:
 
 
 def _fmt(value) -> str:
+    if value is None:
+        return "-"
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
     return str(value)

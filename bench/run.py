@@ -157,14 +157,16 @@ def run_bench(config: BenchConfig, mode: str, work: Path = WORK_DIR) -> tuple[di
         source_path = lambda token: Path(nusc.get_sample_data_path(token))  # noqa: E731
         resize = ingest_resize(config.size)
         clips = loader.clip_refs(shard_dir)
-        resized_dir = work / f"resized-{spec.key}-{config.size[0]}x{config.size[1]}"
+        resized_dir = (
+            work / f"resized-{spec.key}-{config.size[0]}x{config.size[1]}-q{loader.RESIZED_JPEG_QUALITY}"
+        )
         sections.step("pre-resized JPEG folder",
                       lambda: loader.write_resized_folder(resized_dir, clips, source_path, resize))  # fmt: skip
         setup = loader.LoaderSetup(shard_dir, dataroot, spec.version, resized_dir, config.size)
         sections.measure("loader", "loader clips/s per worker",
                          lambda: loader.bench_loaders(setup, config.min_seconds, config.rounds))  # fmt: skip
         sections.measure("ingest", "JPEG decode frames/s per core",
-                         lambda: ingest_speed.bench_ingest_speed(dataroot, spec.version, config.size, ingests[-1],
+                         lambda: ingest_speed.bench_ingest_speed(dataroot, spec.version, config.size, ingests,
                                                                   resize, config.min_seconds))  # fmt: skip
         sections.measure("storage", "bytes per clip, PSNR",
                          lambda: storage.bench_storage(shard_dir, clips, source_path, resized_dir, resize,

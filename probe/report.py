@@ -66,7 +66,9 @@ def markdown(records: list[RunRecord], skipped: list[dict], plots: list[Path]) -
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog="Exit codes: 0 report written; 2 usage error (missing path); 1 no run found or writing failed.",
 )
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument(
+    "paths", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
 @click.option(
     "--out",
     required=True,

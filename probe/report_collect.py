@@ -13,8 +13,6 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from train.data import ShardError, resolve_shards, shard_clip_counts
-
 MAX_DEPTH = 4
 """How deep below a given path runs are looked for (SWEEP/runs/NAME/run is depth 3)."""
 
@@ -99,6 +97,9 @@ def _experiment_and_probe(run: Path) -> tuple[Path, dict | None, dict | None]:
 
 
 def _count_clips(spec: str) -> int | None:
+    # Imported here: train.data pulls in torch, which the rest of the report never needs.
+    from train.data import ShardError, resolve_shards, shard_clip_counts
+
     try:
         return sum(shard_clip_counts(resolve_shards(spec)))
     except (ShardError, OSError, KeyError, ValueError):

@@ -15,6 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from probe.report_collect import RunRecord  # noqa: E402
 
@@ -58,23 +59,40 @@ def series(records: list[RunRecord], axis: str) -> dict[str, list[RunRecord]]:
     }
 
 
-def _panel(ax, records: list[RunRecord], axis: str, y_of, ylabel: str, with_ci: bool = False) -> bool:
-    """Draw one panel; False (and a note on the panel) when no series has two points."""
+def _panel(
+    ax, records: list[RunRecord], axis: str, y_of, ylabel: str, with_ci: bool = False, baseline_of=None
+) -> bool:
+    """Draw one panel; False (and a note on the panel) when no series has two points.
+
+    with_ci: probe CI error bars; baseline_of: a second value per run drawn dashed in the same colour.
+    """
     x_of, _, xlabel = AXES[axis]
     drawn = False
+    all_xs: set = set()
     for label, runs in series(records, axis).items():
         points = [(x_of(run), y_of(run), run) for run in runs if y_of(run) is not None]
         if len(points) < 2:
             continue
         xs, ys, kept = zip(*points, strict=True)
+        all_xs.update(xs)
         if with_ci and all(run.probe_ci for run in kept):
             low = [y - run.probe_ci[0] for y, run in zip(ys, kept, strict=True)]
             high = [run.probe_ci[1] - y for y, run in zip(ys, kept, strict=True)]
-            ax.errorbar(xs, ys, yerr=[low, high], marker="o", capsize=3, label=label)
+            line = ax.errorbar(xs, ys, yerr=[low, high], marker="o", capsize=3, label=label)[0]
         else:
-            ax.plot(xs, ys, marker="o", label=label)
+            (line,) = ax.plot(xs, ys, marker="o", label=label)
+        if baseline_of is not None:
+            ax.plot(xs, [baseline_of(run) for run in kept], ls="--", marker="x", color=line.get_color(),
+                    label=f"{label}: best random")  # fmt: skip
         drawn = True
     ax.set(xlabel=xlabel, ylabel=ylabel)
+    if axis == "data" and drawn:
+        # Log scale (scales double), ticks at the clip counts themselves.
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(all_xs), [str(x) for x in sorted(all_xs)])
+        ax.minorticks_off()
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     if drawn:
         ax.legend(fontsize=7)
@@ -101,11 +119,12 @@ def plot_all(records: list[RunRecord], out: Path) -> list[Path]:
     probe_label = _probe_label(records)
     written = []
 
-    fig, (ax_probe, ax_random) = plt.subplots(1, 2, figsize=(10, 3.8))
-    _panel(ax_probe, records, "data", lambda r: r.probe_pretrained, probe_label, with_ci=True)
+    fig, (ax_probe, ax_loss) = plt.subplots(1, 2, figsize=(10, 3.8))
+    _panel(ax_probe, records, "data", lambda r: r.probe_pretrained, probe_label, with_ci=True,
+           baseline_of=lambda r: r.probe_random_best)  # fmt: skip
     ax_probe.set_title("probe vs training data (95% CI over val scenes)")
-    _panel(ax_random, records, "data", lambda r: r.probe_random_best, "best random encoder")
-    ax_random.set_title("baseline: best random encoder")
+    _panel(ax_loss, records, "data", lambda r: r.final_loss, "final training loss")
+    ax_loss.set_title("final loss vs training data")
     written.append(_save(fig, out / "probe_vs_clips.png"))
 
     fig, (ax_speed, ax_mem) = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -126,7 +145,8 @@ def plot_all(records: list[RunRecord], out: Path) -> list[Path]:
     written.append(_save(fig, out / "world_size.png"))
 
     fig, (ax_probe, ax_speed) = plt.subplots(1, 2, figsize=(10, 3.8))
-    _panel(ax_probe, records, "clip_len", lambda r: r.probe_pretrained, probe_label, with_ci=True)
+    _panel(ax_probe, records, "clip_len", lambda r: r.probe_pretrained, probe_label, with_ci=True,
+           baseline_of=lambda r: r.probe_random_best)  # fmt: skip
     ax_probe.set_title("probe vs clip length")
     _panel(ax_speed, records, "clip_len", lambda r: r.clips_per_s, "clips/s (all ranks)")
     ax_speed.set_title("throughput vs clip length")

@@ -27,7 +27,7 @@
 #   MVM_SWEEP_SPLITS     training and val splits  "train val"
 #   MVM_SWEEP_SCALES     dataset scales           "1 2 4"
 #   MVM_SWEEP_CLIP_LENS  T values                 "4 8 12" / "4 8"
-#   MVM_SWEEP_WORLDS     processes (GPUs)         "1 MVM_GPUS_PER_NODE" / "1 2"
+#   MVM_SWEEP_WORLDS     processes (GPUs)         "1 MVM_GPUS_PER_NODE" (0 = CPU nodes: "1 2") / "1 2"
 #   MVM_SWEEP_MODEL      mvm-train preset         small / tiny
 #   MVM_SWEEP_STEPS      training steps           20000 / 200
 #   MVM_SWEEP_SIZE       ingest frame size HxW    144x256 / 64x112
@@ -61,7 +61,7 @@ else
   dataroot="${MVM_SWEEP_DATAROOT:-$MVM_DATAROOT}"
   version="${MVM_SWEEP_VERSION:-$MVM_VERSION}"
   clip_lens="${MVM_SWEEP_CLIP_LENS:-4 8 12}"
-  worlds="${MVM_SWEEP_WORLDS:-1 $MVM_GPUS_PER_NODE}"
+  worlds="${MVM_SWEEP_WORLDS:-1 $((MVM_GPUS_PER_NODE > 1 ? MVM_GPUS_PER_NODE : 2))}"
   model="${MVM_SWEEP_MODEL:-small}"
   steps="${MVM_SWEEP_STEPS:-20000}"
   size="${MVM_SWEEP_SIZE:-144x256}"
@@ -195,11 +195,15 @@ EOF
     fi
     return 0
   fi
-  local per_node=$((world < MVM_GPUS_PER_NODE ? world : MVM_GPUS_PER_NODE))
-  local nodes=$(((world + per_node - 1) / per_node)) train_job
-  train_job=$(mvm_submit gpu $(afterok "${train_waits[@]}") --job-name="train-$name" \
-    --nodes="$nodes" --gpus-per-node="$per_node" --output="$sweep/logs/train-$name-%j.out" \
-    "$MVM_ROOT/slurm/train_ddp.sbatch" "${train[@]}")
+  local resources train_job
+  if ((MVM_GPUS_PER_NODE > 0)); then
+    local per_node=$((world < MVM_GPUS_PER_NODE ? world : MVM_GPUS_PER_NODE))
+    resources=(--nodes=$(((world + per_node - 1) / per_node)) --gpus-per-node="$per_node")
+  else  # CPU nodes: one gloo process per task, all on one node
+    resources=(--nodes=1 --ntasks-per-node="$world" --gpus-per-node=0)
+  fi
+  train_job=$(mvm_submit gpu $(afterok "${train_waits[@]}") --job-name="train-$name" "${resources[@]}" \
+    --output="$sweep/logs/train-$name-%j.out" "$MVM_ROOT/slurm/train_ddp.sbatch" "${train[@]}")
   probe_jobs+=("$(mvm_submit cpu $(afterok "$train_job" "${probe_waits[@]}") --job-name="probe-$name" \
     --output="$sweep/logs/probe-$name-%j.out" "$MVM_ROOT/slurm/probe.sbatch" "${probe[@]}")")
   log "$name: train job $train_job, probe job ${probe_jobs[-1]}"

@@ -133,9 +133,7 @@ class SlurmCluster:
     def job_states(self, job_id: str) -> list[str]:
         """JobState of the job, or of each task when `job_id` is an array job."""
         shown = self.run("scontrol", "-o", "show", "job", job_id)
-        return [
-            item.partition("=")[2] for item in shown.split() if item.startswith("JobState=")
-        ]
+        return [item.partition("=")[2] for item in shown.split() if item.startswith("JobState=")]
 
     def wait(self, job_ids: list[str], timeout_s: float) -> dict[str, list[str]]:
         """Wait until every job (every array task) is in a final state; their states."""
@@ -242,7 +240,9 @@ def start_cluster(root: Path) -> Iterator[SlurmCluster]:
     processes: list[subprocess.Popen] = []
     try:
         processes.append(_start_munged(root))
-        processes.append(_start([_binary("slurmctld"), "-D", "-f", str(conf)], root / "log" / "slurmctld.out"))
+        processes.append(
+            _start([_binary("slurmctld"), "-D", "-f", str(conf)], root / "log" / "slurmctld.out")
+        )
         processes.append(
             _start([_binary("slurmd"), "-D", "-f", str(conf), "-N", node], root / "log" / "slurmd.out")
         )

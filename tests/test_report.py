@@ -24,7 +24,9 @@ def _shards(folder: Path, clips: list[int]) -> None:
     (folder / "manifest.json").write_text(json.dumps(manifest))
 
 
-def _run(folder: Path, *, clip_len: int, world: int, steps: int, clips_per_s: float, comm: float | None) -> None:
+def _run(
+    folder: Path, *, clip_len: int, world: int, steps: int, clips_per_s: float, comm: float | None
+) -> None:
     folder.mkdir(parents=True)
     config = {"preset": "tiny", "model": {"clip_len": clip_len}, "data": {"batch_size": 4, "shards": "gone"}}
     (folder / "config.json").write_text(json.dumps(config))

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from _slurm_cluster import SlurmCluster, missing_binaries, start_cluster
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,9 +44,9 @@ def site(tmp_path_factory) -> dict[str, str]:
     folder = tmp_path_factory.mktemp("site")
     site_env = folder / "site.env"
     site_env.write_text(
-        'MVM_ACCOUNT=""\nMVM_PARTITION=""\nMVM_GPU_PARTITION=""\nMVM_QOS=""\nMVM_SBATCH_EXTRA="--mem=1G"\n'
+        'MVM_ACCOUNT=""\nMVM_PARTITION=""\nMVM_GPU_PARTITION=""\nMVM_QOS=""\nMVM_SBATCH_EXTRA="--mem=1G --cpus-per-task=1"\n'
         f'MVM_MODULES=""\nMVM_CONDA_ENV=""\nMVM_VENV="{BIN.parent}"\n'
-        f'MVM_DATAROOT=""\nMVM_VERSION=""\nMVM_WORK="{folder}"\nMVM_INGEST_PARTS=3\nMVM_GPUS_PER_NODE=1\n'
+        f'MVM_DATAROOT=""\nMVM_VERSION=""\nMVM_WORK="{folder}"\nMVM_INGEST_PARTS=3\nMVM_GPUS_PER_NODE=0\n'
     )
     return {
         "MVM_SITE_ENV": str(site_env),
@@ -158,3 +157,43 @@ def test_requeued_training_resumes_from_its_checkpoint(cluster, site, data):
     steps = [r["step"] for r in records if "loss" in r]
     assert steps == sorted(set(steps)) and steps[-1] == 40, steps
     assert (run / "checkpoints" / "step-000040" / "COMPLETE").exists()
+
+
+def test_scaling_sweep_chains_ingest_train_probe_and_report(cluster, site, data):
+    sweep = data["root"] / "sweep"
+    settings = {
+        "MVM_SWEEP_DATAROOT": str(data["root"] / "nuscenes"),
+        "MVM_SWEEP_VERSION": "v1.0-mini",
+        "MVM_SWEEP_SPLITS": "mini_train mini_val",
+        "MVM_SWEEP_SCALES": "1 2",
+        "MVM_SWEEP_CLIP_LENS": "8",
+        "MVM_SWEEP_WORLDS": "1 2",
+        "MVM_SWEEP_MODEL": "tiny",
+        "MVM_SWEEP_STEPS": "4",
+        "MVM_SWEEP_SIZE": SIZE,
+        "MVM_SWEEP_TRAIN_ARGS": " ".join(TRAIN_ARGS[2:]) + " --viz-every 100",
+        "MVM_SWEEP_PROBE_ARGS": "--seeds 1 --bootstrap 100 --device cpu",
+    }
+    submitted = subprocess.run(
+        ["bash", SLURM / "scaling.sh", str(sweep)], env={**cluster.env, **site, **settings},
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    report_job = submitted.stdout.strip()
+    assert cluster.wait([report_job], timeout_s=240)[report_job] == ["COMPLETED"]
+    names = ["x1-T8-w1", "x2-T8-w1", "x2-T8-w2"]
+    assert sorted(p.name for p in (sweep / "runs").iterdir()) == names
+    for name in names:
+        probe = json.loads((sweep / "runs" / name / "probe" / "report.json").read_text())
+        assert probe["gate"] in ("pass", "fail")
+    scenes = [(sweep / "scenes" / f"train-{k}.txt").read_text().split() for k in (0, 1)]
+    assert sorted(scenes[0] + scenes[1]) == ["scene-0061", "scene-0553"]
+    for folder in ("train-0", "train-1", "val"):
+        assert (sweep / "shards" / "T8" / folder / "manifest.json").is_file()
+    assert len(list((sweep / "logs").glob("ingest-train-0-*"))) == 4  # 3 parts + finalize
+    summary = json.loads((sweep / "report" / "scaling.json").read_text())
+    by_name = {run["name"]: run for run in summary["runs"]}
+    assert sorted(by_name) == names
+    assert by_name["x2-T8-w2"]["world_size"] == 2 and by_name["x2-T8-w2"]["comm_frac"] is not None
+    assert by_name["x1-T8-w1"]["n_train_clips"] < by_name["x2-T8-w1"]["n_train_clips"]
+    assert (sweep / "report" / "world_size.png").is_file()

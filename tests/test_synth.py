@@ -85,7 +85,6 @@ def test_devkit_loads_consistent_tables(nusc):
             "singapore-queenstown",
             "boston-seaport",
         }
-        assert scene["description"].startswith("Night") == ("night" in scene["description"].lower())
         for record in channel_chain(nusc, scene, "CAM_FRONT"):
             assert Path(record["filename"]).name.startswith(
                 f"{log['logfile']}__CAM_FRONT__{record['timestamp']}"

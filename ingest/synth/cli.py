@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import click
 from rich.progress import (
@@ -15,7 +16,7 @@ from rich.progress import (
 )
 
 from ingest.synth.camera import image_size
-from ingest.synth.dataroot import DEFAULT_DROP_RATE, OutputFolderError, generate
+from ingest.synth.dataroot import DEFAULT_DROP_RATE, OutputFolderError, check_output, generate
 from ingest.synth.schedule import VERSIONS, scene_names
 
 EPILOG = """\b
@@ -51,7 +52,7 @@ def _check_width(ctx: click.Context, param: click.Parameter, value: int) -> int:
     default="v1.0-mini",
     show_default=True,
     help="nuScenes version folder and scene names: v1.0-mini uses the 10 mini scenes "
-    "(mini_train/mini_val select them); v1.0-trainval uses train/val names (about 30%% val).",
+    "(mini_train/mini_val select them); v1.0-trainval uses train/val names (about 30% val).",
 )
 @click.option(
     "--scenes",
@@ -104,6 +105,10 @@ def main(
         scene_names(version, scenes)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--scenes") from error
+    try:
+        check_output(Path(out))
+    except OutputFolderError as error:
+        raise click.ClickException(str(error)) from error
     columns = (
         TextColumn("[bold]mvm-synth[/bold]"),
         BarColumn(),

@@ -38,21 +38,31 @@ class OutputFolderError(RuntimeError):
     """The output folder cannot be used without risking files that are not ours."""
 
 
+def check_output(out: Path) -> bool:
+    """Whether `out` holds a previous synth output (True) or is new or empty (False).
+
+    Raises OutputFolderError for anything else: a file, or a non-empty folder without the marker.
+    """
+    if out.exists() and not out.is_dir():
+        raise OutputFolderError(f"--out {out} exists and is not a folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return False
+    marker = out / MARKER
+    if not marker.is_file() or _marker_generator(marker) != "mvm-synth":
+        raise OutputFolderError(
+            f"--out {out} is not empty and is not an mvm-synth output (no {MARKER}); "
+            "refusing to write there. Choose an empty or new folder."
+        )
+    return True
+
+
 def prepare_output(out: Path) -> None:
     """Make `out` an empty place for a dataroot: create it, or clear a previous synth output.
 
     A previous output (it holds the marker) loses exactly the entries this generator writes;
     anything else in the folder is left alone. Any other non-empty folder is refused.
     """
-    if out.exists() and not out.is_dir():
-        raise OutputFolderError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        marker = out / MARKER
-        if not marker.is_file() or _marker_generator(marker) != "mvm-synth":
-            raise OutputFolderError(
-                f"--out {out} is not empty and is not an mvm-synth output (no {MARKER}); "
-                "refusing to write there. Choose an empty or new folder."
-            )
+    if check_output(out):
         for name in OUTPUT_ENTRIES:
             entry = out / name
             if entry.is_dir() and not entry.is_symlink():

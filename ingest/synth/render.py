@@ -150,68 +150,77 @@ class Renderer:
     def _road_mask(self, ego_xy: np.ndarray, ego_yaw: float) -> np.ndarray:
         mask = Image.new("L", (self.camera.width, self.camera.height), 0)
         draw = ImageDraw.Draw(mask)
-        for polygon, _ in self._visible_polygons(self.world.road_quads, ego_xy, ego_yaw):
+        for polygon in self._visible_polygons(self.world.road_quads, ego_xy, ego_yaw)[0]:
             draw.polygon(polygon, fill=1)
         return np.asarray(mask)
 
-    def _visible_polygons(self, quads: np.ndarray, ego_xy: np.ndarray, ego_yaw: float):
-        """Yield (flat pixel coordinate list, index) for quads (N, 4, 3) in front of the camera,
-        clipped at NEAR_M, nearer than FAR_M and overlapping the image."""
-        if len(quads) == 0:
-            return
+    def _visible_polygons(
+        self, quads: np.ndarray, ego_xy: np.ndarray, ego_yaw: float
+    ) -> tuple[list[list[float]], np.ndarray]:
+        """Quads (N, 4, 3) in front of the camera, clipped at NEAR_M, nearer than FAR_M and
+        overlapping the image: flat pixel coordinate lists for Pillow, and their indices (V,)."""
         points = self.camera.world_to_camera(quads, ego_xy, ego_yaw)
         depth = points[..., 2]
-        candidates = np.flatnonzero((depth.max(axis=1) > NEAR_M) & (depth.min(axis=1) < FAR_M))
-        for index in candidates:
-            polygon = points[index]
-            if depth[index].min() <= NEAR_M:
-                polygon = _clip_near(polygon)
-            pixels = self.camera.project(polygon) - 0.5
-            low, high = pixels.min(axis=0), pixels.max(axis=0)
-            if high[0] < 0 or high[1] < 0 or low[0] > self.camera.width or low[1] > self.camera.height:
-                continue
-            yield np.clip(pixels, -1e5, 1e5).ravel().tolist(), index
+        near_enough = depth.min(axis=1) < FAR_M
+        whole = np.flatnonzero(near_enough & (depth.min(axis=1) > NEAR_M))
+        pixels = self.camera.project(points[whole]) - 0.5
+        low, high = pixels.min(axis=1), pixels.max(axis=1)
+        on_image = (high[:, 0] >= 0) & (high[:, 1] >= 0)
+        on_image &= (low[:, 0] <= self.camera.width) & (low[:, 1] <= self.camera.height)
+        polygons = pixels[on_image].reshape(-1, 8).tolist()
+        indices = whole[on_image].tolist()
+        # The few quads crossing the near plane are clipped one by one.
+        for index in np.flatnonzero(
+            near_enough & (depth.max(axis=1) > NEAR_M) & (depth.min(axis=1) <= NEAR_M)
+        ):
+            clipped = self.camera.project(_clip_near(points[index])) - 0.5
+            low, high = clipped.min(axis=0), clipped.max(axis=0)
+            if high[0] >= 0 and high[1] >= 0 and low[0] <= self.camera.width and low[1] <= self.camera.height:
+                polygons.append(np.clip(clipped, -1e5, 1e5).ravel().tolist())
+                indices.append(int(index))
+        return polygons, np.array(indices, dtype=np.int64)
 
     def _shade(
-        self, color: np.ndarray, points_world: np.ndarray, ego_xy: np.ndarray, ego_yaw: float
-    ) -> tuple:
-        """Colour (3,) of a surface around points_world (3,) after haze (day) or headlights (night)."""
-        delta = points_world[:2] - ego_xy
+        self, colors: np.ndarray, points_world: np.ndarray, ego_xy: np.ndarray, ego_yaw: float
+    ) -> list:
+        """RGB tuples of surfaces with colours (N, 3) around points_world (N, 3) after haze (day)
+        or headlights (night)."""
+        delta = points_world[:, :2] - ego_xy
         c, s = np.cos(ego_yaw), np.sin(ego_yaw)
-        forward, left = c * delta[0] + s * delta[1], -s * delta[0] + c * delta[1]
+        forward, left = c * delta[:, 0] + s * delta[:, 1], -s * delta[:, 0] + c * delta[:, 1]
         if self.night:
-            lit = color * float(headlight_gain(np.array(forward), np.array(left)))
+            lit = colors * headlight_gain(forward, left)[:, None]
         else:
-            haze = 1.0 - np.exp(-np.hypot(forward, left) / HAZE_M)
-            lit = color * (1 - haze) + DAY_HAZE * haze
-        return tuple(int(v) for v in np.clip(np.round(lit), 0, 255))
+            haze = (1.0 - np.exp(-np.hypot(forward, left) / HAZE_M))[:, None]
+            lit = colors * (1 - haze) + DAY_HAZE * haze
+        return [tuple(rgb) for rgb in np.clip(np.round(lit), 0, 255).astype(int).tolist()]
 
     def _draw_geometry(self, image: Image.Image, ego_xy: np.ndarray, ego_yaw: float) -> None:
         draw = ImageDraw.Draw(image)
         world = self.world
-        for polygon, index in self._visible_polygons(world.line_quads, ego_xy, ego_yaw):
-            centre = world.line_quads[index].mean(axis=0)
-            draw.polygon(
-                polygon, fill=self._shade(world.line_colors[index].astype(float), centre, ego_xy, ego_yaw)
-            )
+        polygons, lines = self._visible_polygons(world.line_quads, ego_xy, ego_yaw)
+        fills = self._shade(
+            world.line_colors[lines].astype(float), world.line_quads[lines, 0], ego_xy, ego_yaw
+        )
+        for polygon, fill in zip(polygons, fills, strict=True):
+            draw.polygon(polygon, fill=fill)
         camera_world = self._camera_position(ego_xy, ego_yaw)
-        centres = world.face_quads.mean(axis=1)
-        facing = np.einsum("ij,ij->i", world.face_normals, camera_world - centres) > 0
-        shading = 0.55 + 0.45 * np.clip(world.face_normals @ SUN, 0.0, 1.0)
-        polygons = {
-            index: polygon for polygon, index in self._visible_polygons(world.face_quads, ego_xy, ego_yaw)
-        }
+        polygons, faces = self._visible_polygons(world.face_quads, ego_xy, ego_yaw)
+        centres = world.face_quads[faces].mean(axis=1)
+        facing = np.einsum("ij,ij->i", world.face_normals[faces], camera_world - centres) > 0
+        sunlit = (
+            1.0 if self.night else 0.55 + 0.45 * np.clip(world.face_normals[faces] @ SUN, 0.0, 1.0)[:, None]
+        )
+        fills = self._shade(world.face_colors[faces] * sunlit, centres, ego_xy, ego_yaw)
+        faces_of: dict[int, list[int]] = {}
+        for position in np.flatnonzero(facing).tolist():
+            faces_of.setdefault(int(world.face_object[faces[position]]), []).append(position)
         distance = np.linalg.norm(world.object_centers - camera_world, axis=1)
-        faces_of = {}
-        for face in np.flatnonzero(facing):
-            if face in polygons:
-                faces_of.setdefault(int(world.face_object[face]), []).append(face)
-        for obj in np.argsort(-distance, kind="stable"):
-            for face in faces_of.get(int(obj), []):
-                color = world.face_colors[face] * (1.0 if self.night else shading[face])
-                draw.polygon(polygons[face], fill=self._shade(color, centres[face], ego_xy, ego_yaw))
-            if world.crowns[obj, 3] > 0:
-                self._draw_crown(draw, int(obj), ego_xy, ego_yaw)
+        for obj in np.argsort(-distance, kind="stable").tolist():
+            for position in faces_of.get(obj, []):
+                draw.polygon(polygons[position], fill=fills[position])
+            if world.crowns[obj, 3] > 0 and distance[obj] < FAR_M:
+                self._draw_crown(draw, obj, ego_xy, ego_yaw)
 
     def _draw_crown(self, draw: ImageDraw.ImageDraw, obj: int, ego_xy: np.ndarray, ego_yaw: float) -> None:
         centre, radius = self.world.crowns[obj, :3], self.world.crowns[obj, 3]
@@ -222,7 +231,7 @@ class Renderer:
         r = self.camera.intrinsic[0, 0] * radius / point[2]
         if u + r < 0 or v + r < 0 or u - r > self.camera.width or v - r > self.camera.height:
             return
-        fill = self._shade(self.world.crown_colors[obj], centre, ego_xy, ego_yaw)
+        fill = self._shade(self.world.crown_colors[obj][None], centre[None], ego_xy, ego_yaw)[0]
         draw.ellipse([u - r, v - r * 0.9, u + r, v + r * 0.9], fill=fill)
 
     def _camera_position(self, ego_xy: np.ndarray, ego_yaw: float) -> np.ndarray:
