@@ -2,17 +2,19 @@
 
 One run measures, on one synthetic nuScenes dataroot at the real CAM_FRONT resolution (1600x900):
 loader clips/s per worker (our shards via decord and PyAV vs the naive devkit JPEG Dataset vs a
-pre-resized JPEG folder), ingest frames/s per core (full-size decode, DCT-scaled decode, whole
-`mvm-ingest`), bytes per clip and PSNR, `mvm-train --model tiny` throughput with 0/1/2 workers
-(plus small/base when CUDA is available), and how ingest time/memory and trainer memory scale with
-the data. Results: `--out` (JSON, with machine info and goals) and a markdown table next to it
-(`results.md`), printed as rich tables.
+pre-resized JPEG folder), ingest frames/s per core (full-size decode, DCT-scaled decode, the
+ingest's frame reader, whole `mvm-ingest` and its steady state without start-up), bytes per clip
+and PSNR, `mvm-train --model tiny` throughput with 0/1/2 workers (plus small/base when CUDA is
+available), and how ingest time/memory and trainer memory scale with the data. Results: `--out`
+(JSON, with machine info and goals) and a markdown table next to it (`results.md`), printed as
+rich tables.
 
-Modes: `--quick` (4 scenes x 32 frames, short timings; under 3 minutes on 2 cores, about a minute
-of it generating the dataroot on the first run) for CI-sized checks; the default full mode
-(8 scenes x 240 frames, ~1900 frames: about 15-20 minutes on 2 cores, a third of it generating
-the dataroot on the first run) for the numbers the README quotes. Generated dataroots are cached
-under bench/work/ keyed by their arguments.
+Modes: `--quick` (4 scenes x 32 frames, 1-second timings, 6-step training runs; about 2 minutes on
+2 quiet cores, plus ~25 s generating the dataroot on the first run) for CI-sized checks; the
+default full mode (8 scenes x 240 frames = ~1900 frames, 5-second timings, 40-step training runs
+at batch 16: roughly 12-15 minutes on 2 quiet cores, plus ~6 minutes generating the dataroot on
+the first run) for the numbers the README quotes. Generated dataroots are cached under
+bench/work/ keyed by their arguments; everything timed runs fresh.
 
 Exit codes: 0 every section ran (goals may still be missed: see the Goals table), 1 a section
 failed (its error is in the JSON; the other sections still ran), 2 usage error.
@@ -55,7 +57,7 @@ class BenchConfig:
     """Minimum timed seconds per loader or decode measurement (per round)."""
     rounds: int = 3
     """Round-robin repetitions of the loader timings (median kept)."""
-    train_steps: int = 60
+    train_steps: int = 40
     """Steps per mvm-train run."""
     train_batch: int = 16
     """--batch-size of the training runs (tiny's default)."""
