@@ -168,7 +168,7 @@ def run_bench(config: BenchConfig, mode: str, work: Path = WORK_DIR) -> tuple[di
         sections.measure("loader", "loader clips/s per worker",
                          lambda: loader.bench_loaders(setup, config.min_seconds, config.rounds))  # fmt: skip
         sections.measure("ingest", "JPEG decode frames/s per core",
-                         lambda: ingest_speed.bench_ingest_speed(dataroot, spec.version, config.size, ingests,
+                         lambda: ingest_speed.bench_ingest_speed(dataroot, spec.version, config.size, ingests[-1],
                                                                   resize, config.min_seconds))  # fmt: skip
         sections.measure("storage", "bytes per clip, PSNR",
                          lambda: storage.bench_storage(shard_dir, clips, source_path, resized_dir, resize,

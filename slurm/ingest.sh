@@ -30,8 +30,11 @@ done
 ingest_args=("$@")
 out=""
 for ((i = 0; i < ${#ingest_args[@]}; i++)); do
-  [[ "${ingest_args[$i]}" == --out ]] && out="${ingest_args[$((i + 1))]:-}"
-  [[ "${ingest_args[$i]}" == --part || "${ingest_args[$i]}" == --finalize ]] && usage
+  case "${ingest_args[$i]}" in
+    --out) out="${ingest_args[$((i + 1))]:-}" ;;
+    --out=*) out="${ingest_args[$i]#--out=}" ;;
+    --part | --part=* | --finalize) usage ;;
+  esac
 done
 [[ -n "$out" ]] || { echo "ingest.sh: mvm-ingest arguments need --out DIR" >&2; exit 2; }
 logs="${logs:-$(dirname "$out")/logs}"

@@ -29,12 +29,13 @@
 #   MVM_SWEEP_CLIP_LENS  T values                 "4 8 12" / "4 8"
 #   MVM_SWEEP_WORLDS     processes (GPUs)         "1 MVM_GPUS_PER_NODE" (0 = CPU nodes: "1 2") / "1 2"
 #   MVM_SWEEP_MODEL      mvm-train preset         small / tiny
-#   MVM_SWEEP_STEPS      training steps           20000 / 200
+#   MVM_SWEEP_STEPS      training steps           20000 / 150
 #   MVM_SWEEP_SIZE       ingest frame size HxW    144x256 / 64x112
 #   MVM_SWEEP_SEED       seed of chunks and runs  0
 #   MVM_SWEEP_TRAIN_ARGS extra mvm-train options  "" / "--log-every 10 --viz-every 1000"
 #   MVM_SWEEP_PROBE_ARGS extra mvm-probe options  ""
-# Re-running continues: finished ingests, runs (via --resume auto) and probes are kept.
+# Re-running on the same SWEEP_DIR continues: complete ingests and probed experiments are kept,
+# unfinished runs resume from their checkpoints (--resume auto). New settings: a new SWEEP_DIR.
 # Exit status: 0 when everything ran or was submitted, 2 on usage errors, other non-zero on failures.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -54,7 +55,7 @@ if [[ "$mode" == local ]]; then
   clip_lens="${MVM_SWEEP_CLIP_LENS:-4 8}"
   worlds="${MVM_SWEEP_WORLDS:-1 2}"
   model="${MVM_SWEEP_MODEL:-tiny}"
-  steps="${MVM_SWEEP_STEPS:-200}"
+  steps="${MVM_SWEEP_STEPS:-150}"
   size="${MVM_SWEEP_SIZE:-64x112}"
   train_args="${MVM_SWEEP_TRAIN_ARGS:---log-every 10 --viz-every 1000}"
 else
@@ -154,6 +155,10 @@ experiment() {
   local scale="$1" clip_len="$2" world="$3"
   local name="x$scale-T$clip_len-w$world"
   local dir="$sweep/runs/$name" shards="$sweep/shards/T$clip_len"
+  if [[ -f "$dir/probe/report.json" ]]; then
+    log "$name: already probed, kept"
+    return 0
+  fi
   mkdir -p "$dir"
   local train_folders=() all_folders=() train_waits=() probe_waits=() index
   for index in "${!scale_list[@]}"; do
@@ -188,11 +193,9 @@ EOF
       OMP_NUM_THREADS=1 torchrun --standalone --nproc-per-node="$world" "$(command -v mvm-train)" \
         "${train[@]}" --resume auto
     fi
-    if [[ ! -f "$dir/probe/report.json" ]]; then
-      log "probe $name"
-      # Exit 3 is a failed gate: a result to report, not a broken sweep.
-      mvm-probe "${probe[@]}" || (($? == 3))
-    fi
+    log "probe $name"
+    # Exit 3 is a failed gate: a result to report, not a broken sweep.
+    mvm-probe "${probe[@]}" || (($? == 3))
     return 0
   fi
   local resources train_job
@@ -224,7 +227,9 @@ if [[ "$mode" == local ]]; then
   mvm-report "$sweep" --out "$sweep/report"
   log "done: $sweep/report/scaling.md"
 else
-  report_job=$(mvm_submit cpu --dependency="afterany:$(IFS=:; echo "${probe_jobs[*]}")" --job-name=report \
+  report_after=()  # empty when every experiment was already probed
+  ((${#probe_jobs[@]} > 0)) && report_after=("--dependency=afterany:$(IFS=:; echo "${probe_jobs[*]}")")
+  report_job=$(mvm_submit cpu "${report_after[@]}" --job-name=report \
     --output="$sweep/logs/report-%j.out" "$MVM_ROOT/slurm/report.sbatch" "$sweep" --out "$sweep/report")
   log "submitted ${#planned[@]} experiments; report job $report_job writes $sweep/report"
   echo "$report_job"

@@ -30,7 +30,10 @@ def moving_clip(rng: np.random.Generator, clip_len: int, size: tuple[int, int]) 
     texture = rng.integers(0, 256, (height // 4 + 1, (width + 4 * clip_len * 3) // 4 + 1, 3), dtype=np.uint8)
     texture = texture.repeat(4, axis=0).repeat(4, axis=1)
     origin = clip_len * 3
-    frames = [texture[:height, origin + int(velocity * t) : origin + int(velocity * t) + width] for t in range(clip_len)]
+    frames = [
+        texture[:height, origin + int(velocity * t) : origin + int(velocity * t) + width]
+        for t in range(clip_len)
+    ]
     return np.ascontiguousarray(np.stack(frames)), velocity
 
 
@@ -58,7 +61,14 @@ def write_shards(folder: Path, counts: list[int], clip_len: int = 8, size=(32, 6
                 _add(tar, f"{key}.json", json.dumps(meta, sort_keys=True).encode())
                 clip += 1
         data = path.read_bytes()
-        shards.append({"name": path.name, "clips": count, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)})
+        shards.append(
+            {
+                "name": path.name,
+                "clips": count,
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "bytes": len(data),
+            }
+        )
     manifest = {"format": "mvm-shards", "version": 1, "config": {"clip_len": clip_len, "size": list(size)},
                 "shards": shards, "total_clips": sum(counts)}  # fmt: skip
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))

@@ -20,7 +20,9 @@ def shard_dir(tmp_path_factory):
 
 
 def step_losses(run) -> dict[int, float]:
-    return {r["step"]: r["loss"] for r in read_jsonl(run / "metrics.jsonl") if "loss" in r and "event" not in r}
+    return {
+        r["step"]: r["loss"] for r in read_jsonl(run / "metrics.jsonl") if "loss" in r and "event" not in r
+    }
 
 
 def check(result, code=0):
@@ -29,7 +31,18 @@ def check(result, code=0):
 
 def test_run_outputs_and_kill_resume_reproduce_the_stream(shard_dir, tmp_path):
     config = tiny_config(tmp_path / "c.json", data={"workers": 2}, ckpt_every=3, keep_ckpts=2, viz_every=5)
-    common = ["--shards", str(shard_dir), "--model", "tiny", "--config", str(config), "--steps", "12", "--device", "cpu"]
+    common = [
+        "--shards",
+        str(shard_dir),
+        "--model",
+        "tiny",
+        "--config",
+        str(config),
+        "--steps",
+        "12",
+        "--device",
+        "cpu",
+    ]
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     check(run_train([*common, "--out", str(whole)]))
     # 18 clips, batch 4 -> 4 steps per epoch; the kill at step 7 is mid-epoch, after the step-6 checkpoint
@@ -117,12 +130,16 @@ def test_bad_data_gives_clear_errors(shard_dir, tmp_path):
     check(failed, 1)
     assert "data error: shard" in failed.stderr and "shard-000002.tar" in failed.stderr
 
-    skipped = run_train(["--shards", str(bad_dir), "--out", str(tmp_path / "r2"), "--on-bad-sample", "skip", *common])
+    skipped = run_train(
+        ["--shards", str(bad_dir), "--out", str(tmp_path / "r2"), "--on-bad-sample", "skip", *common]
+    )
     check(skipped)
     bad = [r for r in read_jsonl(tmp_path / "r2" / "metrics.jsonl") if r.get("event") == "bad_sample"]
     assert bad and all("shard-000002.tar" in r["detail"] for r in bad)
 
-    missing = run_train(["--shards", f"{shard_dir}/shard-{{000000..000009}}.tar", "--out", str(tmp_path / "r3"), *common])
+    missing = run_train(
+        ["--shards", f"{shard_dir}/shard-{{000000..000009}}.tar", "--out", str(tmp_path / "r3"), *common]
+    )
     check(missing, 2)
     assert "6 of 10 shards missing" in missing.stderr
     assert not (tmp_path / "r3").exists()

@@ -10,7 +10,15 @@ import torch
 from _train_helpers import write_shards
 
 from train.config import DataConfig
-from train.data import ShardError, batches, clip_shape, epoch_samples, iter_clips, resolve_shards, shard_clip_counts
+from train.data import (
+    ShardError,
+    batches,
+    clip_shape,
+    epoch_samples,
+    iter_clips,
+    resolve_shards,
+    shard_clip_counts,
+)
 from train.split import plan_epoch
 
 torch.set_num_threads(1)
@@ -30,7 +38,10 @@ def test_resolve_shards_forms_and_errors(shard_dir, tmp_path):
     from_folder = resolve_shards(str(shard_dir))
     assert [p.rsplit("/", 1)[1] for p in from_folder] == [f"shard-{i:06d}.tar" for i in range(4)]
     assert resolve_shards(f"{shard_dir}/shard-{{000000..000003}}.tar") == from_folder
-    assert resolve_shards(f"{from_folder[0]},{shard_dir}/shard-00000[2-3].tar") == [from_folder[0], *from_folder[2:]]
+    assert resolve_shards(f"{from_folder[0]},{shard_dir}/shard-00000[2-3].tar") == [
+        from_folder[0],
+        *from_folder[2:],
+    ]
     assert shard_clip_counts(from_folder) == [6, 4, 5, 3]
     assert clip_shape(from_folder) == (8, (32, 64))
     with pytest.raises(ShardError, match=r"2 of 6 shards missing: .*shard-000004.tar"):
@@ -60,7 +71,9 @@ def test_stream_resume_continues_exactly_and_ranks_are_disjoint(shard_dir, worke
         full = keys_of(epoch_samples(urls, plan[rank], 0, cfg, 3, 1, rank, SHAPE))
         assert len(full) == sum(slot.clips for slot in plan[rank])
         for consumed in (1, 3, len(full) - 1):
-            assert keys_of(epoch_samples(urls, plan[rank], consumed, cfg, 3, 1, rank, SHAPE)) == full[consumed:]
+            assert (
+                keys_of(epoch_samples(urls, plan[rank], consumed, cfg, 3, 1, rank, SHAPE)) == full[consumed:]
+            )
         per_rank.append(full)
     assert not set(per_rank[0]) & set(per_rank[1])
     assert len(set(per_rank[0]) | set(per_rank[1])) == 18
@@ -107,7 +120,10 @@ def test_undecodable_sample_is_named(shard_dir, tmp_path):
 
     path = tmp_path / "shard-000000.tar"
     with tarfile.open(path, "w") as tar:
-        for name, payload in (("scene-0009-0000.mp4", b"not a video"), ("scene-0009-0000.json", json.dumps({}).encode())):
+        for name, payload in (
+            ("scene-0009-0000.mp4", b"not a video"),
+            ("scene-0009-0000.json", json.dumps({}).encode()),
+        ):
             info = tarfile.TarInfo(name)
             info.size = len(payload)
             tar.addfile(info, io.BytesIO(payload))

@@ -24,7 +24,9 @@ def test_patchify_unpatchify_are_exact_inverses():
     assert torch.equal(unpatchify(patches, 4, (32, 48), 16), video)
     # token l = t * N + n holds frame t's patch n (row-major): check one by hand
     t, row, col = 2, 1, 2
-    expected = video[0, t, :, row * 16 : (row + 1) * 16, col * 16 : (col + 1) * 16].permute(1, 2, 0).reshape(-1)
+    expected = (
+        video[0, t, :, row * 16 : (row + 1) * 16, col * 16 : (col + 1) * 16].permute(1, 2, 0).reshape(-1)
+    )
     assert torch.equal(patches[0, t * 6 + row * 3 + col], expected)
     random_patches = torch.rand(2, 24, 768)
     assert torch.equal(patchify(unpatchify(random_patches, 4, (32, 48), 16), 16), random_patches)
@@ -78,9 +80,9 @@ def test_loss_depends_only_on_masked_targets():
     _, mask = make_mask(2, 4, PATCHES_PER_FRAME, 0.75, "random", torch.Generator().manual_seed(0))
     changed = torch.where(mask.unsqueeze(-1), target, torch.rand_like(target) * 100)
     assert masked_mse(pred, target, mask).item() == masked_mse(pred, changed, mask).item()
-    assert masked_mse(pred, torch.where(mask.unsqueeze(-1), target + 1, target), mask).item() != pytest.approx(
-        masked_mse(pred, target, mask).item()
-    )
+    assert masked_mse(
+        pred, torch.where(mask.unsqueeze(-1), target + 1, target), mask
+    ).item() != pytest.approx(masked_mse(pred, target, mask).item())
     # End to end: changing the *pixels* of visible patches changes the input, so instead feed the
     # model a video whose masked patches change: the loss must change (they are the targets),
     # while the encoder output stays identical (they are hidden).

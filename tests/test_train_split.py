@@ -13,7 +13,12 @@ COUNT_SETS = [[5, 3, 7], [1], [4, 4, 4, 4, 4, 4, 1], [2, 9], [32, 32, 32, 32, 32
 
 def slot_indices(slot, counts) -> list[int]:
     """Epoch indices the slot yields, enumerated the slow way."""
-    return [start + i for index, start in slot.shards for i in range(counts[index]) if (start + i) % slot.modulus == slot.residue]
+    return [
+        start + i
+        for index, start in slot.shards
+        for i in range(counts[index])
+        if (start + i) % slot.modulus == slot.residue
+    ]
 
 
 @pytest.mark.parametrize(("world", "workers"), list(itertools.product([1, 2, 3, 4], [0, 1, 2, 3])))
@@ -55,7 +60,7 @@ def test_order_changes_with_epoch_and_is_deterministic():
 def round_robin(worker_clips: list[int]) -> list[int]:
     """Worker id of each sample, as PyTorch's DataLoader interleaves exhaustible iterable workers."""
     taken, order = [0] * len(worker_clips), []
-    while any(t < c for t, c in zip(taken, worker_clips)):
+    while any(t < c for t, c in zip(taken, worker_clips, strict=True)):
         for w, clips in enumerate(worker_clips):
             if taken[w] < clips:
                 order.append(w)
