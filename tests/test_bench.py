@@ -8,17 +8,12 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-# bench/ is run from the repository root (`python -m bench.run`), not installed as a package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench import report  # noqa: E402
-from bench.run import BenchConfig, run_bench  # noqa: E402
-from bench.workspace import DatarootSpec  # noqa: E402
+from bench import report
+from bench.run import BenchConfig, run_bench
+from bench.workspace import DatarootSpec
 
 TINY = BenchConfig(
     dataroot=DatarootSpec(scenes=2, frames_per_scene=24, width=320),
