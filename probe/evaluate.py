@@ -104,7 +104,11 @@ def evaluate_encoders(task: Task, train: Split, val: Split, n_boot: int = 1000, 
     # Informational: against the one seed that is best on the full set (less strict than the gate's).
     fixed_seed_ci = percentile_interval(boot[PRETRAINED] - boot[best_random])
     verdict = decide(
-        encoders[PRETRAINED][task.metric], random_scores[best_random], difference_ci, task.metric
+        encoders[PRETRAINED][task.metric],
+        random_scores[best_random],
+        difference_ci,
+        task.metric,
+        len(np.unique(val.scenes)),
     )
     values = np.array(list(random_scores.values()))
 

@@ -18,13 +18,26 @@ class Verdict:
     """One sentence a user can act on."""
 
 
-def decide(pretrained: float, best_random: float, difference_ci: tuple[float, float], metric: str) -> Verdict:
+MIN_VAL_SCENES = 2
+"""A scene-level bootstrap over fewer scenes has no spread: its CI would be a point, not a bound."""
+
+
+def decide(
+    pretrained: float, best_random: float, difference_ci: tuple[float, float], metric: str, val_scenes: int
+) -> Verdict:
     """PASS iff pretrained > best random on the full validation set AND the CI of the difference is above 0.
 
     pretrained, best_random: primary-metric point estimates; difference_ci: (low, high) of the
-    bootstrap distribution of pretrained − best random.
+    bootstrap distribution of pretrained − best random; val_scenes: distinct validation scenes
+    (at least MIN_VAL_SCENES, or the gate fails).
     """
     low, high = difference_ci
+    if val_scenes < MIN_VAL_SCENES:
+        return Verdict(
+            FAIL,
+            f"only {val_scenes} validation scene(s): a scene-level confidence interval needs at least "
+            f"{MIN_VAL_SCENES}; add validation scenes",
+        )
     if not all(math.isfinite(value) for value in (pretrained, best_random, low, high)):
         return Verdict(
             FAIL, f"{metric} or its confidence interval is undefined (too few validation scenes or classes)"

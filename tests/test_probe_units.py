@@ -70,10 +70,12 @@ def test_thresholds_are_configurable_and_speed_target():
 
 
 def test_gate_decision_rules():
-    assert decide(0.6, 0.4, (0.05, 0.3), "balanced_accuracy").gate == PASS
-    assert decide(0.6, 0.4, (-0.01, 0.3), "balanced_accuracy").gate == FAIL
-    assert decide(0.4, 0.6, (0.05, 0.3), "balanced_accuracy").gate == FAIL
-    assert decide(0.6, 0.4, (float("nan"), 0.3), "r2").gate == FAIL
+    assert decide(0.6, 0.4, (0.05, 0.3), "balanced_accuracy", 5).gate == PASS
+    assert decide(0.6, 0.4, (-0.01, 0.3), "balanced_accuracy", 5).gate == FAIL
+    assert decide(0.4, 0.6, (0.05, 0.3), "balanced_accuracy", 5).gate == FAIL
+    assert decide(0.6, 0.4, (float("nan"), 0.3), "r2", 5).gate == FAIL
+    # One validation scene: the bootstrap CI collapses to a point, so it cannot support a pass.
+    assert decide(0.6, 0.4, (0.2, 0.2), "r2", 1).gate == FAIL
 
 
 def test_bootstrap_resamples_whole_scenes_and_is_seeded():
