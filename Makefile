@@ -39,8 +39,11 @@ demo: setup
 	$(BIN)/mvm-audit $(DEMO_DIR)/shards/val --against $(DEMO_DIR)/shards/train
 	$(BIN)/mvm-train --shards $(DEMO_DIR)/shards/train --out $(DEMO_DIR)/run --model tiny \
 	  --steps $(DEMO_STEPS) --resume auto
+	@# The gate's verdict is the demo's result: exit 3 (fail) is reported, not hidden.
 	$(BIN)/mvm-probe --checkpoint $(DEMO_DIR)/run --train-shards $(DEMO_DIR)/shards/train \
-	  --val-shards $(DEMO_DIR)/shards/val --out $(DEMO_DIR)/probe
+	  --val-shards $(DEMO_DIR)/shards/val --out $(DEMO_DIR)/probe; \
+	  status=$$?; [ $$status -eq 0 ] || [ $$status -eq 3 ] || exit $$status; \
+	  echo "probe gate: $$( [ $$status -eq 0 ] && echo pass || echo FAIL) (see $(DEMO_DIR)/probe/report.md)"
 	@echo "demo outputs: $(DEMO_DIR)/{nuscenes,shards,run,probe}"
 
 test: setup
@@ -56,6 +59,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Small local scaling sweep (same plan as slurm/scaling.sh, no sbatch): ~25 min on 2 CPU cores.
 sweep: setup
 	PATH="$(abspath $(BIN)):$$PATH" bash slurm/scaling.sh --local $(SWEEP_DIR)
 

@@ -46,9 +46,6 @@ class ModelConfig:
     """Share of tokens hidden from the encoder."""
     norm_pix_loss: bool = True
     """Normalize each target patch by its own mean/std before the MSE (MAE's per-patch normalized targets)."""
-    motion_target: bool = False
-    """Also predict each masked patch's temporal difference (patch_t - patch_t-1, as in MotionMAE), so
-    the decoder, and therefore the encoder, must know how the scene moved, not only what it shows."""
 
 
 @dataclass

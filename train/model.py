@@ -75,15 +75,6 @@ def normalize_patches(patches: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return (patches - mean) / (var + eps).sqrt()
 
 
-def temporal_difference(patches: torch.Tensor, frames: int) -> torch.Tensor:
-    """patches (B, T * N, P) in token order -> (B, T * N, P): patch_t - patch_t-1, zero for t = 0."""
-    batch, tokens, dim = patches.shape
-    per_frame = patches.reshape(batch, frames, tokens // frames, dim)
-    difference = torch.zeros_like(per_frame)
-    difference[:, 1:] = per_frame[:, 1:] - per_frame[:, :-1]
-    return difference.reshape(batch, tokens, dim)
-
-
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean squared error over masked tokens only. pred, target (B, L, P); mask (B, L) bool -> scalar."""
     per_token = ((pred.float() - target.float()) ** 2).mean(dim=-1)
@@ -147,7 +138,7 @@ class MaskedVideoModel(nn.Module):
         self.decoder_time_pos = nn.Parameter(torch.zeros(1, cfg.clip_len, 1, cfg.decoder_dim))
         self.decoder = _blocks(cfg.decoder_dim, cfg.decoder_depth, cfg.decoder_heads, cfg.mlp_ratio)
         self.decoder_norm = nn.LayerNorm(cfg.decoder_dim)
-        self.head = nn.Linear(cfg.decoder_dim, patch_dim * (2 if cfg.motion_target else 1))
+        self.head = nn.Linear(cfg.decoder_dim, patch_dim)
         for param in (
             self.space_pos,
             self.time_pos,
@@ -189,20 +180,15 @@ class MaskedVideoModel(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """video (B, T, 3, H, W) in [0, 1]; ids_keep (B, L_vis); mask (B, L) bool, True = masked.
 
-        Returns loss (scalar, MSE on masked patches), pred (B, L, p * p * 3): the pixel prediction
-        in target space (per-patch normalized when cfg.norm_pix_loss), and pooled (B, embed_dim):
-        the mean of the visible tokens' features, for the emb_std/emb_norm health metrics.
-        With cfg.motion_target the decoder also predicts each patch's temporal difference and
-        the loss covers both halves.
+        Returns loss (scalar, MSE on masked patches), pred (B, L, p * p * 3) in target space
+        (per-patch normalized when cfg.norm_pix_loss), and pooled (B, embed_dim): the mean of
+        the visible tokens' features, for the emb_std/emb_norm health metrics.
         """
         patches = patchify(video, self.cfg.patch_size)
         latent = self.encode(patches, ids_keep)
         pred = self.decode(latent, ids_keep)
         target = normalize_patches(patches) if self.cfg.norm_pix_loss else patches
-        if self.cfg.motion_target:
-            target = torch.cat([target, temporal_difference(patches, self.frames)], dim=-1)
-        pixels = pred[..., : patches.shape[-1]]
-        return {"loss": masked_mse(pred, target, mask), "pred": pixels, "pooled": latent.float().mean(dim=1)}
+        return {"loss": masked_mse(pred, target, mask), "pred": pred, "pooled": latent.float().mean(dim=1)}
 
     @torch.no_grad()
     def features(self, video: torch.Tensor) -> torch.Tensor:
