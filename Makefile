@@ -27,7 +27,7 @@ DEMO_SCENES ?= 16
 DEMO_FRAMES ?= 160
 DEMO_WIDTH  ?= 480
 DEMO_SIZE   ?= 64x112
-DEMO_STEPS  ?= 600
+DEMO_STEPS  ?= 1000
 demo: setup
 	$(BIN)/mvm-synth --out $(DEMO_DIR)/nuscenes --version v1.0-trainval \
 	  --scenes $(DEMO_SCENES) --frames-per-scene $(DEMO_FRAMES) --width $(DEMO_WIDTH)
@@ -39,11 +39,9 @@ demo: setup
 	$(BIN)/mvm-audit $(DEMO_DIR)/shards/val --against $(DEMO_DIR)/shards/train
 	$(BIN)/mvm-train --shards $(DEMO_DIR)/shards/train --out $(DEMO_DIR)/run --model tiny \
 	  --steps $(DEMO_STEPS) --resume auto
-	@# The gate's verdict is the demo's result: exit 3 (fail) is reported, not hidden.
+	@# The gate's verdict is the demo's result: a fail (exit 3) fails the demo.
 	$(BIN)/mvm-probe --checkpoint $(DEMO_DIR)/run --train-shards $(DEMO_DIR)/shards/train \
-	  --val-shards $(DEMO_DIR)/shards/val --out $(DEMO_DIR)/probe; \
-	  status=$$?; [ $$status -eq 0 ] || [ $$status -eq 3 ] || exit $$status; \
-	  echo "probe gate: $$( [ $$status -eq 0 ] && echo pass || echo FAIL) (see $(DEMO_DIR)/probe/report.md)"
+	  --val-shards $(DEMO_DIR)/shards/val --out $(DEMO_DIR)/probe
 	@echo "demo outputs: $(DEMO_DIR)/{nuscenes,shards,run,probe}"
 
 test: setup
