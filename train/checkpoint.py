@@ -58,9 +58,14 @@ def save(run: Path, step: int, state: dict, config: TrainConfig, keep: int) -> P
     torch.save({**state, "config": to_dict(config)}, tmp / "state.pt")
     (tmp / "config.json").write_text(json.dumps(to_dict(config), indent=2, sort_keys=True) + "\n")
     (tmp / MARKER).write_text(f"step {step}\n")
+    # Re-saving a step (after a resume): move the old copy aside first, so a crash at any point
+    # leaves a complete folder under the final name or the previous checkpoints untouched.
+    stale = final.with_name(f".old-{final.name}")
+    shutil.rmtree(stale, ignore_errors=True)
     if final.exists():
-        shutil.rmtree(final)
+        final.rename(stale)
     tmp.rename(final)
+    shutil.rmtree(stale, ignore_errors=True)
     for old in complete_checkpoints(run)[:-keep] if keep > 0 else []:
         shutil.rmtree(old)
     return final

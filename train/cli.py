@@ -145,14 +145,9 @@ def online_probe(config: TrainConfig):
         return None
     if not config.probe_shards:
         raise click.UsageError("--probe-every needs --probe-shards")
-    try:
-        from train.online_probe import OnlineProbe
-    except ModuleNotFoundError as error:
-        if error.name != "train.online_probe":
-            raise
-        raise click.UsageError(
-            "--probe-every needs train/online_probe.py, which this install lacks"
-        ) from error
+    # Imported here: it pulls in scikit-learn, which a run without --probe-every never needs.
+    from train.online_probe import OnlineProbe
+
     return OnlineProbe(
         resolve_shards(config.probe_shards), max_clips=config.probe_clips, decoder=config.data.decoder
     )
