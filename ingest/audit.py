@@ -20,6 +20,7 @@ from ingest.config import FORMAT_NAME, FORMAT_VERSION
 from ingest.frames import FrameError, load_frame
 from ingest.motion import ego_motion_label
 from ingest.plan import MANIFEST
+from ingest.sampling import spread_subset
 from ingest.tarshard import sha256_file
 from ingest.video import decode_clip, psnr
 
@@ -257,7 +258,7 @@ def psnr_check(manifest: dict, shard_dir: Path, psnr_clips: int, min_psnr: float
 
     nusc = open_nuscenes(dataroot, config["version"])
     total = manifest["total_clips"]
-    wanted = sorted({int(i) for i in np.linspace(0, total - 1, min(psnr_clips, total))}) if total else []
+    wanted = spread_subset(total, psnr_clips).tolist()
     index = 0
     for shard in manifest["shards"]:
         if not wanted:

@@ -34,3 +34,14 @@ def clip_starts(
     slack = segment_len - span - (count - 1) * hop
     offset = int(rng.integers(0, slack + 1))
     return [offset + index * hop for index in range(count)]
+
+
+def spread_subset(count: int, max_clips: int | None) -> np.ndarray:
+    """Indices of at most max_clips of `count` items, evenly spread over the set (all if None).
+
+    Spreading (rather than taking the first clips) keeps every scene of a scene-ordered shard set
+    represented; it depends only on (count, max_clips), so it is deterministic.
+    """
+    if max_clips is None or max_clips >= count:
+        return np.arange(count)
+    return np.unique(np.linspace(0, count - 1, max_clips).round().astype(int))

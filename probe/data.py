@@ -26,17 +26,6 @@ def read_metadata(urls: list[str]) -> list[dict]:
     return metas
 
 
-def spread_subset(count: int, max_clips: int | None) -> np.ndarray:
-    """Indices of at most max_clips of `count` clips, evenly spread over the set (all if None).
-
-    Spreading (rather than taking the first clips) keeps every scene of a scene-ordered shard set
-    represented; it depends only on (count, max_clips), so it is deterministic.
-    """
-    if max_clips is None or max_clips >= count:
-        return np.arange(count)
-    return np.unique(np.linspace(0, count - 1, max_clips).round().astype(int))
-
-
 def iter_selected_frames(urls: list[str], keys: list[str], decoder: str) -> Iterator[np.ndarray]:
     """(T, H, W, 3) uint8 frames of the clips named in `keys`, in that order (which is shard order).
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from ingest.motion import MotionThresholds
-from probe.data import read_metadata, spread_subset
+from ingest.sampling import spread_subset
+from probe.data import read_metadata
 from probe.evaluate import Split, evaluate_encoders, shared_scenes
 from probe.features import encode_clips, load_encoders, resolve_device
 from probe.report_files import write_outputs
