@@ -1,0 +1,98 @@
+"""The one way mvm writes a file: inside its folder, never through a symlink, never half-written.
+
+Every tool writes outputs through these helpers. A file is written under a fresh temporary name
+that this process creates exclusively (`tempfile.mkstemp`: O_CREAT|O_EXCL, so a planted symlink or
+file at that name is never followed or reused), fsynced, then renamed over the final name. A rename
+replaces a symlink sitting at the final name instead of writing through it. On any failure
+(disk full, a kill signal turned into an exception, an error in the caller's block) the temporary
+is removed, so failed writes leave nothing behind.
+
+    write_atomic(out / "report.json", text)           # bytes or str
+    with atomic_path(out / "loss.png") as tmp:        # for writers that need a path
+        fig.savefig(tmp, format="png")
+    ensure_dir(out)                                   # refuses symlinked / non-folder outputs
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+PARTIAL_SUFFIX = ".partial"
+
+
+class OutputError(OSError):
+    """An output location that cannot be written safely; the message is one line for the user."""
+
+
+def _describe(error: OSError, path: Path) -> str:
+    if error.errno == errno.ENOSPC:
+        return f"no space left on the device while writing {path}"
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write in {path.parent}: permission denied or read-only file system"
+    if error.errno == errno.ENOTDIR:
+        return f"{path.parent} is not a folder"
+    return f"cannot write {path}: {error.strerror or error}"
+
+
+def ensure_dir(path: str | Path) -> Path:
+    """Create folder `path` (and parents) if needed; refuse a symlink or a non-folder at `path`."""
+    path = Path(path)
+    if path.is_symlink():
+        raise OutputError(f"refusing to write into {path}: it is a symlink (give the real folder)")
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{path} exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(_describe(error, path / ".")) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write in {path}: permission denied or read-only file system")
+    return path
+
+
+def _fsync_dir(directory: Path) -> None:
+    handle = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a fresh temporary path next to `path`; on success it is fsynced and renamed to `path`.
+
+    The folder itself must not be a symlink (checked); on any exception the temporary is removed.
+    """
+    path = Path(path)
+    directory = ensure_dir(path.parent)
+    try:
+        handle, name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX)
+    except OSError as error:
+        raise OutputError(_describe(error, path)) from None
+    os.close(handle)
+    temporary = Path(name)
+    try:
+        yield temporary
+        with open(temporary, "rb+") as written:
+            os.fsync(written.fileno())
+        os.replace(temporary, path)
+        _fsync_dir(directory)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise OutputError(_describe(error, path)) from None
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def write_atomic(path: str | Path, data: bytes | str) -> None:
+    """Write `data` (str is UTF-8 encoded) to `path` atomically; see the module docstring."""
+    payload = data.encode() if isinstance(data, str) else data
+    with atomic_path(path) as temporary, open(temporary, "wb") as handle:
+        handle.write(payload)
