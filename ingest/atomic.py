@@ -77,6 +77,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise OutputError(_describe(error, path)) from None
     os.close(handle)
     temporary = Path(name)
+    # mkstemp creates 0600; give the final file the mode a plain open() would (0666 minus umask),
+    # so reports in a shared sweep or shard folder stay readable by the group.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)
     try:
         yield temporary
         with open(temporary, "rb+") as written:
