@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -9,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from probe.report_collect import collect, find_runs
-from probe.report_plots import series
+from slurm.report_collect import collect, find_runs, with_ddp_overhead
+from slurm.report_plots import series
 
 MVM_REPORT = Path(sys.executable).parent / "mvm-report"
 
@@ -34,7 +35,9 @@ def _run(
     for step in range(10, steps + 1, 10):
         # The first half is warm-up: the report must average the second half only.
         speed = 1.0 if step <= steps // 2 else clips_per_s
-        line = {"step": step, "loss": 1.0 / step, "clips_per_s": speed, "step_time_s": 4 * world / speed,
+        # Two processes take 25% longer per step than one (the exposed DDP overhead the report shows).
+        step_time = 4 * world / speed * (1 + 0.25 * (world - 1))
+        line = {"step": step, "loss": 1.0 / step, "clips_per_s": speed, "step_time_s": step_time,
                 "data_wait_frac": 0.1, "peak_mem_mb": 100.0 + step}  # fmt: skip
         if comm is not None:
             line["comm_frac"] = comm
@@ -97,6 +100,20 @@ def test_collect_reads_axes_metrics_and_probes(sweep):
     assert by_name["x4-T8-w1"].comm_frac is None
     assert by_name["x1-T8-w1"].probe_pretrained == 0.40 and by_name["x1-T8-w1"].probe_gate == "fail"
     assert by_name["x2-T8-w1"].probe_ci == (0.4, 0.6)
+    # x4-T8-w2 against its one-process twin x4-T8-w1 (same data, T, preset, per-rank batch).
+    assert w2.ddp_overhead == pytest.approx(0.25)
+    assert all(by_name[name].ddp_overhead is None for name in by_name if name != "x4-T8-w2")
+
+
+def test_ddp_overhead_needs_a_twin_with_the_same_per_rank_batch(sweep):
+    records, _ = collect([sweep])
+    one, two = (next(r for r in records if r.name == name) for name in ("x4-T8-w1", "x4-T8-w2"))
+    other_batch = dataclasses.replace(one, batch_size=8)
+    (two_again,) = [r for r in with_ddp_overhead([other_batch, two]) if r.world_size == 2]
+    assert two_again.ddp_overhead is None
+    other_data = dataclasses.replace(one, data_scale=2)
+    (two_again,) = [r for r in with_ddp_overhead([other_data, two]) if r.world_size == 2]
+    assert two_again.ddp_overhead is None
 
 
 def test_series_group_runs_differing_in_one_axis(sweep):
@@ -126,8 +143,12 @@ def test_cli_writes_json_markdown_and_plots(sweep, tmp_path):
     summary = json.loads((out / "scaling.json").read_text())
     assert len(summary["runs"]) == 5 and len(summary["skipped"]) == 1
     table = (out / "scaling.md").read_text()
-    assert "| x4-T8-w2 | tiny | 4 | 40 | 8 | 2 | 40 |" in table
+    assert "| x4-T8-w2 | tiny | 4 | 40 | 8 | 2 | 40 | 0.0250 | 2.0 | 5.000 | 0.250 | 0.100 | 0.200 | 140 |" in table
+    assert "| x1-T8-w1 | tiny | 1 | 10 | 8 | 1 | 40 | 0.0250 | 1.0 | 4.000 | — | 0.100 | — |" in table
     assert "0.600 [0.500, 0.700]" in table
+    by_name = {run["name"]: run for run in summary["runs"]}
+    assert by_name["x4-T8-w2"]["ddp_overhead"] == pytest.approx(0.25)
+    assert by_name["x4-T8-w1"]["ddp_overhead"] is None and by_name["x4-T8-w1"]["comm_frac"] is None
     for name in ("probe_vs_clips", "throughput_memory_vs_scale", "world_size", "clip_len"):
         png = out / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
@@ -139,3 +160,12 @@ def test_cli_without_runs_fails_clearly(tmp_path):
     assert done.returncode == 1 and "no run with logged steps" in done.stderr
     missing = subprocess.run([MVM_REPORT, tmp_path / "nope", "--out", tmp_path / "r"], capture_output=True)
     assert missing.returncode == 2
+
+
+def test_cli_refuses_a_symlinked_output_folder(sweep, tmp_path):
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (tmp_path / "link").symlink_to(target)
+    done = subprocess.run([MVM_REPORT, sweep, "--out", tmp_path / "link"], capture_output=True, text=True)
+    assert done.returncode == 1 and "symlink" in done.stderr and "Traceback" not in done.stderr
+    assert list(target.iterdir()) == []

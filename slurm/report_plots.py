@@ -17,12 +17,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from probe.report_collect import RunRecord  # noqa: E402
-
-
-def data_key(record: RunRecord) -> float | int | None:
-    """What identifies a run's training data: its sweep scale, else its clip count."""
-    return record.data_scale if record.data_scale is not None else record.n_train_clips
+from ingest.atomic import atomic_path  # noqa: E402
+from slurm.report_collect import RunRecord, data_key  # noqa: E402
 
 
 AXES: dict[str, tuple[Callable[[RunRecord], object], Callable[[RunRecord], tuple], str]] = {
@@ -109,13 +105,16 @@ def _probe_label(records: list[RunRecord]) -> str:
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as temporary:
+            fig.savefig(temporary, format="png", dpi=100)
+    finally:
+        plt.close(fig)
     return path
 
 
 def plot_all(records: list[RunRecord], out: Path) -> list[Path]:
-    """Write the four scaling plots into `out`; their paths."""
+    """Write the four scaling plots into `out` (each file atomically); their paths."""
     probe_label = _probe_label(records)
     written = []
 
@@ -134,14 +133,17 @@ def plot_all(records: list[RunRecord], out: Path) -> list[Path]:
     ax_mem.set_title("peak memory vs dataset scale")
     written.append(_save(fig, out / "throughput_memory_vs_scale.png"))
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    fig, axes = plt.subplots(1, 4, figsize=(18, 3.8))
     _panel(axes[0], records, "world_size", lambda r: r.step_time_s, "step time (s)")
     axes[0].set_title("step time vs world size")
     _panel(axes[1], records, "world_size", lambda r: r.comm_frac if r.world_size > 1 else 0.0,
            "comm_frac (all-reduce share)")  # fmt: skip
     axes[1].set_title("communication share vs world size")
-    _panel(axes[2], records, "world_size", lambda r: r.clips_per_s, "clips/s (all ranks)")
-    axes[2].set_title("throughput vs world size")
+    _panel(axes[2], records, "world_size", lambda r: 0.0 if r.world_size == 1 else r.ddp_overhead,
+           "step time / one-process step time - 1")  # fmt: skip
+    axes[2].set_title("exposed DDP overhead vs world size")
+    _panel(axes[3], records, "world_size", lambda r: r.clips_per_s, "clips/s (all ranks)")
+    axes[3].set_title("throughput vs world size")
     written.append(_save(fig, out / "world_size.png"))
 
     fig, (ax_probe, ax_speed) = plt.subplots(1, 2, figsize=(10, 3.8))
