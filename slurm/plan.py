@@ -159,7 +159,9 @@ def _ingest_job(settings: SweepSettings, out: Path, scenes: str, clip_len: int, 
     if settings.mode == "local":
         return Job(job_id, "run", ("mvm-ingest", *args), after)
     logs = str(settings.sweep_dir / "logs")
-    return Job(job_id, "ingest", ("bash", str(ROOT / "slurm" / "ingest.sh"), "--logs", logs, "--", *args), after)
+    return Job(
+        job_id, "ingest", ("bash", str(ROOT / "slurm" / "ingest.sh"), "--logs", logs, "--", *args), after
+    )
 
 
 def _train_job(settings: SweepSettings, experiment: Experiment, after: tuple) -> Job:
@@ -195,11 +197,32 @@ def _probe_job(settings: SweepSettings, experiment: Experiment, after: tuple) ->
 
 def _report_job(settings: SweepSettings, probes: tuple) -> Job:
     args = (str(settings.sweep_dir), "--out", str(settings.sweep_dir / "report"))
-    if settings.mode == "local":
-        return Job("report", "run", ("mvm-report", *args))
-    options = ("--job-name=report", f"--output={settings.sweep_dir / 'logs' / 'report'}-%j.out")
     # afterany: a failed gate or a failed run is still reported.
+    if settings.mode == "local":
+        return Job("report", "run", ("mvm-report", *args), probes, "afterany")
+    options = ("--job-name=report", f"--output={settings.sweep_dir / 'logs' / 'report'}-%j.out")
     return Job("report", "cpu", (*options, str(ROOT / "slurm" / "report.sbatch"), *args), probes, "afterany")
+
+
+def _synth_job(settings: SweepSettings) -> Job:
+    argv = ("mvm-synth", "--out", str(settings.dataroot), "--version", settings.version, *SYNTH_ARGS)
+    return Job("synth", "run", argv)
+
+
+def _scenes_job(settings: SweepSettings, python: str, after: tuple) -> Job:
+    argv = (python, "-m", "slurm.sweep_cli", "scenes", "--dataroot", str(settings.dataroot),
+            "--version", settings.version, "--split", settings.train_split, "--seed", str(settings.seed),
+            "--scales", ",".join(map(str, settings.scales)), "--out", str(scene_list(settings, 0).parent))  # fmt: skip
+    return Job("scenes", "run", argv, after)
+
+
+def ingest_inputs(settings: SweepSettings, clip_len: int) -> dict[Path, str]:
+    """Shard folder -> its mvm-ingest --scenes value, for every ingest at clip length T (chunks, then val)."""
+    inputs = {
+        shard_dir(settings, clip_len, f"train-{k}"): f"@{scene_list(settings, k)}"
+        for k in range(len(settings.scales))
+    }
+    return inputs | {shard_dir(settings, clip_len, "val"): settings.val_split}
 
 
 def plan_sweep(settings: SweepSettings, exists: Callable[[Path], bool], python: str) -> Plan:
@@ -207,53 +230,41 @@ def plan_sweep(settings: SweepSettings, exists: Callable[[Path], bool], python: 
 
     `python` runs `-m slurm.sweep_cli scenes` (the scene chunks) before the first chunk ingest.
     """
+    every = experiments(settings)
+    planned = [e for e in every if not exists(experiment_dir(settings, e) / "probe" / "report.json")]
+    inputs = {
+        folder: scenes for e in planned for folder, scenes in ingest_inputs(settings, e.clip_len).items()
+    }
+    missing = [folder for folder in inputs if not exists(folder / "manifest.json")]
+
     jobs: dict[str, Job] = {}
-    if settings.mode == "local" and not exists(settings.dataroot / settings.version / "scene.json"):
-        jobs["synth"] = Job("synth", "run", ("mvm-synth", "--out", str(settings.dataroot),
-                                             "--version", settings.version, *SYNTH_ARGS))  # fmt: skip
-    scenes_job = Job(
-        "scenes", "run",
-        (python, "-m", "slurm.sweep_cli", "scenes", "--dataroot", str(settings.dataroot), "--version",
-         settings.version, "--split", settings.train_split, "--seed", str(settings.seed),
-         "--scales", ",".join(map(str, settings.scales)), "--out", str(scene_list(settings, 0).parent)),
-        tuple(jobs),
-    )  # fmt: skip
-
-    def ingest(out: Path, scenes: str, clip_len: int) -> tuple[str, ...]:
-        """Plan the ingest into `out` unless complete or planned; the ids to wait for."""
-        if exists(out / "manifest.json"):
-            return ()
-        job_id = f"ingest-T{clip_len}-{out.name}"
-        if job_id not in jobs:
-            after = ("synth",) if "synth" in jobs else ()
-            if out.name != "val":  # a training chunk: its scene list comes first
-                jobs.setdefault("scenes", scenes_job)
-                after = ("scenes",)
-            jobs[job_id] = _ingest_job(settings, out, scenes, clip_len, after)
-        return (job_id,)
-
-    planned, kept, probes = [], [], []
-    for experiment in experiments(settings):
-        if exists(experiment_dir(settings, experiment) / "probe" / "report.json"):
-            kept.append(experiment)
-            continue
-        planned.append(experiment)
-        train_waits, probe_waits = [], []
-        for index, scale in enumerate(settings.scales):
-            out = shard_dir(settings, experiment.clip_len, f"train-{index}")
-            waits = ingest(out, f"@{scene_list(settings, index)}", experiment.clip_len)
-            probe_waits += waits
-            if scale <= experiment.scale:
-                train_waits += waits
-        probe_waits += ingest(shard_dir(settings, experiment.clip_len, "val"), settings.val_split,
-                              experiment.clip_len)  # fmt: skip
-        train = _train_job(settings, experiment, tuple(train_waits))
-        probe = _probe_job(settings, experiment, (train.id, *probe_waits))
+    if (
+        settings.mode == "local"
+        and missing
+        and not exists(settings.dataroot / settings.version / "scene.json")
+    ):
+        jobs["synth"] = _synth_job(settings)
+    if any(folder.name != "val" for folder in missing):  # a training chunk: its scene list comes first
+        jobs["scenes"] = _scenes_job(settings, python, tuple(jobs))
+    ingest_ids: dict[Path, str] = {}  # shard folder -> the job that ingests it
+    probes = []
+    for experiment in planned:
+        probe_folders = ingest_inputs(settings, experiment.clip_len)
+        for folder, scenes in probe_folders.items():  # each missing ingest once, before its first user
+            if folder in missing and folder not in ingest_ids:
+                after = ("scenes",) if folder.name != "val" else tuple(i for i in ("synth",) if i in jobs)
+                job = _ingest_job(settings, folder, scenes, experiment.clip_len, after)
+                ingest_ids[folder] = job.id
+                jobs[job.id] = job
+        train_after = tuple(ingest_ids[f] for f in train_shards(settings, experiment) if f in ingest_ids)
+        train = _train_job(settings, experiment, train_after)
+        probe_after = tuple(ingest_ids[f] for f in probe_folders if f in ingest_ids)
+        probe = _probe_job(settings, experiment, (train.id, *probe_after))
         jobs[train.id] = train
         jobs[probe.id] = probe
         probes.append(probe.id)
     jobs["report"] = _report_job(settings, tuple(probes))
-    return Plan(list(jobs.values()), planned, kept)
+    return Plan(list(jobs.values()), planned, [e for e in every if e not in planned])
 
 
 def job_line(job: Job) -> str:

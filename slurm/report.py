@@ -1,7 +1,7 @@
 """`mvm-report`: collect training runs and their probes into scaling.json, scaling.md and PNG plots.
 
-    mvm-report sweep --out sweep/report          # a sweep folder from slurm/scaling.sh (make sweep)
-    mvm-report runs/a runs/b --out report        # any mvm-train run folders
+mvm-report sweep --out sweep/report          # a sweep folder from slurm/scaling.sh (make sweep)
+mvm-report runs/a runs/b --out report        # any mvm-train run folders
 """
 
 from __future__ import annotations

@@ -20,7 +20,6 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from ingest.atomic import atomic_path  # noqa: E402
 from slurm.report_collect import RunRecord, data_key  # noqa: E402
 
-
 AXES: dict[str, tuple[Callable[[RunRecord], object], Callable[[RunRecord], tuple], str]] = {
     "data": (
         lambda r: r.n_train_clips,

@@ -189,7 +189,9 @@ def settings_from_env(
         raise SettingsError(f"MVM_SWEEP_SPLITS={setting('SPLITS')!r}: expected two splits, training and val")
     for name, site_name in (("DATAROOT", "MVM_DATAROOT"), ("VERSION", "MVM_VERSION")):
         if not setting(name):
-            raise SettingsError(f"no {name.lower()}: set {site_name} in the site settings or MVM_SWEEP_{name}")
+            raise SettingsError(
+                f"no {name.lower()}: set {site_name} in the site settings or MVM_SWEEP_{name}"
+            )
     model = setting("MODEL")
     if len(model.split()) != 1:
         raise SettingsError(f"MVM_SWEEP_MODEL={model!r}: expected one preset name")

@@ -89,7 +89,9 @@ def _scene_names(dataroot: Path, version: str) -> list[str]:
 @click.option("--split", required=True, help="The training split (any mvm-ingest --scenes value).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the shuffle.")
 @click.option("--scales", required=True, help="Dataset scales, comma-separated and increasing, e.g. 1,2,4.")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for train-K.txt.")
+@click.option(
+    "--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for train-K.txt."
+)
 def scenes(dataroot: Path, nusc_version: str, split: str, seed: int, scales: str, out: Path) -> None:
     """Shuffle the split's scenes with the seed and write chunk K's names to OUT/train-K.txt.
 

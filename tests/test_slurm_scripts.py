@@ -1,13 +1,19 @@
-"""slurm/ scripts without a cluster: syntax, documented #SBATCH lines, usage errors."""
+"""slurm/ scripts without a cluster: syntax, documented #SBATCH lines, usage errors, a --local re-run."""
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from _sweep_helpers import EXPERIMENTS, make_sweep
 
-SLURM = Path(__file__).resolve().parents[1] / "slurm"
+REPO = Path(__file__).resolve().parents[1]
+SLURM = REPO / "slurm"
+# The venv's commands first, as `make sweep` puts them.
+LOCAL_PATH = f"{Path(sys.executable).parent}:/usr/bin:/bin"
 SCRIPTS = sorted([*SLURM.glob("*.sh"), *SLURM.glob("*.sbatch")])
 
 
@@ -43,3 +49,26 @@ def test_usage_errors_exit_2_before_submitting(args, tmp_path):
     done = subprocess.run(["bash", SLURM / args[0], *args[1:]], capture_output=True, text=True,
                           env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})  # fmt: skip
     assert done.returncode == 2, done.stderr
+
+
+def test_local_sweep_with_a_bad_setting_exits_2_before_running_anything(tmp_path):
+    done = subprocess.run(["bash", SLURM / "scaling.sh", "--local", tmp_path / "sweep"], cwd=REPO,
+                          env={"PATH": LOCAL_PATH, "HOME": str(tmp_path), "MVM_SWEEP_SCALES": "1 2.5"},
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert (
+        "MVM_SWEEP_SCALES='1 2.5': expected whole numbers" in done.stderr and "Traceback" not in done.stderr
+    )
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_local_rerun_of_a_probed_sweep_only_reports(tmp_path):
+    sweep = make_sweep(tmp_path / "sweep")
+    done = subprocess.run(["bash", SLURM / "scaling.sh", "--local", sweep], cwd=REPO,
+                          env={"PATH": LOCAL_PATH, "HOME": str(tmp_path)}, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("already probed, kept") == len(EXPERIMENTS)
+    assert "scaling.sh: report\n" in done.stderr and "scaling.sh: train" not in done.stderr
+    assert not (sweep / "nuscenes").exists()  # nothing to ingest: no dataroot synthesized
+    assert len(json.loads((sweep / "report" / "scaling.json").read_text())["runs"]) == len(EXPERIMENTS)
+    assert "mode=local" in (sweep / "sweep.env").read_text()
