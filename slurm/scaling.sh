@@ -5,10 +5,12 @@
 #
 #   slurm/scaling.sh SWEEP_DIR            submit everything to Slurm, chained with --dependency
 #   slurm/scaling.sh --local SWEEP_DIR    run the same plan here, one step after another (make sweep)
+#   slurm/scaling.sh --dry-run [--local] SWEEP_DIR   print the plan's job lines; submit or run nothing
 #
 # The plan (which ingests, runs and probes, and what waits for what) is computed by slurm/plan.py:
-# `python -m slurm.sweep_cli plan [--local] SWEEP_DIR` prints one line per job, and this script only
-# submits them (sbatch, recording job ids for the dependencies) or runs them in order.
+# `python -m slurm.sweep_cli plan` prints one line per job (id, how, what it waits for, command;
+# tab-separated), and this script only submits them (sbatch, recording job ids for the
+# dependencies) or runs them in order. Planning writes sweep.env and runs/*/experiment.json.
 #
 # Dataset scale: the training split's scenes, shuffled with the sweep seed, are cut into chunks
 # so that scale s uses the first s/max(scales) of them (x1 = a quarter, x2 = half, x4 = all by
@@ -44,17 +46,22 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-usage() { sed -n '2,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 mode=slurm
-if [[ "${1:-}" == --local ]]; then
-  mode=local
+dry_run=""
+while [[ "${1:-}" == --local || "${1:-}" == --dry-run ]]; do
+  [[ "$1" == --local ]] && mode=local || dry_run=1
   shift
-fi
+done
 [[ $# -eq 1 && "$1" != -* ]] || usage
 sweep="$(realpath -m "$1")"
 log() { echo "scaling.sh: $*" >&2; }
 
 plan_args=(--local)
+if [[ "$mode" == local && -z "$dry_run" ]] && ! command -v mvm-train >/dev/null; then
+  log "mvm-train is not on PATH: run 'make sweep', or put the repository's .venv/bin first on PATH"
+  exit 1
+fi
 if [[ "$mode" == slurm ]]; then
   mvm_software_setup
   plan_args=(--gpus-per-node "$MVM_GPUS_PER_NODE")
@@ -62,6 +69,10 @@ fi
 # The site's dataroot and version are the Slurm-mode defaults (site.env does not export them).
 plan=$(MVM_DATAROOT="${MVM_DATAROOT:-}" MVM_VERSION="${MVM_VERSION:-}" \
   python -m slurm.sweep_cli plan "${plan_args[@]}" "$sweep") || exit $?
+if [[ -n "$dry_run" ]]; then
+  echo "$plan"
+  exit 0
+fi
 
 declare -A slurm_job=()  # plan job id -> Slurm job id (only for submitted jobs)
 # dependency AFTER: the sbatch --dependency option for a plan's AFTER field, or nothing.

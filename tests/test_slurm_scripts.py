@@ -42,6 +42,8 @@ def test_every_sbatch_line_says_what_it_is_for():
         ["scaling.sh"],
         ["scaling.sh", "--local"],
         ["scaling.sh", "--bogus", "dir"],
+        ["scaling.sh", "--dry-run"],
+        ["scaling.sh", "--local", "a", "b"],
     ],
 )
 def test_usage_errors_exit_2_before_submitting(args, tmp_path):
@@ -72,3 +74,17 @@ def test_local_rerun_of_a_probed_sweep_only_reports(tmp_path):
     assert not (sweep / "nuscenes").exists()  # nothing to ingest: no dataroot synthesized
     assert len(json.loads((sweep / "report" / "scaling.json").read_text())["runs"]) == len(EXPERIMENTS)
     assert "mode=local" in (sweep / "sweep.env").read_text()
+
+
+def test_dry_run_prints_the_slurm_plan_and_submits_nothing(tmp_path):
+    # Slurm mode without a cluster: no sbatch on PATH, so only a dry run can succeed.
+    # site.env activates the repository's .venv, as on a cluster's login node.
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "MVM_SWEEP_DATAROOT": str(tmp_path / "data")}
+    done = subprocess.run(["bash", SLURM / "scaling.sh", "--dry-run", tmp_path / "sweep"], cwd=REPO, env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    jobs = [line.split("\t") for line in done.stdout.splitlines()]
+    hows = {job[0]: job[1] for job in jobs}
+    assert hows["scenes"] == "run" and hows["ingest-T12-val"] == "ingest" and hows["report"] == "cpu"
+    assert hows["train-x4-T8-w4"] == "gpu"  # site.env's MVM_GPUS_PER_NODE=4 sets the second world size
+    assert list((tmp_path / "sweep" / "logs").iterdir()) == []  # nothing was submitted
