@@ -78,8 +78,11 @@ def test_local_rerun_of_a_probed_sweep_only_reports(tmp_path):
 
 def test_dry_run_prints_the_slurm_plan_and_submits_nothing(tmp_path):
     # Slurm mode without a cluster: no sbatch on PATH, so only a dry run can succeed.
-    # site.env activates the repository's .venv, as on a cluster's login node.
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "MVM_SWEEP_DATAROOT": str(tmp_path / "data")}
+    # The shipped site.env, activating this test's venv as a login node would.
+    site = tmp_path / "site.env"
+    site.write_text((SLURM / "site.env").read_text() + f'MVM_VENV="{Path(sys.executable).parent.parent}"\n')
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "MVM_SITE_ENV": str(site),
+           "MVM_SWEEP_DATAROOT": str(tmp_path / "data")}  # fmt: skip
     done = subprocess.run(["bash", SLURM / "scaling.sh", "--dry-run", tmp_path / "sweep"], cwd=REPO, env=env,
                           capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr
