@@ -38,8 +38,6 @@ ROOT = Path(__file__).resolve().parents[1]
 """The repository whose slurm/*.sh and *.sbatch the Slurm jobs run (the checkout holding this module)."""
 SYNTH_ARGS = ("--scenes", "16", "--frames-per-scene", "160", "--width", "480")
 """mvm-synth's dataroot for --local when none exists: the demo's (Makefile DEMO_SCENES/FRAMES/WIDTH)."""
-LOCAL_HOWS = ("run", "gate")
-SLURM_HOWS = ("run", "ingest", "cpu", "gpu")
 
 
 @dataclass(frozen=True)
@@ -232,10 +230,8 @@ def plan_sweep(settings: SweepSettings, exists: Callable[[Path], bool], python: 
     """
     every = experiments(settings)
     planned = [e for e in every if not exists(experiment_dir(settings, e) / "probe" / "report.json")]
-    inputs = {
-        folder: scenes for e in planned for folder, scenes in ingest_inputs(settings, e.clip_len).items()
-    }
-    missing = [folder for folder in inputs if not exists(folder / "manifest.json")]
+    needed = dict.fromkeys(folder for e in planned for folder in ingest_inputs(settings, e.clip_len))
+    missing = [folder for folder in needed if not exists(folder / "manifest.json")]
 
     jobs: dict[str, Job] = {}
     if (
@@ -244,15 +240,16 @@ def plan_sweep(settings: SweepSettings, exists: Callable[[Path], bool], python: 
         and not exists(settings.dataroot / settings.version / "scene.json")
     ):
         jobs["synth"] = _synth_job(settings)
+    dataroot_ready = ("synth",) if "synth" in jobs else ()
     if any(folder.name != "val" for folder in missing):  # a training chunk: its scene list comes first
-        jobs["scenes"] = _scenes_job(settings, python, tuple(jobs))
+        jobs["scenes"] = _scenes_job(settings, python, dataroot_ready)
     ingest_ids: dict[Path, str] = {}  # shard folder -> the job that ingests it
     probes = []
     for experiment in planned:
         probe_folders = ingest_inputs(settings, experiment.clip_len)
         for folder, scenes in probe_folders.items():  # each missing ingest once, before its first user
             if folder in missing and folder not in ingest_ids:
-                after = ("scenes",) if folder.name != "val" else tuple(i for i in ("synth",) if i in jobs)
+                after = ("scenes",) if folder.name != "val" else dataroot_ready
                 job = _ingest_job(settings, folder, scenes, experiment.clip_len, after)
                 ingest_ids[folder] = job.id
                 jobs[job.id] = job
