@@ -5,6 +5,12 @@
 #
 #   slurm/scaling.sh SWEEP_DIR            submit everything to Slurm, chained with --dependency
 #   slurm/scaling.sh --local SWEEP_DIR    run the same plan here, one step after another (make sweep)
+#   slurm/scaling.sh --dry-run [--local] SWEEP_DIR   print the plan's job lines; submit or run nothing
+#
+# The plan (which ingests, runs and probes, and what waits for what) is computed by slurm/plan.py:
+# `python -m slurm.sweep_cli plan` prints one line per job (id, how, what it waits for, command;
+# tab-separated), and this script only submits them (sbatch, recording job ids for the
+# dependencies) or runs them in order. Planning writes sweep.env and runs/*/experiment.json.
 #
 # Dataset scale: the training split's scenes, shuffled with the sweep seed, are cut into chunks
 # so that scale s uses the first s/max(scales) of them (x1 = a quarter, x2 = half, x4 = all by
@@ -26,11 +32,11 @@
 #   MVM_SWEEP_VERSION    nuScenes version         MVM_VERSION / v1.0-trainval
 #   MVM_SWEEP_SPLITS     training and val splits  "train val"
 #   MVM_SWEEP_SCALES     dataset scales           "1 2 4"
-#   MVM_SWEEP_CLIP_LENS  T values                 "4 8 12" / "4 8"
+#   MVM_SWEEP_CLIP_LENS  T values                 "4 8 12" / "4 8" (mvm-ingest's default T halved, as is, x1.5)
 #   MVM_SWEEP_WORLDS     processes (GPUs)         "1 MVM_GPUS_PER_NODE" (0 = CPU nodes: "1 2") / "1 2"
 #   MVM_SWEEP_MODEL      mvm-train preset         small / tiny
 #   MVM_SWEEP_STEPS      training steps           20000 / 150
-#   MVM_SWEEP_SIZE       ingest frame size HxW    144x256 / 64x112
+#   MVM_SWEEP_SIZE       ingest frame size HxW    mvm-ingest's default (144x256) / the demo's 64x112
 #   MVM_SWEEP_SEED       seed of chunks and runs  0
 #   MVM_SWEEP_TRAIN_ARGS extra mvm-train options  "" / "--log-every 10 --viz-every 1000"
 #   MVM_SWEEP_PROBE_ARGS extra mvm-probe options  ""
@@ -40,197 +46,79 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-usage() { sed -n '2,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 mode=slurm
-if [[ "${1:-}" == --local ]]; then
-  mode=local
+dry_run=""
+while [[ "${1:-}" == --local || "${1:-}" == --dry-run ]]; do
+  [[ "$1" == --local ]] && mode=local || dry_run=1
   shift
-fi
+done
 [[ $# -eq 1 && "$1" != -* ]] || usage
 sweep="$(realpath -m "$1")"
-
-if [[ "$mode" == local ]]; then
-  dataroot="${MVM_SWEEP_DATAROOT:-$sweep/nuscenes}"
-  version="${MVM_SWEEP_VERSION:-v1.0-trainval}"
-  clip_lens="${MVM_SWEEP_CLIP_LENS:-4 8}"
-  worlds="${MVM_SWEEP_WORLDS:-1 2}"
-  model="${MVM_SWEEP_MODEL:-tiny}"
-  steps="${MVM_SWEEP_STEPS:-150}"
-  size="${MVM_SWEEP_SIZE:-64x112}"
-  train_args="${MVM_SWEEP_TRAIN_ARGS:---log-every 10 --viz-every 1000}"
-else
-  dataroot="${MVM_SWEEP_DATAROOT:-$MVM_DATAROOT}"
-  version="${MVM_SWEEP_VERSION:-$MVM_VERSION}"
-  clip_lens="${MVM_SWEEP_CLIP_LENS:-4 8 12}"
-  worlds="${MVM_SWEEP_WORLDS:-1 $((MVM_GPUS_PER_NODE > 1 ? MVM_GPUS_PER_NODE : 2))}"
-  model="${MVM_SWEEP_MODEL:-small}"
-  steps="${MVM_SWEEP_STEPS:-20000}"
-  size="${MVM_SWEEP_SIZE:-144x256}"
-  train_args="${MVM_SWEEP_TRAIN_ARGS:-}"
-  mvm_software_setup
-fi
-read -r train_split val_split <<<"${MVM_SWEEP_SPLITS:-train val}"
-scales="${MVM_SWEEP_SCALES:-1 2 4}"
-seed="${MVM_SWEEP_SEED:-0}"
-probe_args="${MVM_SWEEP_PROBE_ARGS:-}"
-read -ra scale_list <<<"$scales"
-read -ra clip_len_list <<<"$clip_lens"
-read -ra world_list <<<"$worlds"
-max_scale="${scale_list[-1]}"
-base_clip_len=8
-[[ " $clip_lens " == *" 8 "* ]] || base_clip_len="${clip_len_list[0]}"
-
-mkdir -p "$sweep"/{scenes,shards,runs,logs}
-cat >"$sweep/sweep.env" <<EOF
-mode=$mode
-dataroot=$dataroot
-version=$version
-splits="$train_split $val_split"
-scales="$scales"
-clip_lens="$clip_lens"
-worlds="$worlds"
-model=$model
-steps=$steps
-size=$size
-seed=$seed
-train_args="$train_args"
-probe_args="$probe_args"
-EOF
-
 log() { echo "scaling.sh: $*" >&2; }
 
-if [[ "$mode" == local && ! -f "$dataroot/$version/scene.json" ]]; then
-  log "synthesizing a dataroot in $dataroot"
-  mvm-synth --out "$dataroot" --version "$version" --scenes 16 --frames-per-scene 160 --width 480
+plan_args=(--local)
+if [[ "$mode" == local && -z "$dry_run" ]] && ! command -v mvm-train >/dev/null; then
+  log "mvm-train is not on PATH: run 'make sweep', or put the repository's .venv/bin first on PATH"
+  exit 1
+fi
+if [[ "$mode" == slurm ]]; then
+  mvm_software_setup
+  plan_args=(--gpus-per-node "$MVM_GPUS_PER_NODE")
+fi
+# The site's dataroot and version are the Slurm-mode defaults (site.env does not export them).
+plan=$(MVM_DATAROOT="${MVM_DATAROOT:-}" MVM_VERSION="${MVM_VERSION:-}" \
+  python -m slurm.sweep_cli plan "${plan_args[@]}" "$sweep") || exit $?
+if [[ -n "$dry_run" ]]; then
+  echo "$plan"
+  exit 0
 fi
 
-# Training chunks: chunk K holds the scenes that scale scale_list[K] adds to the previous one.
-python - "$dataroot" "$version" "$train_split" "$seed" "$sweep/scenes" "${scale_list[@]}" <<'EOF'
-import json, random, sys
-from pathlib import Path
-from ingest.scenes import resolve_scenes
-dataroot, version, split, seed, out, *scales = sys.argv[1:]
-available = [scene["name"] for scene in json.loads((Path(dataroot) / version / "scene.json").read_text())]
-names = resolve_scenes(split, available).names
-random.Random(f"mvm-sweep-{seed}").shuffle(names)
-scales = [float(s) for s in scales]
-bounds = [0] + [round(len(names) * s / scales[-1]) for s in scales]
-if len(set(bounds)) != len(bounds):
-    sys.exit(f"{len(names)} {split} scenes are too few for dataset scales {scales}")
-for index, (start, stop) in enumerate(zip(bounds, bounds[1:])):
-    (Path(out) / f"train-{index}.txt").write_text("".join(name + "\n" for name in names[start:stop]))
-EOF
-
-declare -A ingest_job=()
-# ingest OUT SCENES T: make sure OUT holds an ingest of SCENES at clip length T; sets $job
-# (the Slurm job that finishes it; empty when it is already complete or when running locally).
-ingest() {
-  local out="$1" scenes="$2" clip_len="$3"
-  job=""
-  [[ -f "$out/manifest.json" ]] && return 0
-  local args=(--dataroot "$dataroot" --version "$version" --scenes "$scenes" --clip-len "$clip_len"
-    --size "$size" --seed "$seed" --out "$out")
-  if [[ "$mode" == local ]]; then
-    log "ingest $out"
-    mvm-ingest "${args[@]}"
-  elif [[ -n "${ingest_job[$out]:-}" ]]; then
-    job="${ingest_job[$out]}"
-  else
-    job=$(bash "$MVM_ROOT/slurm/ingest.sh" --logs "$sweep/logs" -- "${args[@]}")
-    ingest_job[$out]="$job"
-  fi
-}
-
-# afterok JOB...: a --dependency option for the non-empty job ids, or nothing.
-afterok() {
-  local ids
-  ids=$(printf '%s\n' "$@" | sed '/^$/d' | paste -sd:)
-  [[ -n "$ids" ]] && echo "--dependency=afterok:$ids"
+declare -A slurm_job=()  # plan job id -> Slurm job id (only for submitted jobs)
+# dependency AFTER: the sbatch --dependency option for a plan's AFTER field, or nothing.
+dependency() {
+  [[ "$1" == - ]] && return 0
+  local kind="${1%%:*}" id ids=() plan_ids
+  IFS=, read -ra plan_ids <<<"${1#*:}"
+  for id in "${plan_ids[@]}"; do
+    [[ -n "${slurm_job[$id]:-}" ]] && ids+=("${slurm_job[$id]}")
+  done
+  ((${#ids[@]} > 0)) && echo "--dependency=$kind:$(IFS=:; echo "${ids[*]}")"
   return 0
 }
 
-probe_jobs=()
-# experiment SCALE T WORLD: train and probe one point of the sweep.
-experiment() {
-  local scale="$1" clip_len="$2" world="$3"
-  local name="x$scale-T$clip_len-w$world"
-  local dir="$sweep/runs/$name" shards="$sweep/shards/T$clip_len"
-  if [[ -f "$dir/probe/report.json" ]]; then
-    log "$name: already probed, kept"
-    return 0
-  fi
-  mkdir -p "$dir"
-  local train_folders=() all_folders=() train_waits=() probe_waits=() index
-  for index in "${!scale_list[@]}"; do
-    ingest "$shards/train-$index" "@$sweep/scenes/train-$index.txt" "$clip_len"
-    probe_waits+=("$job")
-    all_folders+=("$shards/train-$index")
-    if ((${scale_list[$index]} <= scale)); then
-      train_folders+=("$shards/train-$index")
-      train_waits+=("$job")
-    fi
-  done
-  ingest "$shards/val" "$val_split" "$clip_len"
-  probe_waits+=("$job")
-  local train_spec probe_spec
-  train_spec=$(IFS=,; echo "${train_folders[*]}")
-  probe_spec=$(IFS=,; echo "${all_folders[*]}")
-  cat >"$dir/experiment.json" <<EOF
-{"name": "$name", "data_scale": $scale, "clip_len": $clip_len, "world_size": $world,
- "model": "$model", "steps": $steps, "train_shards": "$train_spec",
- "probe_train_shards": "$probe_spec", "val_shards": "$shards/val"}
-EOF
-  # shellcheck disable=SC2206
-  local train=(--shards "$train_spec" --out "$dir/run" --model "$model" --steps "$steps" --seed "$seed" $train_args)
-  # shellcheck disable=SC2206
-  local probe=(--checkpoint "$dir/run" --train-shards "$probe_spec" --val-shards "$shards/val"
-    --out "$dir/probe" $probe_args)
-  if [[ "$mode" == local ]]; then
-    log "train $name"
-    if ((world == 1)); then
-      mvm-train "${train[@]}" --resume auto
-    else
-      OMP_NUM_THREADS=1 torchrun --standalone --nproc-per-node="$world" "$(command -v mvm-train)" \
-        "${train[@]}" --resume auto
-    fi
-    log "probe $name"
-    # Exit 3 is a failed gate: a result to report, not a broken sweep.
-    mvm-probe "${probe[@]}" || (($? == 3))
-    return 0
-  fi
-  local resources train_job
-  if ((MVM_GPUS_PER_NODE > 0)); then
-    local per_node=$((world < MVM_GPUS_PER_NODE ? world : MVM_GPUS_PER_NODE))
-    resources=(--nodes=$(((world + per_node - 1) / per_node)) --gpus-per-node="$per_node")
-  else  # CPU nodes: one gloo process per task, all on one node
-    resources=(--nodes=1 --ntasks-per-node="$world" --gpus-per-node=0)
-  fi
-  train_job=$(mvm_submit gpu $(afterok "${train_waits[@]}") --job-name="train-$name" "${resources[@]}" \
-    --output="$sweep/logs/train-$name-%j.out" "$MVM_ROOT/slurm/train_ddp.sbatch" "${train[@]}")
-  probe_jobs+=("$(mvm_submit cpu $(afterok "$train_job" "${probe_waits[@]}") --job-name="probe-$name" \
-    --output="$sweep/logs/probe-$name-%j.out" "$MVM_ROOT/slurm/probe.sbatch" "${probe[@]}")")
-  log "$name: train job $train_job, probe job ${probe_jobs[-1]}"
-}
-
-# The plan: each axis varied around the base point (largest scale, base T, one process).
-declare -A planned=()
-plan() {
-  [[ -n "${planned[$1-$2-$3]:-}" ]] && return 0
-  planned[$1-$2-$3]=1
-  experiment "$1" "$2" "$3"
-}
-for scale in "${scale_list[@]}"; do plan "$scale" "$base_clip_len" 1; done
-for clip_len in "${clip_len_list[@]}"; do plan "$max_scale" "$clip_len" 1; done
-for world in "${world_list[@]}"; do plan "$max_scale" "$base_clip_len" "$world"; done
+# One job per line: ID, HOW, AFTER, then its command, tab-separated (slurm/plan.py). Read from
+# descriptor 3 so that the jobs' own standard input is not the plan.
+while IFS=$'\t' read -r -u 3 -a job; do
+  id="${job[0]}" how="${job[1]}" after="${job[2]}" command=("${job[@]:3}")
+  case "$how" in
+    run | gate)
+      log "$id"
+      status=0
+      "${command[@]}" || status=$?
+      # A gate job's exit 3 is a failed gate: a result to report, not a broken sweep.
+      if ((status != 0)) && ! [[ "$how" == gate && "$status" == 3 ]]; then
+        log "$id failed (exit $status)"
+        exit "$status"
+      fi
+      ;;
+    ingest | cpu | gpu)
+      submit=("${command[@]}")  # ingest: slurm/ingest.sh prints the job that finishes the ingest
+      # shellcheck disable=SC2046  # dependency prints one word or nothing
+      [[ "$how" == ingest ]] || submit=(mvm_submit "$how" $(dependency "$after") "${command[@]}")
+      slurm_job[$id]=$("${submit[@]}") || { status=$?; log "$id: submission failed (exit $status)"; exit "$status"; }
+      [[ "$how" == ingest ]] || log "$id: job ${slurm_job[$id]}"
+      ;;
+    *)
+      log "unknown job kind '$how' in the plan (line: $id)"
+      exit 1
+      ;;
+  esac
+done 3<<<"$plan"
 
 if [[ "$mode" == local ]]; then
-  mvm-report "$sweep" --out "$sweep/report"
   log "done: $sweep/report/scaling.md"
 else
-  report_after=()  # empty when every experiment was already probed
-  ((${#probe_jobs[@]} > 0)) && report_after=("--dependency=afterany:$(IFS=:; echo "${probe_jobs[*]}")")
-  report_job=$(mvm_submit cpu "${report_after[@]}" --job-name=report \
-    --output="$sweep/logs/report-%j.out" "$MVM_ROOT/slurm/report.sbatch" "$sweep" --out "$sweep/report")
-  log "submitted ${#planned[@]} experiments; report job $report_job writes $sweep/report"
-  echo "$report_job"
+  log "report job ${slurm_job[report]} writes $sweep/report"
+  echo "${slurm_job[report]}"
 fi

@@ -1,6 +1,6 @@
 """Find training runs and their probes on disk and reduce each to one flat record (mvm-report's input).
 
-Layouts understood (both written by slurm/scaling.sh or by hand):
+Layouts understood (written by slurm/scaling.sh, or by hand):
 - sweep: `SWEEP/runs/NAME/{experiment.json, run/, probe/}`;
 - bare run: `RUN/` (config.json + metrics.jsonl) with its probe in `RUN/probe/` or a sibling `probe/`.
 A run is any folder holding both config.json and metrics.jsonl.
@@ -9,8 +9,8 @@ A run is any folder holding both config.json and metrics.jsonl.
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import asdict, dataclass
+from collections import defaultdict
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 MAX_DEPTH = 4
@@ -65,6 +65,38 @@ class RunRecord:
     """95% CI of pretrained minus best random."""
     probe_gate: str | None
     """"pass" or "fail"."""
+    ddp_overhead: float | None = None
+    """Exposed DDP overhead: step_time_s / step_time_s of the one-process run with the same data, T,
+    preset and per-rank batch, minus 1 (None for one process or without such a run; see `collect`)."""
+
+
+def data_key(record: RunRecord) -> float | int | None:
+    """What identifies a run's training data: its sweep scale, else its clip count."""
+    return record.data_scale if record.data_scale is not None else record.n_train_clips
+
+
+def with_ddp_overhead(records: list[RunRecord]) -> list[RunRecord]:
+    """`records` with ddp_overhead computed: set for a multi-process run with exactly one one-process twin.
+
+    Twins agree on data, T, preset and per-rank batch size, so the per-rank work per step is equal
+    and any extra step time is what data parallelism costs (all-reduce not hidden, stragglers).
+    """
+    single: dict[tuple, list[RunRecord]] = defaultdict(list)
+
+    def twin_key(record: RunRecord) -> tuple:
+        return (data_key(record), record.clip_len, record.preset, record.batch_size)
+
+    for record in records:
+        if record.world_size == 1:
+            single[twin_key(record)].append(record)
+    updated = []
+    for record in records:
+        twins = single.get(twin_key(record), [])
+        overhead = None
+        if record.world_size > 1 and len(twins) == 1 and twins[0].step_time_s and record.step_time_s:
+            overhead = record.step_time_s / twins[0].step_time_s - 1
+        updated.append(replace(record, ddp_overhead=overhead))
+    return updated
 
 
 def find_runs(path: Path) -> list[Path]:
@@ -151,7 +183,8 @@ def summarize_run(run: Path) -> RunRecord:
 
 
 def collect(paths: list[Path]) -> tuple[list[RunRecord], list[dict]]:
-    """Records of every run under `paths` (deduplicated, sorted by name) and the skipped ones with why."""
+    """Records of every run under `paths` (deduplicated, sorted by name, with their DDP overhead) and the
+    skipped ones with why."""
     records, skipped, seen = [], [], set()
     for path in paths:
         for run in find_runs(path):
@@ -162,12 +195,4 @@ def collect(paths: list[Path]) -> tuple[list[RunRecord], list[dict]]:
                 records.append(summarize_run(run))
             except (ValueError, KeyError, json.JSONDecodeError) as error:
                 skipped.append({"run": str(run), "reason": f"{type(error).__name__}: {error}"})
-    return sorted(records, key=lambda r: r.name), skipped
-
-
-def as_dict(record: RunRecord) -> dict:
-    """Strict-JSON-ready dict of a record (a non-finite number becomes None)."""
-    return {
-        key: None if isinstance(value, float) and not math.isfinite(value) else value
-        for key, value in asdict(record).items()
-    }
+    return with_ddp_overhead(sorted(records, key=lambda r: r.name)), skipped

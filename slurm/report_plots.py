@@ -17,13 +17,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from probe.report_collect import RunRecord  # noqa: E402
-
-
-def data_key(record: RunRecord) -> float | int | None:
-    """What identifies a run's training data: its sweep scale, else its clip count."""
-    return record.data_scale if record.data_scale is not None else record.n_train_clips
-
+from ingest.atomic import atomic_path  # noqa: E402
+from slurm.report_collect import RunRecord, data_key  # noqa: E402
 
 AXES: dict[str, tuple[Callable[[RunRecord], object], Callable[[RunRecord], tuple], str]] = {
     "data": (
@@ -109,46 +104,53 @@ def _probe_label(records: list[RunRecord]) -> str:
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as temporary:
+            fig.savefig(temporary, format="png", dpi=100)
+    finally:
+        plt.close(fig)
     return path
 
 
+Panel = tuple[str, Callable[[RunRecord], object], str, str, dict]
+"""(axis, y value of a run, y label, title, extra _panel options)."""
+
+
+def _figure(records: list[RunRecord], path: Path, panels: list[Panel]) -> Path:
+    """One PNG of panels side by side."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels) + 1, 3.8))
+    for ax, (axis, y_of, ylabel, title, options) in zip(axes, panels, strict=True):
+        _panel(ax, records, axis, y_of, ylabel, **options)
+        ax.set_title(title)
+    return _save(fig, path)
+
+
 def plot_all(records: list[RunRecord], out: Path) -> list[Path]:
-    """Write the four scaling plots into `out`; their paths."""
+    """Write the four scaling plots into `out` (each file atomically); their paths."""
     probe_label = _probe_label(records)
-    written = []
-
-    fig, (ax_probe, ax_loss) = plt.subplots(1, 2, figsize=(10, 3.8))
-    _panel(ax_probe, records, "data", lambda r: r.probe_pretrained, probe_label, with_ci=True,
-           baseline_of=lambda r: r.probe_random_best)  # fmt: skip
-    ax_probe.set_title("probe vs training data (95% CI over val scenes)")
-    _panel(ax_loss, records, "data", lambda r: r.final_loss, "final training loss")
-    ax_loss.set_title("final loss vs training data")
-    written.append(_save(fig, out / "probe_vs_clips.png"))
-
-    fig, (ax_speed, ax_mem) = plt.subplots(1, 2, figsize=(10, 3.8))
-    _panel(ax_speed, records, "data", lambda r: r.clips_per_s, "clips/s (all ranks)")
-    ax_speed.set_title("throughput vs dataset scale")
-    _panel(ax_mem, records, "data", lambda r: r.peak_mem_mb, "peak memory per rank (MB)")
-    ax_mem.set_title("peak memory vs dataset scale")
-    written.append(_save(fig, out / "throughput_memory_vs_scale.png"))
-
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
-    _panel(axes[0], records, "world_size", lambda r: r.step_time_s, "step time (s)")
-    axes[0].set_title("step time vs world size")
-    _panel(axes[1], records, "world_size", lambda r: r.comm_frac if r.world_size > 1 else 0.0,
-           "comm_frac (all-reduce share)")  # fmt: skip
-    axes[1].set_title("communication share vs world size")
-    _panel(axes[2], records, "world_size", lambda r: r.clips_per_s, "clips/s (all ranks)")
-    axes[2].set_title("throughput vs world size")
-    written.append(_save(fig, out / "world_size.png"))
-
-    fig, (ax_probe, ax_speed) = plt.subplots(1, 2, figsize=(10, 3.8))
-    _panel(ax_probe, records, "clip_len", lambda r: r.probe_pretrained, probe_label, with_ci=True,
-           baseline_of=lambda r: r.probe_random_best)  # fmt: skip
-    ax_probe.set_title("probe vs clip length")
-    _panel(ax_speed, records, "clip_len", lambda r: r.clips_per_s, "clips/s (all ranks)")
-    ax_speed.set_title("throughput vs clip length")
-    written.append(_save(fig, out / "clip_len.png"))
-    return written
+    probe = (lambda r: r.probe_pretrained, probe_label)
+    with_random = {"with_ci": True, "baseline_of": lambda r: r.probe_random_best}
+    speed = (lambda r: r.clips_per_s, "clips/s (all ranks)")
+    figures: dict[str, list[Panel]] = {
+        "probe_vs_clips.png": [
+            ("data", *probe, "probe vs training data (95% CI over val scenes)", with_random),
+            ("data", lambda r: r.final_loss, "final training loss", "final loss vs training data", {}),
+        ],
+        "throughput_memory_vs_scale.png": [
+            ("data", *speed, "throughput vs dataset scale", {}),
+            ("data", lambda r: r.peak_mem_mb, "peak memory per rank (MB)", "peak memory vs dataset scale", {}),
+        ],
+        "world_size.png": [
+            ("world_size", lambda r: r.step_time_s, "step time (s)", "step time vs world size", {}),
+            ("world_size", lambda r: r.comm_frac if r.world_size > 1 else 0.0, "comm_frac (all-reduce share)",
+             "communication share vs world size", {}),
+            ("world_size", lambda r: 0.0 if r.world_size == 1 else r.ddp_overhead,
+             "step time / one-process step time - 1", "exposed DDP overhead vs world size", {}),
+            ("world_size", *speed, "throughput vs world size", {}),
+        ],
+        "clip_len.png": [
+            ("clip_len", *probe, "probe vs clip length", with_random),
+            ("clip_len", *speed, "throughput vs clip length", {}),
+        ],
+    }  # fmt: skip
+    return [_figure(records, out / name, panels) for name, panels in figures.items()]

@@ -1,30 +1,33 @@
-"""`mvm-report`: collect training runs and their probes into scaling.json, scaling.md and PNG plots."""
+"""`mvm-report`: collect training runs and their probes into scaling.json, scaling.md and PNG plots.
+
+mvm-report sweep --out sweep/report          # a sweep folder from slurm/scaling.sh (make sweep)
+mvm-report runs/a runs/b --out report        # any mvm-train run folders
+"""
 
 from __future__ import annotations
 
-import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import click
 
-from probe.report_collect import RunRecord, as_dict, collect
-from probe.report_plots import AXES, plot_all, series
+from ingest.atomic import OutputError, ensure_dir, write_atomic
+from ingest.report_format import MISSING, dumps_json, fmt, fmt_ci, markdown_table
+from slurm.report_collect import RunRecord, collect
+from slurm.report_plots import AXES, plot_all, series
+
+COLUMNS = ("run", "preset", "scale", "train clips", "T", "world", "steps", "final loss", "clips/s", "step s",
+           "DDP overhead", "data wait", "comm", "peak MB", "probe (95% CI)", "best random", "gate")  # fmt: skip
 
 
-def _fmt(value, digits: int = 3) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def _probe_cell(record: RunRecord) -> str:
-    if record.probe_pretrained is None:
-        return "—"
-    low, high = record.probe_ci
-    return f"{record.probe_pretrained:.3f} [{low:.3f}, {high:.3f}]"
+def _row(r: RunRecord) -> list[str]:
+    """One table row; every number through the one formatter (a missing value reads "—")."""
+    probe = MISSING if r.probe_pretrained is None else f"{fmt(r.probe_pretrained)} {fmt_ci(r.probe_ci)}"
+    return [r.name, r.preset, fmt(r.data_scale, 0), fmt(r.n_train_clips), fmt(r.clip_len), fmt(r.world_size),
+            fmt(r.steps), fmt(r.final_loss, 4), fmt(r.clips_per_s, 1), fmt(r.step_time_s),
+            fmt(r.ddp_overhead), fmt(r.data_wait_frac), fmt(r.comm_frac), fmt(r.peak_mem_mb, 0), probe,
+            fmt(r.probe_random_best), fmt(r.probe_gate)]  # fmt: skip
 
 
 def markdown(records: list[RunRecord], skipped: list[dict], plots: list[Path]) -> str:
@@ -34,22 +37,16 @@ def markdown(records: list[RunRecord], skipped: list[dict], plots: list[Path]) -
         "",
         f"{len(records)} runs. Throughput and step time are second-half means of the logged steps "
         "(steady state); clips/s counts all ranks; memory is the peak per rank (RSS on CPU, "
-        "max allocated on GPU). Probe: the pretrained encoder's primary metric with its 95% CI "
-        "over validation scenes, the best random encoder, and the gate verdict.",
+        "max allocated on GPU). DDP overhead is the exposed cost of data parallelism: step time at "
+        "world size N over step time of the one-process run at the same per-rank batch, data, T and "
+        "preset, minus 1. Probe: the pretrained encoder's primary metric with its 95% CI over "
+        "validation scenes, the best random encoder, and the gate verdict.",
         "",
-        "| run | preset | scale | train clips | T | world | steps | final loss | clips/s | step s "
-        "| data wait | comm | peak MB | probe (95% CI) | best random | gate |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        markdown_table(COLUMNS, [_row(record) for record in records]),
+        "",
+        "## Axes",
+        "",
     ]
-    for r in records:
-        lines.append(
-            f"| {r.name} | {r.preset} | {_fmt(r.data_scale, 0)} | {_fmt(r.n_train_clips)} | {r.clip_len} "
-            f"| {r.world_size} | {r.steps} | {_fmt(r.final_loss, 4)} | {_fmt(r.clips_per_s, 1)} "
-            f"| {_fmt(r.step_time_s)} | {_fmt(r.data_wait_frac)} | {_fmt(r.comm_frac)} "
-            f"| {_fmt(r.peak_mem_mb, 0)} | {_probe_cell(r)} | {_fmt(r.probe_random_best)} "
-            f"| {r.probe_gate or '—'} |"
-        )
-    lines += ["", "## Axes", ""]
     for axis, (_, _, label) in AXES.items():
         groups = series(records, axis)
         described = "; ".join(f"{name} ({len(runs)} runs)" for name, runs in groups.items())
@@ -83,8 +80,8 @@ def main(paths: tuple[Path, ...], out: Path) -> None:
     RUN/probe/ or a sibling probe/ folder; a sibling experiment.json (written by slurm/scaling.sh)
     names its dataset scale and world size. Writes OUT/scaling.json (one record per run, plus the
     runs skipped and why), OUT/scaling.md and plots: probe metric vs training clips, clips/s and
-    peak memory vs dataset scale, step time and comm_frac vs world size, probe metric and
-    throughput vs T.
+    peak memory vs dataset scale, step time, comm_frac, DDP overhead and throughput vs world size,
+    probe metric and throughput vs T.
     """
     records, skipped = collect(list(paths))
     for item in skipped:
@@ -92,9 +89,13 @@ def main(paths: tuple[Path, ...], out: Path) -> None:
     if not records:
         click.echo(f"mvm-report: no run with logged steps under {', '.join(map(str, paths))}", err=True)
         sys.exit(1)
-    out.mkdir(parents=True, exist_ok=True)
-    plots = plot_all(records, out)
-    summary = {"runs": [as_dict(r) for r in records], "skipped": skipped, "plots": [p.name for p in plots]}
-    (out / "scaling.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
-    (out / "scaling.md").write_text(markdown(records, skipped, plots))
+    try:
+        ensure_dir(out)
+        plots = plot_all(records, out)
+        summary = {"runs": [asdict(r) for r in records], "skipped": skipped, "plots": [p.name for p in plots]}
+        write_atomic(out / "scaling.json", dumps_json(summary))
+        write_atomic(out / "scaling.md", markdown(records, skipped, plots))
+    except OutputError as error:
+        click.echo(f"mvm-report: {error}", err=True)
+        sys.exit(1)
     click.echo(f"mvm-report: {len(records)} runs -> {out}/scaling.md, scaling.json, {len(plots)} plots")
