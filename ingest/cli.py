@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import json
+import ctypes
+import os
+import signal
 import sys
 import time
 from collections import Counter
@@ -16,23 +18,18 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ingest.config import TRAINER_PATCH, IngestConfig
-from ingest.plan import (
-    MANIFEST,
-    SHARD_PATTERN,
-    FinalizeError,
-    discover_parts,
-    finalize,
-    part_scenes,
-    verify_complete,
-    write_ledger,
-)
+from ingest.atomic import OutputError, ensure_dir
+from ingest.config import IngestConfig
+from ingest.plan import FinalizeError, discover_parts, finalize, part_scenes, verify_complete, write_ledger
 from ingest.scenes import SceneSpecError, resolve_scenes
+from ingest.shards import MANIFEST, PATCH_SIZE, SHARD_PATTERN, ShardError, read_manifest
 from ingest.stage import stage_scene, verified_sidecar
-from ingest.tables import DatarootError, SceneTables, open_nuscenes
-from ingest.video import DEFAULT_CRF, DEFAULT_PRESET
+from ingest.tables import DatarootError, SceneTables, TablesError, open_nuscenes
 
 console = Console(stderr=True, soft_wrap=True)
+DEFAULTS = IngestConfig("", "", "")
+"""The option defaults, written once in IngestConfig."""
+PR_SET_PDEATHSIG = 1
 
 
 def parse_size(value: str) -> tuple[int, int]:
@@ -46,14 +43,12 @@ def parse_size(value: str) -> tuple[int, int]:
             f"{value}: H.264 yuv420p needs even height and width (2x2 chroma blocks)", param_hint="--size"
         )
     odd = [
-        f"{name} {length}"
-        for name, length in (("height", height), ("width", width))
-        if length % TRAINER_PATCH
+        f"{name} {length}" for name, length in (("height", height), ("width", width)) if length % PATCH_SIZE
     ]
     if odd:
         console.print(
-            f"[yellow]warning:[/] --size {value}: {' and '.join(odd)} not a multiple of {TRAINER_PATCH}, "
-            f"the trainer's patch size (mvm-train will crop or refuse)"
+            f"[yellow]warning:[/] --size {value}: {' and '.join(odd)} not a multiple of {PATCH_SIZE}, "
+            f"the trainer's patch size (mvm-train will refuse these shards)"
         )
     return height, width
 
@@ -71,9 +66,27 @@ def parse_part(value: str | None) -> tuple[int, int] | None:
 
 
 def log_line(out: Path, text: str) -> None:
-    """Append a timestamped line to DIR/ingest.log (the only place wall-clock times go)."""
-    with open(out / "ingest.log", "a") as log:
+    """Append a timestamped line to DIR/ingest.log (the only place wall-clock times go).
+
+    Opened with O_NOFOLLOW: a symlink planted at DIR/ingest.log is refused, never written through.
+    """
+    path = out / "ingest.log"
+    try:
+        handle = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as error:
+        raise OutputError(f"cannot append to {path} (a symlink, or not writable): {error.strerror}") from None
+    with os.fdopen(handle, "a") as log:
         log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {text}\n")
+
+
+def die_with_parent(parent: int) -> None:
+    """Worker initializer: the kernel SIGKILLs this worker when its parent dies (Linux
+    PR_SET_PDEATHSIG), so a killed mvm-ingest leaves no orphan workers (nor, once they are gone,
+    multiprocessing's resource tracker, which exits when its last user does)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
 
 
 @dataclass
@@ -102,8 +115,7 @@ def run_part(
     workers: int,
 ) -> PartTally:
     """Stage this part's scenes (reusing verified ones), then write its ledger if every scene succeeded."""
-    staging_dir = out / "staging"
-    staging_dir.mkdir(parents=True, exist_ok=True)
+    staging_dir = ensure_dir(out / "staging")
     mine = part_scenes(scenes, part, parts)
     tally, sidecars = PartTally(), []
     todo = []
@@ -160,7 +172,12 @@ def run_part(
                 except Exception as error:  # one bad scene must not stop the others
                     finished(name, error)
         else:
-            with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            with ProcessPoolExecutor(
+                max_workers=workers,
+                mp_context=get_context("spawn"),
+                initializer=die_with_parent,
+                initargs=(os.getpid(),),
+            ) as pool:
                 pending, queue = {}, list(todo)
                 while queue or pending:
                     while queue and len(pending) < 2 * workers:  # bounded: memory independent of scene count
@@ -220,12 +237,15 @@ def clear_previous(out: Path) -> None:
 @click.option(
     "--out",
     default=Path("shards"),
-    type=click.Path(path_type=Path),
-    help="Output folder (layout: shards/README.md).",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output folder (layout: shards/README.md); refused if it is a symlink.",
 )
-@click.option("--clip-len", default=8, type=click.IntRange(min=2), help="T: frames per clip.")
+@click.option("--clip-len", default=DEFAULTS.clip_len, type=click.IntRange(min=2), help="T: frames per clip.")
 @click.option(
-    "--stride", default=1, type=click.IntRange(min=1), help="s: chain positions between a clip's frames."
+    "--stride",
+    default=DEFAULTS.stride,
+    type=click.IntRange(min=1),
+    help="s: chain positions between a clip's frames.",
 )
 @click.option(
     "--hop",
@@ -235,18 +255,18 @@ def clear_previous(out: Path) -> None:
 @click.option(
     "--size",
     "size_text",
-    default="144x256",
+    default="{}x{}".format(*DEFAULTS.size),
     help="HxW of the decoded frames; must be even (yuv420p), should be multiples of 16 (trainer patches).",
 )
 @click.option(
     "--crf",
-    default=DEFAULT_CRF,
+    default=DEFAULTS.crf,
     type=click.IntRange(0, 51),
     help="x264 constant rate factor (lower = better, bigger).",
 )
 @click.option(
     "--preset",
-    default=DEFAULT_PRESET,
+    default=DEFAULTS.preset,
     type=click.Choice(
         ["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
     ),
@@ -254,13 +274,18 @@ def clear_previous(out: Path) -> None:
 )
 @click.option(
     "--max-gap-ms",
-    default=125,
+    default=DEFAULTS.max_gap_ms,
     type=click.IntRange(min=1),
     help="Longest continuous interval; a longer one splits the scene (CAM_FRONT intervals are 50/100 ms, a dropped frame gives 150).",
 )
-@click.option("--shard-clips", default=256, type=click.IntRange(min=1), help="Clips per shard.")
 @click.option(
-    "--seed", default=0, type=int, help="Seed of the clip-start offsets (keyed further by scene name)."
+    "--shard-clips", default=DEFAULTS.shard_clips, type=click.IntRange(min=1), help="Clips per shard."
+)
+@click.option(
+    "--seed",
+    default=DEFAULTS.seed,
+    type=click.IntRange(min=0),
+    help="Seed of the clip-start offsets (keyed further by scene name).",
 )
 @click.option(
     "--part",
@@ -296,9 +321,26 @@ def ingest_main(
       mvm-ingest ... --finalize
 
     Exit codes: 0 success (or already complete), 1 failure (a scene failed, parts missing at
-    finalize, damaged complete output), 2 usage error (bad option, unknown scene or split,
-    missing dataroot or version folder, --out holding another ingest without --overwrite).
+    finalize, no clip at all (the reason is printed per scene), damaged complete output, tables
+    that are not valid JSON, an --out that cannot be written: read-only, a symlink, disk full),
+    2 usage error (bad option, unknown scene or split, missing dataroot or version folder, --out
+    a file or holding another ingest without --overwrite).
     """
+    try:
+        run_ingest(
+            dataroot, nusc_version, scenes_spec, out, clip_len, stride, hop, size_text, crf, preset,
+            max_gap_ms, shard_clips, seed, part_text, finalize, workers, overwrite,
+        )  # fmt: skip
+    except (OutputError, TablesError, FinalizeError) as error:
+        console.print(f"[red]error:[/] {error}")
+        sys.exit(1)
+
+
+def run_ingest(
+    dataroot, nusc_version, scenes_spec, out, clip_len, stride, hop, size_text, crf, preset,
+    max_gap_ms, shard_clips, seed, part_text, finalize, workers, overwrite,
+):  # fmt: skip
+    """The body of mvm-ingest; raises OutputError / TablesError / FinalizeError for exit 1."""
     size = parse_size(size_text)
     part = parse_part(part_text)
     if part is not None and finalize:
@@ -314,7 +356,7 @@ def ingest_main(
         scenes_spec=scenes_spec,
         clip_len=clip_len,
         stride=stride,
-        hop=hop or clip_len * stride,
+        hop=hop,
         size=size,
         crf=crf,
         preset=preset,
@@ -326,10 +368,16 @@ def ingest_main(
         console.print(
             f"note: {len(resolved.absent_from_split)} scenes of split {scenes_spec!r} are not in this dataroot"
         )
-    out.mkdir(parents=True, exist_ok=True)
-    manifest_path = out / MANIFEST
-    if manifest_path.is_file():
-        previous = json.loads(manifest_path.read_text())
+    ensure_dir(out)
+    if (out / MANIFEST).exists() or (out / MANIFEST).is_symlink():
+        try:
+            previous = read_manifest(out)
+        except ShardError as error:
+            if not overwrite:
+                raise click.UsageError(
+                    f"{error}; pass --overwrite to replace it or choose another --out"
+                ) from None
+            previous = {}
         same = (
             previous.get("config") == config.to_json()
             and [s["name"] for s in previous.get("scenes", [])] == resolved.names
@@ -369,11 +417,7 @@ def ingest_main(
             sys.exit(1)
     manifest = None
     if part is None:
-        try:
-            manifest = finalize_output(out, config, resolved.names, discover_parts(out) if finalize else 1)
-        except FinalizeError as error:
-            console.print(f"[red]error:[/] {error}")
-            sys.exit(1)
+        manifest = finalize_output(out, config, resolved.names, discover_parts(out) if finalize else 1)
     elapsed = time.perf_counter() - started
     rows = [("output", str(out)), ("scenes", f"{len(resolved.names)} planned")]
     if not finalize:

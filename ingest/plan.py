@@ -145,14 +145,14 @@ def read_ledgers(out: Path, config: IngestConfig, scenes: list[str], parts: int)
 
 
 def no_clip_reasons(sidecars: list[dict]) -> str:
-    """Why each scene gave no clip, from its rejects: `scene: reason (detail); ...`."""
+    """Why each scene gave no clip, from its rejects: one `scene: reason (detail)` line per scene."""
     lines = []
     for sidecar in sidecars:
         rejects = sidecar["rejects"]
         shown = ", ".join(f"{r['reason']} ({r['detail']})" for r in rejects[:2]) or "no reject recorded"
         more = f" and {len(rejects) - 2} more rejects" if len(rejects) > 2 else ""
         lines.append(f"{sidecar['scene']['name']}: {shown}{more}")
-    return "; ".join(lines)
+    return "".join(f"\n  {line}" for line in lines)
 
 
 def finalize(out: Path, config: IngestConfig, scenes: list[str], parts: int) -> dict:
@@ -195,7 +195,7 @@ def finalize(out: Path, config: IngestConfig, scenes: list[str], parts: int) -> 
     if batch:
         flush()
     if not shards:
-        raise FinalizeError("no clip was written: " + no_clip_reasons(sidecars))
+        raise FinalizeError("no clip was written (no manifest); per scene:" + no_clip_reasons(sidecars))
     planned = {shard["name"] for shard in shards}
     for stale in out.iterdir():
         if SHARD_PATTERN.fullmatch(stale.name) and stale.name not in planned:

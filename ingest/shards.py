@@ -173,13 +173,13 @@ def iter_samples(path: str | Path) -> Iterator[dict]:
     """Samples of one tar in archive order: {"key", "url", "index", "<ext>": bytes} per key.
 
     Members must be regular files named `<key>.<ext>` (no folder, key without dots, ext not one of
-    RESERVED), a key's members consecutive and each extension once. Anything else, and any tar or
-    I/O error, raises ShardError naming the shard and the key.
+    RESERVED), each extension once per sample; members of one key are consecutive by construction
+    (a key seen again later is another sample: uniqueness is the audit's check). Anything else,
+    and any tar or I/O error, raises ShardError naming the shard and the key.
     """
     url = str(path)
     current: dict | None = None
     index = 0
-    seen: set[str] = set()
     try:
         with tarfile.open(url, mode="r|") as archive:
             for member in archive:
@@ -193,9 +193,6 @@ def iter_samples(path: str | Path) -> Iterator[dict]:
                     yield current
                     index, current = index + 1, None
                 if current is None:
-                    if key in seen:
-                        raise ShardError(f"{where}: key appears again after other keys")
-                    seen.add(key)
                     current = {"key": key, "url": url, "index": index}
                 if ext in current:
                     raise ShardError(f"{where}: member {member.name!r} appears twice")

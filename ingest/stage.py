@@ -69,7 +69,8 @@ def load_scene_frames(
     images, bad = {}, {}
     for position, frame in enumerate(job.frames):
         try:
-            images[position] = load_frame(Path(job.dataroot) / frame["filename"], size)
+            source_size = (frame["width"], frame["height"])
+            images[position] = load_frame(Path(job.dataroot) / frame["filename"], size, source_size)
         except FrameError as error:
             bad[position] = (error.reason, frame["filename"])
     return images, bad

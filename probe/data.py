@@ -2,7 +2,8 @@
 
 The metadata pass lets the CLI refuse overlapping train/val scenes and choose a `--max-clips`
 subset before any model is loaded or any video decoded. Both passes read the shards through
-train.data (same tar layout, same error messages naming shard and key).
+ingest.shards.iter_verified (names checked against the manifest, sha256 verified on first open,
+errors naming shard and key) and decode with train.data.decode_sample.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from train.data import ShardError, decode_sample, iter_samples
+from ingest.shards import ShardError
+from ingest.shards import iter_verified as iter_samples
+from train.data import decode_sample
 
 
 def read_metadata(urls: list[str]) -> list[dict]:

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ingest.atomic import write_atomic
 from ingest.chain import split_segments, walk_chain
 from ingest.cli import parse_size
 from ingest.frames import FrameError, crop_box, load_frame
 from ingest.plan import part_scenes
 from ingest.sampling import clip_span, clip_starts, scene_rng
 from ingest.scenes import SceneSpecError, resolve_scenes
-from ingest.tarshard import tar_bytes, write_atomic
+from ingest.shards import tar_bytes
 
 
 def chain_records(count: int, step_us: int = 100_000) -> dict[str, dict]:
