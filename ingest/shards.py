@@ -77,7 +77,9 @@ def read_manifest(folder: str | Path) -> dict:
     try:
         manifest = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ShardError(f"{path} does not exist (ingest incomplete, or not an mvm-ingest output)") from None
+        raise ShardError(
+            f"shard folder {path.parent} has no {MANIFEST} (ingest incomplete, or not an mvm-ingest output)"
+        ) from None
     except json.JSONDecodeError as error:
         raise ShardError(_json_error(path, error)) from None
     except (OSError, UnicodeDecodeError) as error:
