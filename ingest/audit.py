@@ -75,6 +75,14 @@ class Stats:
     psnr_db: list[float] = field(default_factory=list)
 
 
+def scene_records_ok(manifest: dict) -> bool:
+    """Whether the manifest's `scenes` is a list of {name, token, clips} records."""
+    scenes = manifest.get("scenes")
+    return isinstance(scenes, list) and all(
+        isinstance(scene, dict) and {"name", "token", "clips"} <= scene.keys() for scene in scenes
+    )
+
+
 def stray_files(shard_dir: Path, manifest: dict) -> list[str]:
     """Files in the shard folder that a reader could mistake for data: unlisted `shard-*` or
     `*.tar` files and leftover temporaries (`.*.partial`), by name."""
@@ -105,6 +113,11 @@ def check_clip(
         meta = json.loads(sample["json"])
     except (KeyError, ValueError) as error:
         return [*problems, f"{where}: unreadable json ({error})"], None, None
+    if not isinstance(meta, dict):
+        return [*problems, f"{where}: json is not an object"], None, None
+    for name, kind in (("scene", str), ("speed_mps", int | float), ("yaw_rate_rps", int | float)):
+        if not isinstance(meta.get(name), kind):
+            problems.append(f"{where}: {name} is missing or of the wrong type")
     clip_len, size = config["clip_len"], config["size"]
     expected = {
         "version": FORMAT_VERSION,
@@ -126,8 +139,11 @@ def check_clip(
         "ego_rotation": (clip_len, 4),
     }
     for name, shape in shapes.items():
-        if np.shape(meta.get(name)) != shape:
-            problems.append(f"{where}: {name} has shape {np.shape(meta.get(name))}, expected {shape}")
+        value = meta.get(name)
+        if np.shape(value) != shape:
+            problems.append(f"{where}: {name} has shape {np.shape(value)}, expected {shape}")
+        elif name != "sample_data_tokens" and np.asarray(value).dtype.kind not in "iuf":
+            problems.append(f"{where}: {name} holds values that are not numbers")
     try:
         frames = decode_clip(sample["mp4"])
     except Exception as error:  # any decoder failure is a finding, not a crash
@@ -169,7 +185,10 @@ def audit_shards(
         return [manifest_check], stats, None
     config = manifest["config"]
     missing = [name for name in WRITER_CONFIG if name not in config]
-    missing += [name for name in ("scenes", "rejects") if not isinstance(manifest.get(name), list)]
+    missing += [] if scene_records_ok(manifest) else ["scenes [{name, token, clips}]"]
+    rejects = manifest.get("rejects")
+    if not isinstance(rejects, list) or not all(isinstance(r, dict) and "reason" in r for r in rejects):
+        missing.append("rejects [{reason, ...}]")
     if missing:
         manifest_check.failures.append(f"manifest lacks what mvm-ingest writes: {', '.join(missing)}")
         return [manifest_check], stats, None
@@ -234,6 +253,9 @@ def leakage_check(manifest: dict, against: Path) -> Check:
         other = read_manifest(against)
     except ShardError as error:
         check.failures.append(str(error))
+        return check
+    if not scene_records_ok(other):
+        check.failures.append(f"{against}: the manifest's scenes are not {{name, token, clips}} records")
         return check
     shared = sorted({s["name"] for s in manifest["scenes"]} & {s["name"] for s in other["scenes"]})
     shared_tokens = sorted({s["token"] for s in manifest["scenes"]} & {s["token"] for s in other["scenes"]})

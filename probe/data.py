@@ -17,15 +17,23 @@ from ingest.shards import ShardError
 from ingest.shards import iter_verified as iter_samples
 from train.data import decode_sample
 
+PROBE_FIELDS = ("key", "scene", "clip_len", "size", "speed_mps", "yaw_rate_rps")
+"""Metadata fields the probe reads (shards/README.md); a clip without them is refused by name."""
+
 
 def read_metadata(urls: list[str]) -> list[dict]:
     """Clip metadata of every sample, in shard order then sample order (the order of iter_clips)."""
     metas = []
     for url in urls:
         for sample in iter_samples(url):
-            if "json" not in sample:
-                raise ShardError(f"shard {url}, sample {sample['key']}: no .json metadata member")
-            metas.append(json.loads(sample["json"]))
+            where = f"shard {url}, sample {sample['key']}"
+            try:
+                meta = json.loads(sample["json"])
+            except (KeyError, ValueError):
+                raise ShardError(f"{where}: no readable .json metadata member") from None
+            if not isinstance(meta, dict) or not set(PROBE_FIELDS) <= meta.keys():
+                raise ShardError(f"{where}: metadata lacks some of {', '.join(PROBE_FIELDS)}")
+            metas.append(meta)
     return metas
 
 
