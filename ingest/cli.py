@@ -32,6 +32,14 @@ DEFAULTS = IngestConfig("", "", "")
 PR_SET_PDEATHSIG = 1
 
 
+def patch_multiples(length: int) -> list[int]:
+    """`length` if it is a multiple of the patch size, else the multiples just below and above it."""
+    if length % PATCH_SIZE == 0:
+        return [length]
+    below = length // PATCH_SIZE * PATCH_SIZE
+    return [size for size in (below, below + PATCH_SIZE) if size > 0]
+
+
 def parse_size(value: str) -> tuple[int, int]:
     """`HxW` -> (H, W); both even (yuv420p), else a usage error; not multiples of 16 -> a warning."""
     try:
@@ -43,12 +51,15 @@ def parse_size(value: str) -> tuple[int, int]:
             f"{value}: H.264 yuv420p needs even height and width (2x2 chroma blocks)", param_hint="--size"
         )
     odd = [
-        f"{name} {length}" for name, length in (("height", height), ("width", width)) if length % PATCH_SIZE
+        f"{name} {length}"
+        for name, length in (("height", height), ("width", width))
+        if length % PATCH_SIZE
     ]
     if odd:
         console.print(
             f"[yellow]warning:[/] --size {value}: {' and '.join(odd)} not a multiple of {PATCH_SIZE}, "
-            f"the trainer's patch size (mvm-train will refuse these shards)"
+            f"the trainer's patch size (mvm-train will refuse these shards); sizes that would work: "
+            + ", ".join(f"{h}x{w}" for h in patch_multiples(height) for w in patch_multiples(width))
         )
     return height, width
 
