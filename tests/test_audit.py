@@ -6,23 +6,10 @@ import json
 import shutil
 
 import numpy as np
-import pytest
-from _ingest_helpers import audit, ingest, make_dataroot
+from _ingest_helpers import audit, ingest
 
 from ingest.shards import iter_samples, sha256_file, tar_bytes
 from ingest.video import decode_clip, encode_clip
-
-
-@pytest.fixture(scope="module")
-def dataroot(tmp_path_factory):
-    return make_dataroot(tmp_path_factory.mktemp("synth") / "nuscenes")
-
-
-@pytest.fixture(scope="module")
-def good(dataroot, tmp_path_factory):
-    out = tmp_path_factory.mktemp("good") / "shards"
-    assert ingest(dataroot, out).exit_code == 0
-    return out
 
 
 def copy_output(source, target):

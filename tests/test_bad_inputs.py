@@ -21,7 +21,7 @@ import shutil
 import tarfile
 
 import pytest
-from _ingest_helpers import VERSION, make_dataroot
+from _ingest_helpers import VERSION
 from _train_helpers import write_shards
 from click.testing import CliRunner
 
@@ -100,9 +100,9 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> dict[str, str]:
+def world(dataroot, tmp_path_factory) -> dict[str, str]:
     base = tmp_path_factory.mktemp("world")
-    root = make_dataroot(base / "nuscenes")
+    root = dataroot
     bad_json = base / "bad_json"
     shutil.copytree(root, bad_json)
     scene = bad_json / VERSION / "scene.json"

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from _ingest_helpers import audit, cam_front_chains, copy_dataroot, ingest, make_dataroot
+from _ingest_helpers import audit, cam_front_chains, copy_dataroot, ingest
 from _train_helpers import REPO, VENV_BIN, write_shards
 from PIL import Image
 
@@ -29,18 +29,6 @@ from train.data import epoch_samples, resolve_shards, shard_clip_counts
 from train.split import plan_epoch
 
 OUTSIDE = b"a file outside every output folder\n"
-
-
-@pytest.fixture(scope="module")
-def dataroot(tmp_path_factory):
-    return make_dataroot(tmp_path_factory.mktemp("synth") / "nuscenes")
-
-
-@pytest.fixture(scope="module")
-def good(dataroot, tmp_path_factory):
-    out = tmp_path_factory.mktemp("good") / "shards"
-    assert ingest(dataroot, out).exit_code == 0
-    return out
 
 
 @pytest.fixture
