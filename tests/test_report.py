@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -20,7 +21,15 @@ def _shards(folder: Path, clips: list[int]) -> None:
     names = [f"shard-{index:06d}.tar" for index in range(len(clips))]
     for name in names:
         (folder / name).write_bytes(b"")
-    manifest = {"shards": [{"name": n, "clips": c} for n, c in zip(names, clips, strict=True)]}
+    empty = hashlib.sha256(b"").hexdigest()
+    shards = [{"name": n, "clips": c, "bytes": 0, "sha256": empty} for n, c in zip(names, clips, strict=True)]
+    manifest = {
+        "format": "mvm-shards",
+        "version": 1,
+        "config": {},
+        "shards": shards,
+        "total_clips": sum(clips),
+    }
     (folder / "manifest.json").write_text(json.dumps(manifest))
 
 
