@@ -18,7 +18,7 @@ import av
 import numpy as np
 from PIL import features
 
-from ingest.atomic import ensure_dir, write_atomic
+from ingest.atomic import PARTIAL_SUFFIX, ensure_dir, write_atomic
 from ingest.config import IngestConfig
 from ingest.shards import (
     FORMAT_NAME,
@@ -197,8 +197,12 @@ def finalize(out: Path, config: IngestConfig, scenes: list[str], parts: int) -> 
     if not shards:
         raise FinalizeError("no clip was written (no manifest); per scene:" + no_clip_reasons(sidecars))
     planned = {shard["name"] for shard in shards}
-    for stale in out.iterdir():
-        if SHARD_PATTERN.fullmatch(stale.name) and stale.name not in planned:
+    for stale in [*out.iterdir(), *(out / "parts").glob(f".*{PARTIAL_SUFFIX}")]:
+        # Unplanned shards, and temporaries a killed run left (finalize runs after every part,
+        # so no other process is writing here now).
+        if (SHARD_PATTERN.fullmatch(stale.name) and stale.name not in planned) or (
+            stale.name.startswith(".") and stale.name.endswith(PARTIAL_SUFFIX)
+        ):
             stale.unlink()
 
     manifest = {

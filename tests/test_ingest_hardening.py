@@ -74,6 +74,7 @@ def test_symlinks_at_temporary_and_final_names_are_never_written_through(dataroo
     assert outside.read_bytes() == OUTSIDE
     assert not (out / "shard-000000.tar").is_symlink() and not (out / MANIFEST).is_symlink()
     assert (out / "shard-000000.tar").read_bytes() == (good / "shard-000000.tar").read_bytes()
+    assert not list(out.glob(".*.partial"))  # finalize removes temporaries a killed run left
 
 
 def test_symlinked_log_or_output_folder_is_refused(dataroot, tmp_path, outside):
@@ -89,6 +90,13 @@ def test_symlinked_log_or_output_folder_is_refused(dataroot, tmp_path, outside):
     result = ingest(dataroot, tmp_path / "link")
     assert result.exit_code == 1 and "symlink" in result.output, result.output
     assert list(real.iterdir()) == []
+    for folder in ("staging", "parts"):
+        out = tmp_path / f"out-{folder}"
+        out.mkdir()
+        (out / folder).symlink_to(real)
+        result = ingest(dataroot, out)
+        assert result.exit_code == 1 and f"{folder}: it is a symlink" in result.output, result.output
+        assert list(real.iterdir()) == []
 
 
 def test_symlinked_audit_folder_refused_and_audit_md_link_replaced(good, tmp_path, outside):
