@@ -209,6 +209,29 @@ _verified: dict[str, tuple[int, int]] = {}
 """Shards verified in this process: resolved path -> (size, mtime_ns) when it matched."""
 
 
+_listings: dict[Path, tuple[tuple[int, int], dict[str, dict]]] = {}
+"""Shard entries by name per folder, read once per manifest version (size, mtime) in a process."""
+
+
+def listed_entry(path: str | Path) -> dict:
+    """The manifest entry {name, clips, bytes, sha256} of a shard path; ShardError unless the
+    manifest of its folder lists it (and it resolves inside that folder)."""
+    path = Path(path)
+    folder = path.parent.resolve()
+    try:
+        stat = os.stat(folder / MANIFEST)
+        stamp = (stat.st_size, stat.st_mtime_ns)
+    except OSError:
+        stamp = (-1, -1)  # read_manifest below names the problem
+    if folder not in _listings or _listings[folder][0] != stamp:
+        _listings[folder] = (stamp, {e["name"]: e for e in read_manifest(path.parent)["shards"]})
+    entry = _listings[folder][1].get(path.name)
+    if entry is None:
+        raise ShardError(f"{path} is not listed in {path.parent / MANIFEST}; refusing to read it")
+    shard_path(path.parent, path.name)
+    return entry
+
+
 def verify_listed(path: str | Path) -> None:
     """Check a shard against its folder's manifest: listed, inside the folder, size and sha256.
 
@@ -216,11 +239,7 @@ def verify_listed(path: str | Path) -> None:
     mismatch, which readers treat like a corrupt shard.
     """
     path = Path(path)
-    manifest = read_manifest(path.parent)
-    entry = next((e for e in manifest["shards"] if e["name"] == path.name), None)
-    if entry is None:
-        raise ShardError(f"{path} is not listed in {path.parent / MANIFEST}; refusing to read it")
-    shard_path(path.parent, path.name)
+    entry = listed_entry(path)
     try:
         stat = os.stat(path)
     except OSError as error:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ingest.shards import ShardError, listed_shards, read_manifest
+from ingest.shards import ShardError, listed_entry, listed_shards, read_manifest
 from ingest.shards import clip_shape as manifest_clip_shape
 
 # The one sample reader: raw samples {"key", "url", "index", "<ext>": bytes} of a listed shard,
@@ -45,16 +45,6 @@ def _resolve_one(part: str) -> list[str]:
     return [part]
 
 
-def _entry(url: str) -> dict:
-    """The manifest entry of a shard path: listed in its folder's manifest, or ShardError."""
-    path = Path(url)
-    manifest = read_manifest(path.parent)
-    for url_listed, entry in zip(listed_shards(path.parent, manifest), manifest["shards"], strict=True):
-        if url_listed.name == path.name:
-            return entry
-    raise ShardError(f"{url} is not listed in {path.parent / 'manifest.json'}; refusing to read it")
-
-
 def resolve_shards(spec: str) -> list[str]:
     """Shard paths from a folder with manifest.json, a brace pattern, a glob, or a comma list of those.
 
@@ -70,13 +60,13 @@ def resolve_shards(spec: str) -> list[str]:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise ShardError(f"{len(missing)} of {len(urls)} shards missing: {shown}")
     for url in urls:
-        _entry(url)
+        listed_entry(url)
     return urls
 
 
 def shard_clip_counts(urls: list[str]) -> list[int]:
     """Clips per shard, from the manifest of each shard's folder."""
-    return [_entry(url)["clips"] for url in urls]
+    return [listed_entry(url)["clips"] for url in urls]
 
 
 def clip_shape(urls: list[str]) -> tuple[int, tuple[int, int]]:
