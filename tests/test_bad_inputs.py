@@ -86,6 +86,7 @@ CASES = [
     ("mvm-synth", ["--out", "{tmp}/s", "--drop-rate", "0.9"], 2, "--drop-rate"),
     ("mvm-synth", ["--out", "{file}"], 2, "is a file"),
     ("mvm-synth", ["--out", "{shards}"], 1, "refus"),
+    ("mvm-synth", ["--out", "{link}"], 1, "symlink"),
     ("mvm-probe", [*PROBE, "--train-shards", "{shards}", "--batch-size", "0"], 2, "--batch-size"),
     ("mvm-probe", [*PROBE, "--train-shards", "{shards}", "--seeds", "0"], 2, "--seeds"),
     ("mvm-probe", [*PROBE, "--train-shards", "{nomanifest}"], 2, "has no manifest.json"),

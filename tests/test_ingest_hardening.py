@@ -20,9 +20,11 @@ from pathlib import Path
 import pytest
 from _ingest_helpers import audit, cam_front_chains, copy_dataroot, ingest
 from _train_helpers import REPO, VENV_BIN, write_shards
+from click.testing import CliRunner
 from PIL import Image
 
 from ingest.shards import MANIFEST, ShardError, iter_verified, sha256_file
+from ingest.synth.cli import main as synth_main
 from probe.data import read_metadata
 from train.config import DataConfig
 from train.data import epoch_samples, resolve_shards, shard_clip_counts
@@ -274,6 +276,18 @@ def test_read_only_and_file_outputs_get_one_line(dataroot, good, tmp_path):
         assert result.exit_code == 1 and "read-only" in result.output, result.output
         result = audit(good, "--psnr-clips", "0", "--out", str(read_only / "report"))
         assert result.exit_code == 1 and "read-only" in result.output, result.output
+        args = [
+            "--out",
+            str(read_only / "synth"),
+            "--scenes",
+            "1",
+            "--frames-per-scene",
+            "4",
+            "--width",
+            "64",
+        ]
+        result = CliRunner().invoke(synth_main, args)
+        assert result.exit_code == 1 and "Read-only file system" in result.output, result.output
 
 
 def test_disk_full_during_finalize_is_one_line_and_leaves_no_temporaries(dataroot, good, tmp_path):
