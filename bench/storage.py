@@ -8,7 +8,6 @@ ingest's own resize (passed in, never re-implemented here), over all pixels of t
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Callable
 from pathlib import Path
@@ -16,12 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from bench.loader import ClipRef, resized_frame_path, shard_paths
+from ingest.shards import iter_verified, listed_shards, read_manifest
 
 
 def shard_bytes_per_clip(shard_dir: Path) -> float:
     """Total shard file bytes over total clips, from the manifest's shard list."""
-    manifest = json.loads((shard_dir / "manifest.json").read_text())
-    total = sum((shard_dir / shard["name"]).stat().st_size for shard in manifest["shards"])
+    manifest = read_manifest(shard_dir)
+    total = sum(path.stat().st_size for path in listed_shards(shard_dir, manifest))
     return total / manifest["total_clips"]
 
 
@@ -34,16 +34,12 @@ def frame_bytes_per_clip(clips: list[ClipRef], frame_path: Callable[[ClipRef, in
 
 def decoded_clips(shard_dir: Path) -> dict[str, np.ndarray]:
     """key -> decoded frames uint8 (T, H, W, 3) of every clip, via ingest.video.decode_clip."""
-    import tarfile
-
     from ingest.video import decode_clip
 
     clips = {}
     for path in shard_paths(shard_dir):
-        with tarfile.open(path) as tar:
-            for member in tar:
-                if member.name.endswith(".mp4"):
-                    clips[member.name.removesuffix(".mp4")] = decode_clip(tar.extractfile(member).read())
+        for sample in iter_verified(path):
+            clips[sample["key"]] = decode_clip(sample["mp4"])
     return clips
 
 

@@ -9,21 +9,28 @@ from the samples themselves, so a tampered clip whose manifest entry was updated
 from __future__ import annotations
 
 import json
-import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ingest.config import FORMAT_NAME, FORMAT_VERSION
 from ingest.frames import FrameError, load_frame
 from ingest.motion import ego_motion_label
-from ingest.plan import MANIFEST
 from ingest.sampling import spread_subset
-from ingest.tarshard import sha256_file
+from ingest.shards import (
+    FORMAT_VERSION,
+    RESERVED,
+    ShardError,
+    iter_samples,
+    read_manifest,
+    sha256_file,
+    shard_path,
+)
 from ingest.video import decode_clip, psnr
 
+WRITER_CONFIG = ("dataroot", "version", "clip_len", "stride", "size", "max_gap_ms")
+"""Config fields of the manifest that the audit checks clips against."""
 MAX_LISTED = 20
 """Failures listed per check in the report (the count is always complete)."""
 
@@ -68,29 +75,30 @@ class Stats:
     psnr_db: list[float] = field(default_factory=list)
 
 
-def read_manifest(shard_dir: Path) -> dict | None:
-    try:
-        return json.loads((shard_dir / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None
+def scene_records_ok(manifest: dict) -> bool:
+    """Whether the manifest's `scenes` is a list of {name, token, clips} records."""
+    scenes = manifest.get("scenes")
+    return isinstance(scenes, list) and all(
+        isinstance(scene, dict) and {"name", "token", "clips"} <= scene.keys() for scene in scenes
+    )
 
 
-def iter_shard_samples(path: Path):
-    """(key, {extension: bytes}) per sample of a shard, in archive order; tar errors propagate."""
-    current_key, sample = None, {}
-    with tarfile.open(path, mode="r:") as archive:
-        for info in archive:
-            if not info.isfile():
-                continue
-            key, _, extension = info.name.partition(".")
-            # A repeated member starts a new sample, so an adjacent duplicate key is seen as one.
-            if current_key is not None and (key != current_key or extension in sample):
-                yield current_key, sample
-                sample = {}
-            current_key = key
-            sample[extension] = archive.extractfile(info).read()
-    if current_key is not None:
-        yield current_key, sample
+def stray_files(shard_dir: Path, manifest: dict) -> list[str]:
+    """Files in the shard folder that a reader could mistake for data: unlisted `shard-*` or
+    `*.tar` files and leftover temporaries (`.*.partial`), by name."""
+    listed = {shard["name"] for shard in manifest["shards"]}
+    stray = []
+    for path in sorted(shard_dir.iterdir()):
+        name = path.name
+        if name in listed and path.is_file() and not path.is_symlink():
+            continue
+        if name in listed:
+            stray.append(f"{name} is listed but is not a regular file (a symlink or a folder)")
+        elif name.startswith("shard-") or name.endswith(".tar"):
+            stray.append(f"{name} is not listed in the manifest")
+        elif name.startswith(".") and name.endswith(".partial"):
+            stray.append(f"{name} is a leftover temporary file")
+    return stray
 
 
 def check_clip(
@@ -98,14 +106,18 @@ def check_clip(
 ) -> tuple[list[str], dict | None, np.ndarray | None]:
     """Contract violations of one sample, its metadata and its decoded frames (T, H, W, 3)."""
     problems = []
-    if sorted(sample) != ["json", "mp4"]:
-        problems.append(f"{where}: members {sorted(sample)} != ['json', 'mp4']")
-    if "." in key or not key:
-        problems.append(f"{where}: bad key {key!r}")
+    members = sorted(set(sample) - set(RESERVED))
+    if members != ["json", "mp4"]:
+        problems.append(f"{where}: members {members} != ['json', 'mp4']")
     try:
         meta = json.loads(sample["json"])
     except (KeyError, ValueError) as error:
         return [*problems, f"{where}: unreadable json ({error})"], None, None
+    if not isinstance(meta, dict):
+        return [*problems, f"{where}: json is not an object"], None, None
+    for name, kind in (("scene", str), ("speed_mps", int | float), ("yaw_rate_rps", int | float)):
+        if not isinstance(meta.get(name), kind):
+            problems.append(f"{where}: {name} is missing or of the wrong type")
     clip_len, size = config["clip_len"], config["size"]
     expected = {
         "version": FORMAT_VERSION,
@@ -127,8 +139,11 @@ def check_clip(
         "ego_rotation": (clip_len, 4),
     }
     for name, shape in shapes.items():
-        if np.shape(meta.get(name)) != shape:
-            problems.append(f"{where}: {name} has shape {np.shape(meta.get(name))}, expected {shape}")
+        value = meta.get(name)
+        if np.shape(value) != shape:
+            problems.append(f"{where}: {name} has shape {np.shape(value)}, expected {shape}")
+        elif name != "sample_data_tokens" and np.asarray(value).dtype.kind not in "iuf":
+            problems.append(f"{where}: {name} holds values that are not numbers")
     try:
         frames = decode_clip(sample["mp4"])
     except Exception as error:  # any decoder failure is a finding, not a crash
@@ -162,27 +177,34 @@ def audit_shards(
 ) -> tuple[list[Check], Stats, dict | None]:
     """Run every check on `shard_dir`; returns (checks, stats, manifest or None)."""
     stats = Stats()
-    manifest_check = Check("manifest", "manifest.json present, readable, this format and version")
-    manifest = read_manifest(shard_dir)
-    if manifest is None:
-        manifest_check.failures.append(f"{shard_dir / MANIFEST} missing or unreadable (ingest incomplete?)")
+    manifest_check = Check("manifest", "manifest.json present, readable, this format; shard names valid")
+    try:
+        manifest = read_manifest(shard_dir)
+    except ShardError as error:
+        manifest_check.failures.append(str(error))
         return [manifest_check], stats, None
-    if manifest.get("format") != FORMAT_NAME or manifest.get("version") != FORMAT_VERSION:
-        manifest_check.failures.append(
-            f"format {manifest.get('format')!r} v{manifest.get('version')}, expected {FORMAT_NAME!r} v{FORMAT_VERSION}"
-        )
-        return [manifest_check], stats, manifest
     config = manifest["config"]
+    missing = [name for name in WRITER_CONFIG if name not in config]
+    missing += [] if scene_records_ok(manifest) else ["scenes [{name, token, clips}]"]
+    rejects = manifest.get("rejects")
+    if not isinstance(rejects, list) or not all(isinstance(r, dict) and "reason" in r for r in rejects):
+        missing.append("rejects [{reason, ...}]")
+    if missing:
+        manifest_check.failures.append(f"manifest lacks what mvm-ingest writes: {', '.join(missing)}")
+        return [manifest_check], stats, None
+    folder = Check("folder", "no unlisted shard-* or *.tar file and no leftover temporary in the folder")
+    folder.failures += stray_files(shard_dir, manifest)
     present = Check("shards_present", "every shard the manifest lists exists")
     hashes = Check("sha256", "every shard's size and sha256 match the manifest")
     clips = Check("clips", "every sample has json+mp4 and decodes to exactly T frames of the declared size")
     timing = Check("timestamps", "timestamps strictly increasing, every interval within the max gap")
     keys = Check("keys_unique", "clip keys are unique across all shards")
-    counts = Check("counts", "clips per shard, per scene and in total match the manifest")
+    counts = Check("counts", "at least one clip; clips per shard, per scene and in total match the manifest")
+    if manifest["total_clips"] == 0:
+        counts.failures.append("the manifest lists 0 clips (an empty ingest is not a shard set)")
     seen_keys: set[str] = set()
-    scene_of_clip: list[tuple[str, list[str]]] = []
     for shard in manifest["shards"]:
-        path = shard_dir / shard["name"]
+        path = shard_path(shard_dir, shard["name"])
         if not path.is_file():
             present.failures.append(f"{shard['name']} missing")
             continue
@@ -190,7 +212,8 @@ def audit_shards(
             hashes.failures.append(f"{shard['name']} sha256 or size differs from the manifest")
         shard_clips = 0
         try:
-            for key, sample in iter_shard_samples(path):
+            for sample in iter_samples(path):
+                key = sample["key"]
                 where = f"{shard['name']}:{key}"
                 shard_clips += 1
                 if key in seen_keys:
@@ -206,23 +229,17 @@ def audit_shards(
                 stats.intervals_ms += (np.diff(meta["timestamps"]) / 1000).tolist()
                 stats.speeds_mps.append(meta["speed_mps"])
                 stats.labels[ego_motion_label(meta["speed_mps"], meta["yaw_rate_rps"])] += 1
-                scene_of_clip.append((meta["scene"], meta["sample_data_tokens"]))
-        except (tarfile.TarError, OSError, EOFError) as error:
-            clips.failures.append(f"{shard['name']}: unreadable tar ({error})")
+        except ShardError as error:
+            clips.failures.append(str(error))
         if shard_clips != shard["clips"]:
             counts.failures.append(f"{shard['name']}: {shard_clips} clips, manifest says {shard['clips']}")
-    listed_total = sum(shard["clips"] for shard in manifest["shards"])
-    if listed_total != manifest["total_clips"]:
-        counts.failures.append(
-            f"shards list {listed_total} clips, total_clips says {manifest['total_clips']}"
-        )
     if present.ok and hashes.ok and clips.ok:
         for scene in manifest["scenes"]:
             if stats.clips_per_scene[scene["name"]] != scene["clips"]:
                 counts.failures.append(
                     f"{scene['name']}: {stats.clips_per_scene[scene['name']]} clips read, manifest says {scene['clips']}"
                 )
-    checks = [manifest_check, present, hashes, clips, timing, keys, counts]
+    checks = [manifest_check, folder, present, hashes, clips, timing, keys, counts]
     if against is not None:
         checks.append(leakage_check(manifest, against))
     checks.append(psnr_check(manifest, shard_dir, psnr_clips, min_psnr, stats))
@@ -232,9 +249,13 @@ def audit_shards(
 def leakage_check(manifest: dict, against: Path) -> Check:
     """No scene appears in both shard sets (e.g. train and val)."""
     check = Check("scene_leakage", f"no scene shared with {against}")
-    other = read_manifest(against)
-    if other is None:
-        check.failures.append(f"{against / MANIFEST} missing or unreadable")
+    try:
+        other = read_manifest(against)
+    except ShardError as error:
+        check.failures.append(str(error))
+        return check
+    if not scene_records_ok(other):
+        check.failures.append(f"{against}: the manifest's scenes are not {{name, token, clips}} records")
         return check
     shared = sorted({s["name"] for s in manifest["scenes"]} & {s["name"] for s in other["scenes"]})
     shared_tokens = sorted({s["token"] for s in manifest["scenes"]} & {s["token"] for s in other["scenes"]})
@@ -263,12 +284,12 @@ def psnr_check(manifest: dict, shard_dir: Path, psnr_clips: int, min_psnr: float
     for shard in manifest["shards"]:
         if not wanted:
             break
-        path = shard_dir / shard["name"]
+        path = shard_path(shard_dir, shard["name"])
         if index + shard["clips"] <= wanted[0] or not path.is_file():
             index += shard["clips"]
             continue
         try:
-            for _key, sample in iter_shard_samples(path):
+            for sample in iter_samples(path):
                 if wanted and index == wanted[0]:
                     wanted.pop(0)
                     meta = json.loads(sample["json"])
@@ -278,7 +299,7 @@ def psnr_check(manifest: dict, shard_dir: Path, psnr_clips: int, min_psnr: float
                     ]
                     stats.psnr_db.append(psnr(np.stack(sources), decode_clip(sample["mp4"])))
                 index += 1
-        except (tarfile.TarError, OSError, ValueError, KeyError, FrameError) as error:
+        except (ShardError, OSError, ValueError, KeyError, FrameError) as error:
             check.failures.append(f"{shard['name']}: cannot compare ({error})")
     if stats.psnr_db:
         mean = float(np.mean(stats.psnr_db))

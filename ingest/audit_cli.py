@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
 import click
 from rich.console import Console
 
+from ingest.atomic import OutputError
 from ingest.audit import audit_shards
 from ingest.audit_report import write_report
 
 console = Console(stderr=True, soft_wrap=True)
+
+
+def _finite(value: float, name: str) -> float:
+    if not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number", param_hint=name)
+    return value
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -33,7 +41,13 @@ console = Console(stderr=True, soft_wrap=True)
     type=click.IntRange(min=0),
     help="Clips (evenly spaced) compared with their source frames when the dataroot in the manifest is reachable; 0 skips.",
 )
-@click.option("--min-psnr", default=35.0, type=float, help="Mean PSNR (dB) the compared clips must reach.")
+@click.option(
+    "--min-psnr",
+    default=35.0,
+    type=float,
+    callback=lambda _ctx, _param, value: _finite(value, "--min-psnr"),
+    help="Mean PSNR (dB) the compared clips must reach (a finite number).",
+)
 def main(
     shard_dir: Path, against: Path | None, report_dir: Path | None, psnr_clips: int, min_psnr: float
 ) -> None:
@@ -44,10 +58,19 @@ def main(
     within the max gap; keys unique; clip counts per shard, scene and in total; no scene shared
     with --against; mean PSNR against the source frames. Writes audit.json, audit.md and PNG plots.
 
-    Exit codes: 0 every check holds, 1 a check failed (each failure is named), 2 usage error.
+    A manifest is data: shard names must be shard-NNNNNN.tar inside SHARD_DIR, and unlisted
+    shard-* / *.tar files or leftover temporaries in the folder fail the audit, as does a manifest
+    of 0 clips. The report folder and its files are never written through a symlink.
+
+    Exit codes: 0 every check holds, 1 a check failed (each failure is named) or the report
+    cannot be written, 2 usage error.
     """
     checks, stats, manifest = audit_shards(shard_dir, against, psnr_clips, min_psnr)
-    report = write_report(report_dir or shard_dir / "audit", shard_dir, checks, stats, manifest)
+    try:
+        report = write_report(report_dir or shard_dir / "audit", shard_dir, checks, stats, manifest)
+    except OutputError as error:
+        console.print(f"[red]error:[/] {error}")
+        sys.exit(1)
     for check in checks:
         mark = "[green]ok[/]  " if check.ok else "[red]FAIL[/]"
         console.print(f"{mark} {check.name}: {check.note if check.ok else '; '.join(check.failures[:3])}")

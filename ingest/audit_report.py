@@ -10,9 +10,17 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ingest.atomic import atomic_path, ensure_dir, write_atomic  # noqa: E402
 from ingest.audit import Check, Stats  # noqa: E402
-from ingest.config import dumps  # noqa: E402
 from ingest.motion import EGO_MOTION_CLASSES  # noqa: E402
+from ingest.report_format import dumps_json, fmt, markdown_table  # noqa: E402
+
+
+def _save(figure, path: Path) -> None:
+    """Save a figure as PNG through a fresh temporary (never through a symlink at `path`)."""
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=100)
+    plt.close(figure)
 
 
 def _bar(path: Path, counts: dict, title: str, xlabel: str, ylabel: str = "clips") -> None:
@@ -21,8 +29,7 @@ def _bar(path: Path, counts: dict, title: str, xlabel: str, ylabel: str = "clips
     axes.set(title=title, xlabel=xlabel, ylabel=ylabel)
     axes.tick_params(axis="x", rotation=60 if len(counts) > 6 else 0)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    _save(figure, path)
 
 
 def write_plots(report_dir: Path, stats: Stats, manifest: dict | None) -> list[str]:
@@ -34,8 +41,7 @@ def write_plots(report_dir: Path, stats: Stats, manifest: dict | None) -> list[s
     axes[1].hist(stats.speeds_mps, bins=30, color="tab:green")
     axes[1].set(title="mean clip speed", xlabel="m/s", ylabel="clips")
     figure.tight_layout()
-    figure.savefig(report_dir / "intervals_speed.png", dpi=100)
-    plt.close(figure)
+    _save(figure, report_dir / "intervals_speed.png")
     names.append("intervals_speed.png")
     _bar(
         report_dir / "clips_per_scene.png",
@@ -80,7 +86,7 @@ def write_report(
     report_dir: Path, shard_dir: Path, checks: list[Check], stats: Stats, manifest: dict | None
 ) -> dict:
     """Write audit.json, audit.md and plots; returns the JSON report."""
-    report_dir.mkdir(parents=True, exist_ok=True)
+    ensure_dir(report_dir)
     plots = write_plots(report_dir, stats, manifest)
     report = {
         "shard_dir": str(shard_dir),
@@ -91,23 +97,23 @@ def write_report(
         "total_clips": (manifest or {}).get("total_clips"),
         "plots": plots,
     }
-    (report_dir / "audit.json").write_text(dumps(report))
+    write_atomic(report_dir / "audit.json", dumps_json(report))
     lines = [
         f"# Shard audit: `{shard_dir}`",
         "",
         f"**{'PASS' if report['ok'] else 'FAIL'}**: {sum(c.ok for c in checks)}/{len(checks)} checks hold; "
         f"{stats.clips_read} clips read of {report['total_clips']} listed.",
         "",
-        "| check | result | what | details |",
-        "|---|---|---|---|",
     ]
+    rows = []
     for check in checks:
         details = "; ".join(check.failures[:5]) + (
             f" (+{len(check.failures) - 5} more)" if len(check.failures) > 5 else ""
         )
-        lines.append(
-            f"| `{check.name}` | {'ok' if check.ok else 'FAIL'} | {check.description} | {details or check.note} |"
+        rows.append(
+            [f"`{check.name}`", "ok" if check.ok else "FAIL", check.description, details or check.note]
         )
+    lines.append(markdown_table(["check", "result", "what", "details"], rows))
     stats_json = report["stats"]
     lines += [
         "",
@@ -115,11 +121,11 @@ def write_report(
         "",
         f"- rejects by reason: {stats_json['rejects_by_reason'] or 'none'}",
         f"- ego-motion labels: {stats_json['ego_motion_labels']}",
-        f"- intervals between clip frames: {stats_json['interval_ms']['min']}–{stats_json['interval_ms']['max']} ms",
-        f"- mean PSNR: {stats_json['psnr_db_mean'] if stats_json['psnr_db_mean'] is None else round(stats_json['psnr_db_mean'], 2)} dB over {stats_json['psnr_clips']} clips",
+        f"- intervals between clip frames: {fmt(stats_json['interval_ms']['min'], 1)}–{fmt(stats_json['interval_ms']['max'], 1)} ms",
+        f"- mean PSNR: {fmt(stats_json['psnr_db_mean'], 2)} dB over {stats_json['psnr_clips']} clips",
         "",
         *[f"![{name}]({name})" for name in plots],
         "",
     ]
-    (report_dir / "audit.md").write_text("\n".join(lines))
+    write_atomic(report_dir / "audit.md", "\n".join(lines))
     return report

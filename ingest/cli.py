@@ -2,37 +2,32 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections import Counter
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ingest.config import TRAINER_PATCH, IngestConfig
-from ingest.plan import (
-    MANIFEST,
-    SHARD_PATTERN,
-    FinalizeError,
-    discover_parts,
-    finalize,
-    part_scenes,
-    verify_complete,
-    write_ledger,
-)
+from ingest.atomic import OutputError, ensure_dir
+from ingest.config import IngestConfig
+from ingest.part import PartTally, console, log_line, run_part
+from ingest.plan import FinalizeError, discover_parts, finalize, part_scenes, verify_complete
 from ingest.scenes import SceneSpecError, resolve_scenes
-from ingest.stage import stage_scene, verified_sidecar
-from ingest.tables import DatarootError, SceneTables, open_nuscenes
-from ingest.video import DEFAULT_CRF, DEFAULT_PRESET
+from ingest.shards import MANIFEST, PATCH_SIZE, SHARD_PATTERN, ShardError, read_manifest
+from ingest.tables import DatarootError, SceneTables, TablesError, open_nuscenes
 
-console = Console(stderr=True, soft_wrap=True)
+DEFAULTS = IngestConfig("", "", "")
+"""The option defaults, written once in IngestConfig."""
+
+
+def patch_multiples(length: int) -> list[int]:
+    """`length` if it is a multiple of the patch size, else the multiples just below and above it."""
+    if length % PATCH_SIZE == 0:
+        return [length]
+    below = length // PATCH_SIZE * PATCH_SIZE
+    return [size for size in (below, below + PATCH_SIZE) if size > 0]
 
 
 def parse_size(value: str) -> tuple[int, int]:
@@ -46,14 +41,13 @@ def parse_size(value: str) -> tuple[int, int]:
             f"{value}: H.264 yuv420p needs even height and width (2x2 chroma blocks)", param_hint="--size"
         )
     odd = [
-        f"{name} {length}"
-        for name, length in (("height", height), ("width", width))
-        if length % TRAINER_PATCH
+        f"{name} {length}" for name, length in (("height", height), ("width", width)) if length % PATCH_SIZE
     ]
     if odd:
         console.print(
-            f"[yellow]warning:[/] --size {value}: {' and '.join(odd)} not a multiple of {TRAINER_PATCH}, "
-            f"the trainer's patch size (mvm-train will crop or refuse)"
+            f"[yellow]warning:[/] --size {value}: {' and '.join(odd)} not a multiple of {PATCH_SIZE}, "
+            f"the trainer's patch size (mvm-train will refuse these shards); sizes that would work: "
+            + ", ".join(f"{h}x{w}" for h in patch_multiples(height) for w in patch_multiples(width))
         )
     return height, width
 
@@ -68,119 +62,6 @@ def parse_part(value: str | None) -> tuple[int, int] | None:
     if not 0 <= part < parts:
         raise click.BadParameter(f"{value}: need 0 <= I < N (I is 0-based)", param_hint="--part")
     return part, parts
-
-
-def log_line(out: Path, text: str) -> None:
-    """Append a timestamped line to DIR/ingest.log (the only place wall-clock times go)."""
-    with open(out / "ingest.log", "a") as log:
-        log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {text}\n")
-
-
-@dataclass
-class PartTally:
-    """Running totals of a part, for the progress bar and the summary."""
-
-    frames: int = 0
-    clips: int = 0
-    reused: int = 0
-    rejects: Counter = field(default_factory=Counter)
-    failed: dict[str, str] = field(default_factory=dict)
-
-    def add(self, sidecar: dict) -> None:
-        self.frames += sidecar["scene"]["frames"]
-        self.clips += sidecar["scene"]["clips"]
-        self.rejects.update(reject["reason"] for reject in sidecar["rejects"])
-
-
-def run_part(
-    out: Path,
-    config: IngestConfig,
-    tables: SceneTables,
-    scenes: list[str],
-    part: int,
-    parts: int,
-    workers: int,
-) -> PartTally:
-    """Stage this part's scenes (reusing verified ones), then write its ledger if every scene succeeded."""
-    staging_dir = out / "staging"
-    staging_dir.mkdir(parents=True, exist_ok=True)
-    mine = part_scenes(scenes, part, parts)
-    tally, sidecars = PartTally(), []
-    todo = []
-    for name in mine:
-        sidecar = verified_sidecar(config, staging_dir, name)
-        if sidecar is None:
-            todo.append(name)
-        else:
-            sidecars.append(sidecar)
-            tally.add(sidecar)
-            tally.reused += 1
-    started = time.perf_counter()
-    progress = Progress(
-        TextColumn(f"part {part}/{parts}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn(
-            "scenes · {task.fields[rate]:.0f} frames/s · {task.fields[clips]} clips · {task.fields[rejects]} rejects"
-        ),
-        TimeElapsedColumn(),
-        console=console,
-    )
-
-    def finished(name: str, result: dict | BaseException) -> None:
-        if isinstance(result, BaseException):
-            tally.failed[name] = f"{type(result).__name__}: {result}"
-            log_line(out, f"part {part}/{parts} scene {name} FAILED {tally.failed[name]}")
-        else:
-            sidecars.append(
-                {key: result[key] for key in ("config_digest", "scene", "rejects", "sha256", "bytes")}
-            )
-            tally.add(result)
-            log_line(
-                out,
-                f"part {part}/{parts} scene {name} {result['frames_read']} frames {result['seconds']:.2f} s",
-            )
-        elapsed = max(time.perf_counter() - started, 1e-9)
-        progress.update(
-            task,
-            advance=1,
-            rate=tally.frames / elapsed,
-            clips=tally.clips,
-            rejects=sum(tally.rejects.values()),
-        )
-
-    with progress:
-        task = progress.add_task(
-            "stage", total=len(mine), completed=tally.reused, rate=0.0, clips=tally.clips, rejects=0
-        )
-        if workers <= 1:
-            for name in todo:
-                try:
-                    finished(name, stage_scene(tables.job(name), config, staging_dir))
-                except Exception as error:  # one bad scene must not stop the others
-                    finished(name, error)
-        else:
-            with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-                pending, queue = {}, list(todo)
-                while queue or pending:
-                    while queue and len(pending) < 2 * workers:  # bounded: memory independent of scene count
-                        name = queue.pop(0)
-                        try:
-                            pending[pool.submit(stage_scene, tables.job(name), config, staging_dir)] = name
-                        except Exception as error:  # a scene whose tables are broken; the rest go on
-                            finished(name, error)
-                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        name = pending.pop(future)
-                        error = future.exception()
-                        finished(name, error if error is not None else future.result())
-    if not tally.failed:
-        write_ledger(out, config, part, parts, sidecars)
-    elapsed = time.perf_counter() - started
-    log_line(
-        out, f"part {part}/{parts} done: {len(todo)} scenes staged, {tally.reused} reused, {elapsed:.2f} s"
-    )
-    return tally
 
 
 def print_summary(title: str, rows: list[tuple[str, str]]) -> None:
@@ -220,12 +101,15 @@ def clear_previous(out: Path) -> None:
 @click.option(
     "--out",
     default=Path("shards"),
-    type=click.Path(path_type=Path),
-    help="Output folder (layout: shards/README.md).",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output folder (layout: shards/README.md); refused if it is a symlink.",
 )
-@click.option("--clip-len", default=8, type=click.IntRange(min=2), help="T: frames per clip.")
+@click.option("--clip-len", default=DEFAULTS.clip_len, type=click.IntRange(min=2), help="T: frames per clip.")
 @click.option(
-    "--stride", default=1, type=click.IntRange(min=1), help="s: chain positions between a clip's frames."
+    "--stride",
+    default=DEFAULTS.stride,
+    type=click.IntRange(min=1),
+    help="s: chain positions between a clip's frames.",
 )
 @click.option(
     "--hop",
@@ -235,18 +119,18 @@ def clear_previous(out: Path) -> None:
 @click.option(
     "--size",
     "size_text",
-    default="144x256",
+    default="{}x{}".format(*DEFAULTS.size),
     help="HxW of the decoded frames; must be even (yuv420p), should be multiples of 16 (trainer patches).",
 )
 @click.option(
     "--crf",
-    default=DEFAULT_CRF,
+    default=DEFAULTS.crf,
     type=click.IntRange(0, 51),
     help="x264 constant rate factor (lower = better, bigger).",
 )
 @click.option(
     "--preset",
-    default=DEFAULT_PRESET,
+    default=DEFAULTS.preset,
     type=click.Choice(
         ["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
     ),
@@ -254,13 +138,18 @@ def clear_previous(out: Path) -> None:
 )
 @click.option(
     "--max-gap-ms",
-    default=125,
+    default=DEFAULTS.max_gap_ms,
     type=click.IntRange(min=1),
     help="Longest continuous interval; a longer one splits the scene (CAM_FRONT intervals are 50/100 ms, a dropped frame gives 150).",
 )
-@click.option("--shard-clips", default=256, type=click.IntRange(min=1), help="Clips per shard.")
 @click.option(
-    "--seed", default=0, type=int, help="Seed of the clip-start offsets (keyed further by scene name)."
+    "--shard-clips", default=DEFAULTS.shard_clips, type=click.IntRange(min=1), help="Clips per shard."
+)
+@click.option(
+    "--seed",
+    default=DEFAULTS.seed,
+    type=click.IntRange(min=0),
+    help="Seed of the clip-start offsets (keyed further by scene name).",
 )
 @click.option(
     "--part",
@@ -281,10 +170,7 @@ def clear_previous(out: Path) -> None:
 @click.option(
     "--overwrite", is_flag=True, help="Replace an --out folder that holds a manifest from other options."
 )
-def ingest_main(
-    dataroot, nusc_version, scenes_spec, out, clip_len, stride, hop, size_text, crf, preset,
-    max_gap_ms, shard_clips, seed, part_text, finalize, workers, overwrite,
-):  # fmt: skip
+def ingest_main(**options) -> None:
     """Turn nuScenes CAM_FRONT into validated, deterministic WebDataset clip shards.
 
     Same inputs and options give the same bytes, for one process or any --part I/N split plus
@@ -296,9 +182,23 @@ def ingest_main(
       mvm-ingest ... --finalize
 
     Exit codes: 0 success (or already complete), 1 failure (a scene failed, parts missing at
-    finalize, damaged complete output), 2 usage error (bad option, unknown scene or split,
-    missing dataroot or version folder, --out holding another ingest without --overwrite).
+    finalize, no clip at all (the reason is printed per scene), damaged complete output, tables
+    that are not valid JSON, an --out that cannot be written: read-only, a symlink, disk full),
+    2 usage error (bad option, unknown scene or split, missing dataroot or version folder, --out
+    a file or holding another ingest without --overwrite).
     """
+    try:
+        run_ingest(**options)
+    except (OutputError, TablesError, FinalizeError) as error:
+        console.print(f"[red]error:[/] {error}")
+        sys.exit(1)
+
+
+def run_ingest(
+    dataroot, nusc_version, scenes_spec, out, clip_len, stride, hop, size_text, crf, preset,
+    max_gap_ms, shard_clips, seed, part_text, finalize, workers, overwrite,
+):  # fmt: skip
+    """The body of mvm-ingest; raises OutputError / TablesError / FinalizeError for exit 1."""
     size = parse_size(size_text)
     part = parse_part(part_text)
     if part is not None and finalize:
@@ -314,7 +214,7 @@ def ingest_main(
         scenes_spec=scenes_spec,
         clip_len=clip_len,
         stride=stride,
-        hop=hop or clip_len * stride,
+        hop=hop,
         size=size,
         crf=crf,
         preset=preset,
@@ -326,10 +226,16 @@ def ingest_main(
         console.print(
             f"note: {len(resolved.absent_from_split)} scenes of split {scenes_spec!r} are not in this dataroot"
         )
-    out.mkdir(parents=True, exist_ok=True)
-    manifest_path = out / MANIFEST
-    if manifest_path.is_file():
-        previous = json.loads(manifest_path.read_text())
+    ensure_dir(out)
+    if (out / MANIFEST).exists() or (out / MANIFEST).is_symlink():
+        try:
+            previous = read_manifest(out)
+        except ShardError as error:
+            if not overwrite:
+                raise click.UsageError(
+                    f"{error}; pass --overwrite to replace it or choose another --out"
+                ) from None
+            previous = {}
         same = (
             previous.get("config") == config.to_json()
             and [s["name"] for s in previous.get("scenes", [])] == resolved.names
@@ -369,11 +275,7 @@ def ingest_main(
             sys.exit(1)
     manifest = None
     if part is None:
-        try:
-            manifest = finalize_output(out, config, resolved.names, discover_parts(out) if finalize else 1)
-        except FinalizeError as error:
-            console.print(f"[red]error:[/] {error}")
-            sys.exit(1)
+        manifest = finalize_output(out, config, resolved.names, discover_parts(out) if finalize else 1)
     elapsed = time.perf_counter() - started
     rows = [("output", str(out)), ("scenes", f"{len(resolved.names)} planned")]
     if not finalize:

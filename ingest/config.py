@@ -8,12 +8,6 @@ from dataclasses import asdict, dataclass
 
 from ingest.video import DEFAULT_CRF, DEFAULT_PRESET
 
-FORMAT_NAME = "mvm-shards"
-FORMAT_VERSION = 1
-"""Shard format version (shards/README.md); bump when a reader would misread old shards."""
-TRAINER_PATCH = 16
-"""The trainer's spatial patch size in pixels: frame sizes should be multiples of it."""
-
 
 @dataclass(frozen=True)
 class IngestConfig:
@@ -29,8 +23,8 @@ class IngestConfig:
     """T, frames per clip."""
     stride: int = 1
     """s, chain positions between consecutive frames of a clip."""
-    hop: int = 8
-    """Chain positions between consecutive clip starts in a segment (default T*s: no overlap)."""
+    hop: int | None = None
+    """Chain positions between consecutive clip starts in a segment (None: T*s, no overlap)."""
     size: tuple[int, int] = (144, 256)
     """(H, W) of the decoded frames."""
     crf: int = DEFAULT_CRF
@@ -44,6 +38,10 @@ class IngestConfig:
     seed: int = 0
     """Seed of the clip-offset RNG (keyed further by scene name)."""
 
+    def __post_init__(self) -> None:
+        if self.hop is None:
+            object.__setattr__(self, "hop", self.clip_len * self.stride)
+
     def to_json(self) -> dict:
         values = asdict(self)
         values["size"] = list(self.size)
@@ -52,8 +50,3 @@ class IngestConfig:
     def digest(self) -> str:
         """sha256 of the canonical JSON of the config: staged files and ledgers carry it."""
         return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()
-
-
-def dumps(value) -> str:
-    """Canonical JSON for reproducible files: sorted keys, two-space indent, UTF-8 kept, final newline."""
-    return json.dumps(value, sort_keys=True, indent=2, ensure_ascii=False) + "\n"

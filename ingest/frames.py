@@ -39,9 +39,13 @@ def crop_box(source_size: tuple[int, int], target_size: tuple[int, int]) -> tupl
     return (0.0, (source_h - crop_h) / 2, float(source_w), (source_h + crop_h) / 2)
 
 
-def load_frame(path: str | Path, size: tuple[int, int]) -> np.ndarray:
+def load_frame(
+    path: str | Path, size: tuple[int, int], source_size: tuple[int, int] | None = None
+) -> np.ndarray:
     """Decode a JPEG (or any PIL image) to uint8 (H, W, 3) RGB, size = (H, W).
 
+    With `source_size` (W, H), the image the tables record, the file must be a JPEG of exactly that
+    size (a PNG renamed .jpg or an 8x8 thumbnail in a 1600x900 chain is not the frame it claims).
     Raises FrameError("missing_file" | "corrupt_file", detail) instead of any I/O or codec error.
     """
     path = Path(path)
@@ -49,6 +53,13 @@ def load_frame(path: str | Path, size: tuple[int, int]) -> np.ndarray:
     try:
         with Image.open(path) as image:
             full_w, full_h = image.size
+            if source_size is not None and image.format != "JPEG":
+                raise FrameError("corrupt_file", f"{path}: a {image.format} image, not a JPEG")
+            if source_size is not None and (full_w, full_h) != tuple(source_size):
+                raise FrameError(
+                    "corrupt_file",
+                    f"{path}: {full_w}x{full_h} pixels, the tables record {source_size[0]}x{source_size[1]}",
+                )
             left, upper, right, lower = crop_box((full_w, full_h), size)
             # draft picks the largest DCT scale that keeps the crop at least the target size.
             request = (

@@ -11,7 +11,6 @@ import functools
 import json
 import re
 import shutil
-from collections.abc import Iterator
 from importlib.metadata import version as package_version
 from pathlib import Path
 
@@ -19,13 +18,26 @@ import av
 import numpy as np
 from PIL import features
 
-from ingest.config import FORMAT_NAME, FORMAT_VERSION, IngestConfig, dumps
+from ingest.atomic import PARTIAL_SUFFIX, ensure_dir, write_atomic
+from ingest.config import IngestConfig
+from ingest.shards import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    SHARD_PATTERN,
+    ShardError,
+    dumps,
+    iter_samples,
+    sample_members,
+    sha256_bytes,
+    sha256_file,
+    shard_name,
+    shard_path,
+    tar_bytes,
+    write_manifest,
+)
 from ingest.stage import staging_paths
-from ingest.tarshard import read_members, sha256_bytes, sha256_file, tar_bytes, write_atomic
 from ingest.video import encode_clip
 
-MANIFEST = "manifest.json"
-SHARD_PATTERN = re.compile(r"shard-\d{6}\.tar")
 LEDGER_PATTERN = re.compile(r"part-(\d{4})-of-(\d{4})\.json")
 
 
@@ -40,10 +52,6 @@ def part_scenes(scenes: list[str], part: int, parts: int) -> list[str]:
 
 def ledger_path(out: Path, part: int, parts: int) -> Path:
     return out / "parts" / f"part-{part:04d}-of-{parts:04d}.json"
-
-
-def shard_name(index: int) -> str:
-    return f"shard-{index:06d}.tar"
 
 
 @functools.cache
@@ -64,7 +72,7 @@ def software_versions() -> dict[str, str]:
 def write_ledger(out: Path, config: IngestConfig, part: int, parts: int, sidecars: list[dict]) -> Path:
     """Record a finished part: its config, software and every staged scene's sidecar, sorted by name."""
     path = ledger_path(out, part, parts)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(path.parent)
     ledger = {
         "config": config.to_json(),
         "config_digest": config.digest(),
@@ -73,7 +81,7 @@ def write_ledger(out: Path, config: IngestConfig, part: int, parts: int, sidecar
         "software": software_versions(),
         "scenes": sorted(sidecars, key=lambda sidecar: sidecar["scene"]["name"]),
     }
-    write_atomic(path, dumps(ledger).encode())
+    write_atomic(path, dumps(ledger))
     return path
 
 
@@ -99,6 +107,19 @@ def discover_parts(out: Path) -> int:
     raise FinalizeError(f"parts not finished (no ledger under {out / 'parts'}) {missing}")
 
 
+def read_ledger(path: Path) -> dict:
+    """A part ledger as written by write_ledger; FinalizeError naming the file if it is not."""
+    try:
+        ledger = json.loads(path.read_text())
+        fields_present = {"config", "config_digest", "software", "scenes"} <= set(ledger)
+        if fields_present and all({"scene", "sha256", "rejects"} <= set(s) for s in ledger["scenes"]):
+            return ledger
+        problem = "fields missing"
+    except (OSError, ValueError, TypeError) as error:
+        problem = str(error)
+    raise FinalizeError(f"part ledger {path} is unreadable or damaged ({problem}); re-run its part")
+
+
 def read_ledgers(out: Path, config: IngestConfig, scenes: list[str], parts: int) -> list[dict]:
     """Every part's sidecars, in plan order, after checking all ledgers exist and agree."""
     missing = [part for part in range(parts) if not ledger_path(out, part, parts).is_file()]
@@ -108,7 +129,7 @@ def read_ledgers(out: Path, config: IngestConfig, scenes: list[str], parts: int)
     software = software_versions()
     by_scene: dict[str, dict] = {}
     for part in range(parts):
-        ledger = json.loads(ledger_path(out, part, parts).read_text())
+        ledger = read_ledger(ledger_path(out, part, parts))
         if ledger["config_digest"] != config.digest():
             raise FinalizeError(f"part {part}/{parts} ran with other options: {ledger['config']}")
         if ledger["software"] != software:
@@ -123,17 +144,15 @@ def read_ledgers(out: Path, config: IngestConfig, scenes: list[str], parts: int)
     return [by_scene[name] for name in scenes]
 
 
-def iter_samples(tar_paths: list[Path]) -> Iterator[list[tuple[str, bytes]]]:
-    """Samples (members sharing a key) of staging tars, in file then archive order."""
-    for path in tar_paths:
-        sample: list[tuple[str, bytes]] = []
-        for name, data in read_members(path):
-            if sample and sample[0][0].split(".", 1)[0] != name.split(".", 1)[0]:
-                yield sample
-                sample = []
-            sample.append((name, data))
-        if sample:
-            yield sample
+def no_clip_reasons(sidecars: list[dict]) -> str:
+    """Why each scene gave no clip, from its rejects: one `scene: reason (detail)` line per scene."""
+    lines = []
+    for sidecar in sidecars:
+        rejects = sidecar["rejects"]
+        shown = ", ".join(f"{r['reason']} ({r['detail']})" for r in rejects[:2]) or "no reject recorded"
+        more = f" and {len(rejects) - 2} more rejects" if len(rejects) > 2 else ""
+        lines.append(f"{sidecar['scene']['name']}: {shown}{more}")
+    return "".join(f"\n  {line}" for line in lines)
 
 
 def finalize(out: Path, config: IngestConfig, scenes: list[str], parts: int) -> dict:
@@ -158,20 +177,32 @@ def finalize(out: Path, config: IngestConfig, scenes: list[str], parts: int) -> 
         archive = tar_bytes(member for sample in batch for member in sample)
         digest = sha256_bytes(archive)
         path = out / name
-        if not (path.is_file() and path.stat().st_size == len(archive) and sha256_file(path) == digest):
+        if path.is_symlink() or not (
+            path.is_file() and path.stat().st_size == len(archive) and sha256_file(path) == digest
+        ):
             write_atomic(path, archive)
         shards.append({"name": name, "clips": len(batch), "sha256": digest, "bytes": len(archive)})
         batch.clear()
 
-    for sample in iter_samples(tar_paths):
-        batch.append(sample)
-        if len(batch) == config.shard_clips:
-            flush()
+    try:
+        for tar_path in tar_paths:
+            for sample in iter_samples(tar_path):
+                batch.append(sample_members(sample))
+                if len(batch) == config.shard_clips:
+                    flush()
+    except ShardError as error:
+        raise FinalizeError(f"staged {error}; re-run its part") from None
     if batch:
         flush()
+    if not shards:
+        raise FinalizeError("no clip was written (no manifest); per scene:" + no_clip_reasons(sidecars))
     planned = {shard["name"] for shard in shards}
-    for stale in out.iterdir():
-        if SHARD_PATTERN.fullmatch(stale.name) and stale.name not in planned:
+    for stale in [*out.iterdir(), *(out / "parts").glob(f".*{PARTIAL_SUFFIX}")]:
+        # Unplanned shards, and temporaries a killed run left (finalize runs after every part,
+        # so no other process is writing here now).
+        if (SHARD_PATTERN.fullmatch(stale.name) and stale.name not in planned) or (
+            stale.name.startswith(".") and stale.name.endswith(PARTIAL_SUFFIX)
+        ):
             stale.unlink()
 
     manifest = {
@@ -184,7 +215,7 @@ def finalize(out: Path, config: IngestConfig, scenes: list[str], parts: int) -> 
         "scenes": [sidecar["scene"] for sidecar in sidecars],
         "rejects": [reject for sidecar in sidecars for reject in sidecar["rejects"]],
     }
-    write_atomic(out / MANIFEST, dumps(manifest).encode())
+    write_manifest(out, manifest)
     shutil.rmtree(staging_dir, ignore_errors=True)
     return manifest
 
@@ -193,7 +224,7 @@ def verify_complete(out: Path, manifest: dict) -> list[str]:
     """Problems with the shards a manifest lists (missing, wrong size or sha256); empty if none."""
     problems = []
     for shard in manifest["shards"]:
-        path = out / shard["name"]
+        path = shard_path(out, shard["name"])
         if not path.is_file():
             problems.append(f"{shard['name']} is missing")
         elif path.stat().st_size != shard["bytes"] or sha256_file(path) != shard["sha256"]:

@@ -14,24 +14,20 @@ from pathlib import Path
 
 import numpy as np
 
+from ingest.atomic import write_atomic
 from ingest.chain import Reject, split_segments
-from ingest.config import FORMAT_VERSION, IngestConfig, dumps
+from ingest.config import IngestConfig
 from ingest.frames import FrameError, load_frame
 from ingest.motion import clip_motion
 from ingest.sampling import clip_span, clip_starts, scene_rng
+from ingest.shards import FORMAT_VERSION, clip_key, dumps, sha256_bytes, sha256_file, tar_bytes
 from ingest.tables import SceneJob
-from ingest.tarshard import sha256_bytes, sha256_file, tar_bytes, write_atomic
 from ingest.video import encode_clip
 
 
 def staging_paths(staging_dir: Path, scene: str) -> tuple[Path, Path]:
     """(clip tar, sidecar json) of a scene in the staging folder."""
     return staging_dir / f"{scene}.tar", staging_dir / f"{scene}.json"
-
-
-def clip_key(scene: str, first_index: int) -> str:
-    """`<scene>-<first chain position, 4 digits>`; dots would split a WebDataset key, so none."""
-    return f"{scene.replace('.', '_')}-{first_index:04d}"
 
 
 def reject_record(scene: str, reject: Reject) -> dict:
@@ -73,7 +69,8 @@ def load_scene_frames(
     images, bad = {}, {}
     for position, frame in enumerate(job.frames):
         try:
-            images[position] = load_frame(Path(job.dataroot) / frame["filename"], size)
+            source_size = (frame["width"], frame["height"])
+            images[position] = load_frame(Path(job.dataroot) / frame["filename"], size, source_size)
         except FrameError as error:
             bad[position] = (error.reason, frame["filename"])
     return images, bad
@@ -124,7 +121,7 @@ def stage_scene(job: SceneJob, config: IngestConfig, staging_dir: Path) -> dict:
         "sha256": sha256_bytes(archive),
         "bytes": len(archive),
     }
-    write_atomic(sidecar_path, dumps(sidecar).encode())
+    write_atomic(sidecar_path, dumps(sidecar))
     return {**sidecar, "seconds": time.perf_counter() - started, "frames_read": len(job.frames)}
 
 

@@ -6,6 +6,7 @@ one scene) and never touch the tables. No file of another channel is ever named 
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,22 @@ CHANNEL = "CAM_FRONT"
 
 class DatarootError(ValueError):
     """The dataroot or its version folder does not exist (a usage error)."""
+
+
+class TablesError(ValueError):
+    """The version folder exists but its tables cannot be loaded (a failure: the message names the file)."""
+
+
+def _broken_table(table_root: Path, error: json.JSONDecodeError) -> str:
+    """Name the table file whose JSON is invalid (only parsed again on this error path)."""
+    for path in sorted(table_root.glob("*.json")):
+        try:
+            json.loads(path.read_text())
+        except json.JSONDecodeError as found:
+            return f"{path} is not valid JSON (line {found.lineno}, column {found.colno}: {found.msg})"
+        except (OSError, UnicodeDecodeError) as found:
+            return f"cannot read {path}: {found}"
+    return f"a table in {table_root} is not valid JSON ({error})"
 
 
 @dataclass(frozen=True)
@@ -36,7 +53,8 @@ class SceneJob:
     dataroot: str
     """Absolute dataroot; frame files are `dataroot / frame["filename"]`."""
     frames: list[dict] = field(default_factory=list)
-    """CAM_FRONT frames in walked-chain order: token, timestamp, filename, ego_translation, ego_rotation."""
+    """CAM_FRONT frames in walked-chain order: token, timestamp, filename, width, height (the image
+    size the table records), ego_translation, ego_rotation."""
     breaks: frozenset[int] = frozenset()
     """Chain positions that start over after a broken link."""
     chain_rejects: list[Reject] = field(default_factory=list)
@@ -55,7 +73,18 @@ def open_nuscenes(dataroot: str | Path, version: str) -> NuScenes:
         raise DatarootError(
             f"version folder {str(root / version)!r} does not exist; this dataroot has: {', '.join(present) or 'none'}"
         )
-    return NuScenes(version=version, dataroot=str(root.resolve()), verbose=False)
+    try:
+        return NuScenes(version=version, dataroot=str(root.resolve()), verbose=False)
+    except json.JSONDecodeError as error:
+        raise TablesError(_broken_table(root / version, error)) from None
+    except UnicodeDecodeError as error:
+        raise TablesError(f"a table in {root / version} is not UTF-8 text ({error})") from None
+    except OSError as error:
+        raise TablesError(f"cannot load the nuScenes tables: {error}") from None
+    except Exception as error:  # the devkit indexes records with plain [] and asserts: any is a bad table
+        raise TablesError(
+            f"the nuScenes tables in {root / version} are inconsistent ({type(error).__name__}: {error})"
+        ) from None
 
 
 class SceneTables:
@@ -96,6 +125,8 @@ class SceneTables:
                     "token": record["token"],
                     "timestamp": int(record["timestamp"]),
                     "filename": record["filename"],
+                    "width": int(record["width"]),
+                    "height": int(record["height"]),
                     "ego_translation": [float(value) for value in pose["translation"]],
                     "ego_rotation": [float(value) for value in pose["rotation"]],
                 }

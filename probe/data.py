@@ -2,7 +2,8 @@
 
 The metadata pass lets the CLI refuse overlapping train/val scenes and choose a `--max-clips`
 subset before any model is loaded or any video decoded. Both passes read the shards through
-train.data (same tar layout, same error messages naming shard and key).
+ingest.shards.iter_verified (names checked against the manifest, sha256 verified on first open,
+errors naming shard and key) and decode with train.data.decode_sample.
 """
 
 from __future__ import annotations
@@ -12,7 +13,12 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from train.data import ShardError, decode_sample, iter_samples
+from ingest.shards import ShardError
+from ingest.shards import iter_verified as iter_samples
+from train.data import decode_sample
+
+PROBE_FIELDS = ("key", "scene", "clip_len", "size", "speed_mps", "yaw_rate_rps")
+"""Metadata fields the probe reads (shards/README.md); a clip without them is refused by name."""
 
 
 def read_metadata(urls: list[str]) -> list[dict]:
@@ -20,9 +26,14 @@ def read_metadata(urls: list[str]) -> list[dict]:
     metas = []
     for url in urls:
         for sample in iter_samples(url):
-            if "json" not in sample:
-                raise ShardError(f"shard {url}, sample {sample['key']}: no .json metadata member")
-            metas.append(json.loads(sample["json"]))
+            where = f"shard {url}, sample {sample['key']}"
+            try:
+                meta = json.loads(sample["json"])
+            except (KeyError, ValueError):
+                raise ShardError(f"{where}: no readable .json metadata member") from None
+            if not isinstance(meta, dict) or not set(PROBE_FIELDS) <= meta.keys():
+                raise ShardError(f"{where}: metadata lacks some of {', '.join(PROBE_FIELDS)}")
+            metas.append(meta)
     return metas
 
 

@@ -6,8 +6,11 @@ report's input here: the numbers are chosen so that tests can check what the rep
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
+
+from ingest.shards import FORMAT_NAME, FORMAT_VERSION
 
 EXPERIMENTS = [(1, 8, 1, 0.40), (2, 8, 1, 0.50), (4, 8, 1, 0.60), (4, 4, 1, 0.45), (4, 8, 2, 0.58)]
 """(data scale, T, world size, probe metric): the default --local sweep's five experiments."""
@@ -18,7 +21,10 @@ def write_shards(folder: Path, clips: list[int]) -> None:
     names = [f"shard-{index:06d}.tar" for index in range(len(clips))]
     for name in names:
         (folder / name).write_bytes(b"")
-    manifest = {"shards": [{"name": n, "clips": c} for n, c in zip(names, clips, strict=True)]}
+    # A valid manifest: readers validate it (ingest.shards.read_manifest) before counting clips.
+    empty = hashlib.sha256(b"").hexdigest()
+    shards = [{"name": n, "clips": c, "bytes": 0, "sha256": empty} for n, c in zip(names, clips, strict=True)]
+    manifest = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "config": {}, "shards": shards, "total_clips": sum(clips)}
     (folder / "manifest.json").write_text(json.dumps(manifest))
 
 

@@ -16,40 +16,26 @@ from _ingest_helpers import (
     copy_dataroot,
     edit_cam_front,
     ingest,
-    make_dataroot,
     output_files,
 )
 
 
-@pytest.fixture(scope="module")
-def dataroot(tmp_path_factory):
-    return make_dataroot(tmp_path_factory.mktemp("synth") / "nuscenes")
-
-
-@pytest.fixture(scope="module")
-def reference(dataroot, tmp_path_factory):
-    out = tmp_path_factory.mktemp("reference") / "shards"
-    result = ingest(dataroot, out)
-    assert result.exit_code == 0, result.output
-    return out
-
-
-def test_output_layout_and_manifest(reference):
-    manifest = json.loads((reference / "manifest.json").read_text())
+def test_output_layout_and_manifest(good):
+    manifest = json.loads((good / "manifest.json").read_text())
     names = [shard["name"] for shard in manifest["shards"]]
-    assert names == sorted(path.name for path in reference.glob("shard-*.tar"))
+    assert names == sorted(path.name for path in good.glob("shard-*.tar"))
     assert manifest["total_clips"] == sum(shard["clips"] for shard in manifest["shards"]) > SHARD_CLIPS
     assert all(shard["clips"] == SHARD_CLIPS for shard in manifest["shards"][:-1])
     assert manifest["config"]["size"] == [144, 256] and manifest["config"]["hop"] == 8
     assert {"av", "nuscenes-devkit", "libx264"} <= set(manifest["software"])
-    assert not (reference / "staging").exists()
-    assert (reference / "ingest.log").read_text().count(" s\n") >= 1
+    assert not (good / "staging").exists()
+    assert (good / "ingest.log").read_text().count(" s\n") >= 1
 
 
-def test_plain_webdataset_and_tar_read_the_shards(reference):
-    urls = sorted(str(path) for path in reference.glob("shard-*.tar"))
+def test_plain_webdataset_and_tar_read_the_shards(good):
+    urls = sorted(str(path) for path in good.glob("shard-*.tar"))
     samples = list(webdataset.WebDataset(urls, shardshuffle=False))
-    manifest = json.loads((reference / "manifest.json").read_text())
+    manifest = json.loads((good / "manifest.json").read_text())
     assert len(samples) == manifest["total_clips"]
     keys = [sample["__key__"] for sample in samples]
     assert len(set(keys)) == len(keys) and all("." not in key for key in keys)
@@ -62,10 +48,10 @@ def test_plain_webdataset_and_tar_read_the_shards(reference):
     assert listing[:2] == [f"{keys[0]}.json", f"{keys[0]}.mp4"]
 
 
-def test_same_bytes_across_runs_parts_and_workers(dataroot, reference, tmp_path):
+def test_same_bytes_across_runs_parts_and_workers(dataroot, good, tmp_path):
     again = tmp_path / "again"
     assert ingest(dataroot, again).exit_code == 0
-    assert output_files(again) == output_files(reference)
+    assert output_files(again) == output_files(good)
     parted = tmp_path / "parted"
     for part in ("0/3", "1/3", "2/3"):
         extra = ("--workers", "2") if part == "1/3" else ()
@@ -77,7 +63,7 @@ def test_same_bytes_across_runs_parts_and_workers(dataroot, reference, tmp_path)
     ]
     result = ingest(dataroot, parted, "--finalize")
     assert result.exit_code == 0, result.output
-    assert output_files(parted) == output_files(reference)
+    assert output_files(parted) == output_files(good)
 
 
 def test_finalize_names_missing_parts(dataroot, tmp_path):
@@ -90,7 +76,7 @@ def test_finalize_names_missing_parts(dataroot, tmp_path):
     assert not (out / "manifest.json").exists() and not list(out.glob("shard-*.tar"))
 
 
-def test_resume_after_kill_gives_same_bytes(dataroot, reference, tmp_path):
+def test_resume_after_kill_gives_same_bytes(dataroot, good, tmp_path):
     out = tmp_path / "out"
     for part in ("0/2", "1/2"):
         assert ingest(dataroot, out, "--part", part).exit_code == 0
@@ -104,20 +90,20 @@ def test_resume_after_kill_gives_same_bytes(dataroot, reference, tmp_path):
     assert result.exit_code == 0 and "1 reused" in (out / "ingest.log").read_text().splitlines()[-1]
     assert ingest(dataroot, out, "--part", "1/2").exit_code == 0
     assert ingest(dataroot, out, "--finalize").exit_code == 0
-    assert output_files(out) == output_files(reference)
+    assert output_files(out) == output_files(good)
     # Killed between the shards and the manifest: the next run keeps verified shards, same bytes.
     (out / "manifest.json").unlink()
     os.utime(out / "shard-000001.tar", ns=(0, 0))
     (out / "shard-000002.tar").write_bytes(b"x" * 100)
     result = ingest(dataroot, out)
     assert result.exit_code == 0
-    assert output_files(out) == output_files(reference)
+    assert output_files(out) == output_files(good)
     assert (out / "shard-000001.tar").stat().st_mtime_ns == 0
 
 
-def test_existing_output_same_or_different_options(dataroot, reference, tmp_path):
+def test_existing_output_same_or_different_options(dataroot, good, tmp_path):
     out = tmp_path / "out"
-    shutil.copytree(reference, out)
+    shutil.copytree(good, out)
     result = ingest(dataroot, out)
     assert result.exit_code == 0 and "nothing to do" in result.output
     before = output_files(out)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+import re
 import tarfile
 
 import click
@@ -10,13 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ingest.atomic import write_atomic
 from ingest.chain import split_segments, walk_chain
 from ingest.cli import parse_size
 from ingest.frames import FrameError, crop_box, load_frame
 from ingest.plan import part_scenes
 from ingest.sampling import clip_span, clip_starts, scene_rng
 from ingest.scenes import SceneSpecError, resolve_scenes
-from ingest.tarshard import tar_bytes, write_atomic
+from ingest.shards import ShardError, iter_samples, read_manifest, sample_members, tar_bytes
 
 
 def chain_records(count: int, step_us: int = 100_000) -> dict[str, dict]:
@@ -178,3 +181,46 @@ def test_parts_cover_the_plan_once():
     for parts in (1, 2, 3, 11, 13):
         covered = [name for part in range(parts) for name in part_scenes(scenes, part, parts)]
         assert sorted(covered) == scenes
+
+
+def _tar_with(tmp_path, name: str, members: list[tuple[str, bytes]]):
+    path = tmp_path / name
+    path.write_bytes(tar_bytes(members))
+    return path
+
+
+def test_sample_iterator_groups_round_trips_and_names_bad_members(tmp_path):
+    members = [("a-0000.json", b"{}"), ("a-0000.mp4", b"v1"), ("b-0008.json", b"{}"), ("b-0008.mp4", b"v2")]
+    path = _tar_with(tmp_path, "shard-000000.tar", members)
+    samples = list(iter_samples(path))
+    assert [(s["key"], s["index"], s["mp4"]) for s in samples] == [("a-0000", 0, b"v1"), ("b-0008", 1, b"v2")]
+    assert tar_bytes(m for s in samples for m in sample_members(s)) == path.read_bytes()
+    for bad, why in (
+        ([("x/a-0000.json", b"{}")], "is not named <key>.<ext>"),
+        ([("a-0000", b"{}")], "is not named <key>.<ext>"),
+        ([("a-0000.key", b"{}")], "is not named <key>.<ext>"),
+        ([("a-0000.json", b"{}"), ("a-0000.json", b"{}")], "appears twice"),
+    ):
+        with pytest.raises(ShardError, match=rf"shard-000001.tar, sample \S*a-0000: .*{re.escape(why)}"):
+            list(iter_samples(_tar_with(tmp_path, "shard-000001.tar", bad)))
+    (tmp_path / "shard-000002.tar").write_bytes(path.read_bytes()[:700])
+    with pytest.raises(ShardError, match="shard-000002.tar is corrupt or truncated after sample"):
+        list(iter_samples(tmp_path / "shard-000002.tar"))
+
+
+def test_read_manifest_refuses_malformed_entries(tmp_path):
+    good = {"name": "shard-000000.tar", "clips": 2, "bytes": 10, "sha256": "0" * 64}
+    base = {"format": "mvm-shards", "version": 1, "config": {}, "total_clips": 2}
+    for shards, total, why in (
+        ([good, good], 4, "listed twice"),
+        ([good], 3, "total_clips"),
+        ([{**good, "sha256": "xyz"}], 2, "invalid clips, bytes or sha256"),
+        ([{**good, "clips": "2"}], 2, "no valid 'clips'"),
+        ([{**good, "name": "shard-000000.tar/../x"}], 2, "not of the form"),
+    ):
+        (tmp_path / "manifest.json").write_text(json.dumps({**base, "shards": shards, "total_clips": total}))
+        with pytest.raises(ShardError, match=re.escape(why)):
+            read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({**base, "format": "other", "shards": [good]}))
+    with pytest.raises(ShardError, match="expected 'mvm-shards' v1"):
+        read_manifest(tmp_path)

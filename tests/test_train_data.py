@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -127,5 +128,9 @@ def test_undecodable_sample_is_named(shard_dir, tmp_path):
             info = tarfile.TarInfo(name)
             info.size = len(payload)
             tar.addfile(info, io.BytesIO(payload))
+    data = path.read_bytes()
+    entry = {"name": path.name, "clips": 1, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    manifest = {"format": "mvm-shards", "version": 1, "config": {}, "shards": [entry], "total_clips": 1}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ShardError, match=r"shard-000000.tar, sample scene-0009-0000: cannot decode"):
         list(iter_clips([str(path)]))

@@ -13,6 +13,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ingest.shards import PATCH_SIZE
+
 
 @dataclass
 class ModelConfig:
@@ -22,7 +24,7 @@ class ModelConfig:
     """Frames per clip T; taken from the shards' manifest."""
     image_size: tuple[int, int] = (224, 224)
     """Frame size (H, W); taken from the shards' manifest. Must be divisible by `patch_size`."""
-    patch_size: int = 16
+    patch_size: int = PATCH_SIZE
     """Side of the square spatial patch; one token per patch per frame."""
     stem_channels: int = 32
     """Hidden channels of the patch-local CNN stem (a stride-2 3x3 conv, then a conv over the half-size patch)."""
@@ -144,7 +146,7 @@ def tiny() -> TrainConfig:
     return TrainConfig(
         preset="tiny",
         model=ModelConfig(
-            patch_size=16,
+            patch_size=PATCH_SIZE,
             stem_channels=16,
             embed_dim=128,
             depth=4,

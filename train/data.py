@@ -4,15 +4,15 @@ Pipeline of one rank, per epoch (train.split decides who reads what):
     shard list -> this rank's slots -> this worker's slot -> raw samples (tar members grouped by key,
     filtered by epoch index) -> seeded shuffle buffer -> skip already consumed (resume) -> decode
     -> main process: round robin over workers -> batches of uint8 clips -> float (B, T, 3, H, W).
-Seeds come from (seed, epoch, rank, worker). The tars are read with `tarfile` in WebDataset's
-layout (members `<key>.<ext>`, consecutive per key), which lets errors name the shard and key.
+Seeds come from (seed, epoch, rank, worker). Shards are read only through ingest.shards: every
+shard must be listed in its folder's manifest (names validated, never outside the folder) and is
+checked against the manifest's sha256 the first time a process opens it.
 """
 
 from __future__ import annotations
 
 import glob
 import json
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,23 +21,20 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from ingest.shards import ShardError, listed_entry, listed_shards, read_manifest
+from ingest.shards import clip_shape as manifest_clip_shape
+
+# The one sample reader: raw samples {"key", "url", "index", "<ext>": bytes} of a listed shard,
+# its sha256 checked against the manifest on first open in this process.
+from ingest.shards import iter_verified as iter_samples
 from ingest.video import decode_clip
 from train.split import SlotPlan, consumed_per_worker
-
-
-class ShardError(ValueError):
-    """A shard spec that does not resolve, or a shard/sample that cannot be read; names the file."""
 
 
 def _resolve_one(part: str) -> list[str]:
     path = Path(part)
     if path.is_dir():
-        manifest = path / "manifest.json"
-        if not manifest.is_file():
-            raise ShardError(
-                f"shard folder {part} has no manifest.json (incomplete or not an mvm-ingest output)"
-            )
-        return [str(path / shard["name"]) for shard in json.loads(manifest.read_text())["shards"]]
+        return [str(url) for url in listed_shards(path, read_manifest(path))]
     if "{" in part:
         return list(braceexpand.braceexpand(part))
     if any(char in part for char in "*?["):
@@ -49,9 +46,11 @@ def _resolve_one(part: str) -> list[str]:
 
 
 def resolve_shards(spec: str) -> list[str]:
-    """Shard paths from a brace pattern, a folder with manifest.json, a glob, or a comma list of those.
+    """Shard paths from a folder with manifest.json, a brace pattern, a glob, or a comma list of those.
 
-    Raises ShardError naming every missing shard before any work is done.
+    Every shard must be listed in the manifest of its folder (so a stray or planted file, or a
+    name pointing outside the folder, is refused). Raises ShardError naming every missing shard
+    before any work is done.
     """
     urls = [url for part in spec.split(",") if part.strip() for url in _resolve_one(part.strip())]
     if not urls:
@@ -60,65 +59,22 @@ def resolve_shards(spec: str) -> list[str]:
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise ShardError(f"{len(missing)} of {len(urls)} shards missing: {shown}")
+    for url in urls:
+        listed_entry(url)
     return urls
 
 
-def _manifest_of(url: str) -> dict | None:
-    manifest = Path(url).parent / "manifest.json"
-    return json.loads(manifest.read_text()) if manifest.is_file() else None
-
-
-def _count_tar_clips(url: str) -> int:
-    try:
-        with tarfile.open(url) as tar:
-            return sum(1 for name in tar.getnames() if name.endswith(".mp4"))
-    except (tarfile.TarError, EOFError, OSError) as error:
-        raise ShardError(f"shard {url} is not a readable tar: {error}") from error
-
-
 def shard_clip_counts(urls: list[str]) -> list[int]:
-    """Clips per shard, from the manifest next to each shard (or by listing the tar when there is none)."""
-    counts = []
-    for url in urls:
-        manifest = _manifest_of(url)
-        by_name = {shard["name"]: shard["clips"] for shard in manifest["shards"]} if manifest else {}
-        counts.append(by_name[Path(url).name] if Path(url).name in by_name else _count_tar_clips(url))
-    return counts
+    """Clips per shard, from the manifest of each shard's folder."""
+    return [listed_entry(url)["clips"] for url in urls]
 
 
 def clip_shape(urls: list[str]) -> tuple[int, tuple[int, int]]:
-    """(clip_len, (H, W)) from the first shard's manifest config, else from its first sample's metadata."""
-    manifest = _manifest_of(urls[0])
-    if manifest:
-        return int(manifest["config"]["clip_len"]), tuple(manifest["config"]["size"])
-    for sample in iter_samples(urls[0]):
-        meta = json.loads(sample["json"])
-        return int(meta["clip_len"]), tuple(meta["size"])
-    raise ShardError(f"shard {urls[0]} holds no samples")
-
-
-def iter_samples(url: str) -> Iterator[dict]:
-    """Raw samples of one shard in file order: {"key", "url", "index" (position in shard), "<ext>": bytes}."""
-    current: dict | None = None
-    index = 0
-    try:
-        with tarfile.open(url, mode="r|*") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                name = Path(member.name).name
-                key, _, ext = name.partition(".")
-                if current is not None and key != current["key"]:
-                    yield current
-                    index += 1
-                    current = None
-                if current is None:
-                    current = {"key": key, "url": url, "index": index}
-                current[ext] = tar.extractfile(member).read()
-    except (tarfile.TarError, EOFError, OSError, AttributeError) as error:
-        raise ShardError(f"shard {url} is corrupt or truncated after sample {index}: {error}") from error
-    if current is not None:
-        yield current
+    """(clip_len, (H, W)) from the manifests' config; ShardError if the shards' folders disagree."""
+    shapes = {manifest_clip_shape(read_manifest(folder), folder) for folder in {Path(u).parent for u in urls}}
+    if len(shapes) != 1:
+        raise ShardError(f"shard folders hold clips of different shapes (clip_len, size): {sorted(shapes)}")
+    return shapes.pop()
 
 
 def decode_sample(

@@ -105,6 +105,8 @@ def main(
         scene_names(version, scenes)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--scenes") from error
+    if Path(out).is_symlink():
+        raise click.ClickException(f"--out {out} is a symlink; give the real folder")
     try:
         check_output(Path(out))
     except OutputFolderError as error:
@@ -133,6 +135,8 @@ def main(
             )
         except OutputFolderError as error:
             raise click.ClickException(str(error)) from error
+        except OSError as error:  # read-only, full or vanished output: one line, not a traceback
+            raise click.ClickException(f"cannot write {error.filename or out}: {error.strerror}") from None
     click.echo(
         f"wrote {version} dataroot {dataroot}: {scenes} scenes x {frames_per_scene} CAM_FRONT frames "
         f"at {width}x{image_size(width)[1]} in {time.perf_counter() - started:.1f} s"

@@ -1,0 +1,258 @@
+"""The shard format in one place: names, the manifest, the tar writer and the ONE sample reader.
+
+Changing the shard format touches this module and shards/README.md, nothing else outside tests:
+the writer (ingest/plan.py, ingest/stage.py), the audit (ingest/audit.py), the trainer
+(train/data.py), the probe (probe/data.py) and the bench (bench/storage.py) all import it.
+
+    manifest = read_manifest(folder)                  # validated: names, counts, sha256 fields
+    for path in listed_shards(folder, manifest): ...   # every path inside `folder`, by the pattern
+    for sample in iter_verified(path): ...             # sha256 checked on first open in a process
+    for sample in iter_samples(path): ...              # any tar in the layout, no manifest needed
+
+A sample is a dict {"key", "url", "index" (position in the tar), "<ext>": bytes, ...}: the members
+`<key>.<ext>` of one key, which must be consecutive. Every error is a ShardError naming the shard
+and, where there is one, the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import tarfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from ingest.atomic import write_atomic
+
+FORMAT_NAME = "mvm-shards"
+FORMAT_VERSION = 1
+"""Shard format version (shards/README.md); bump when a reader would misread old shards."""
+MANIFEST = "manifest.json"
+"""The manifest's file name in a shard folder; it is written last and means "complete"."""
+SHARD_PATTERN = re.compile(r"shard-\d{6}\.tar")
+"""The only shard file names a manifest may list (no folders, no other names)."""
+PATCH_SIZE = 16
+"""The trainer's spatial patch side in pixels: frame sizes should be multiples of it."""
+RESERVED = ("key", "url", "index", "error")
+"""Sample dict fields that are not member extensions (a member may not use them)."""
+
+
+class ShardError(ValueError):
+    """A manifest, shard or sample that cannot be used; the message names the file (and key)."""
+
+
+def shard_name(index: int) -> str:
+    """File name of shard `index`: `shard-NNNNNN.tar`."""
+    return f"shard-{index:06d}.tar"
+
+
+def clip_key(scene: str, first_index: int) -> str:
+    """`<scene>-<first chain position, 4 digits>`; dots would split a WebDataset key, so none."""
+    return f"{scene.replace('.', '_')}-{first_index:04d}"
+
+
+def shard_path(folder: str | Path, name: object) -> Path:
+    """`folder / name` for a shard name read from a manifest; ShardError unless it is a plain
+    `shard-NNNNNN.tar` that resolves inside `folder` (a symlink pointing out is refused too)."""
+    folder = Path(folder)
+    if not isinstance(name, str) or not SHARD_PATTERN.fullmatch(name):
+        raise ShardError(f"{folder / MANIFEST}: shard name {name!r} is not of the form shard-NNNNNN.tar")
+    path = folder / name
+    if path.resolve().parent != folder.resolve():
+        raise ShardError(f"{path} resolves outside {folder} ({path.resolve()}); refusing to read it")
+    return path
+
+
+def _json_error(path: Path, error: json.JSONDecodeError) -> str:
+    return f"{path} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})"
+
+
+def read_manifest(folder: str | Path) -> dict:
+    """The manifest of a shard folder, checked as data: format and version, every shard entry's
+    name (see shard_path), clip count, byte count and sha256, and total_clips. ShardError otherwise."""
+    path = Path(folder) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ShardError(
+            f"shard folder {path.parent} has no {MANIFEST} (ingest incomplete, or not an mvm-ingest output)"
+        ) from None
+    except json.JSONDecodeError as error:
+        raise ShardError(_json_error(path, error)) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ShardError(f"cannot read {path}: {error}") from None
+    if not isinstance(manifest, dict):
+        raise ShardError(f"{path} is not a JSON object")
+    if manifest.get("format") != FORMAT_NAME or manifest.get("version") != FORMAT_VERSION:
+        raise ShardError(
+            f"{path}: format {manifest.get('format')!r} v{manifest.get('version')}, "
+            f"expected {FORMAT_NAME!r} v{FORMAT_VERSION}"
+        )
+    shards = manifest.get("shards")
+    if not isinstance(shards, list):
+        raise ShardError(f"{path}: 'shards' is not a list")
+    names = set()
+    for entry in shards:
+        if not isinstance(entry, dict):
+            raise ShardError(f"{path}: shard entry {entry!r} is not an object")
+        shard_path(folder, entry.get("name"))
+        if entry["name"] in names:
+            raise ShardError(f"{path}: shard {entry['name']} listed twice")
+        names.add(entry["name"])
+        for field, kind in (("clips", int), ("bytes", int), ("sha256", str)):
+            if not isinstance(entry.get(field), kind) or isinstance(entry.get(field), bool):
+                raise ShardError(f"{path}: shard {entry['name']} has no valid {field!r}")
+        if entry["clips"] < 0 or entry["bytes"] < 0 or not re.fullmatch(r"[0-9a-f]{64}", entry["sha256"]):
+            raise ShardError(f"{path}: shard {entry['name']} has an invalid clips, bytes or sha256 value")
+    if manifest.get("total_clips") != sum(entry["clips"] for entry in shards):
+        raise ShardError(f"{path}: total_clips {manifest.get('total_clips')!r} != the sum over its shards")
+    config = manifest.get("config")
+    if not isinstance(config, dict):
+        raise ShardError(f"{path}: 'config' is not an object")
+    return manifest
+
+
+def clip_shape(manifest: dict, where: str | Path = MANIFEST) -> tuple[int, tuple[int, int]]:
+    """(clip_len T, (H, W)) of a manifest's clips: the one source of these values for readers."""
+    config = manifest["config"]
+    try:
+        clip_len, (height, width) = int(config["clip_len"]), config["size"]
+        return clip_len, (int(height), int(width))
+    except (KeyError, TypeError, ValueError):
+        raise ShardError(f"{where}: config has no valid clip_len and size [H, W]") from None
+
+
+def write_manifest(folder: Path, manifest: dict) -> None:
+    """Write DIR/manifest.json atomically (canonical JSON); call it after every shard is in place."""
+    write_atomic(folder / MANIFEST, dumps(manifest))
+
+
+def listed_shards(folder: str | Path, manifest: dict) -> list[Path]:
+    """Paths of the shards a (read_manifest-checked) manifest lists, in order."""
+    return [shard_path(folder, entry["name"]) for entry in manifest["shards"]]
+
+
+def dumps(value) -> str:
+    """Canonical JSON for reproducible files: sorted keys, two-space indent, UTF-8 kept, final newline."""
+    return json.dumps(value, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+
+
+def tar_bytes(members: Iterable[tuple[str, bytes]]) -> bytes:
+    """A ustar archive of (name, data) members in the given order, with fixed headers
+    (mtime 0, uid/gid 0, empty user and group names, mode 0644): same members, same bytes."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as archive:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def sample_members(sample: dict) -> list[tuple[str, bytes]]:
+    """The (name, data) tar members of a sample from iter_samples, in their archive order."""
+    return [(f"{sample['key']}.{ext}", data) for ext, data in sample.items() if ext not in RESERVED]
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def iter_samples(path: str | Path) -> Iterator[dict]:
+    """Samples of one tar in archive order: {"key", "url", "index", "<ext>": bytes} per key.
+
+    Members must be regular files named `<key>.<ext>` (no folder, key without dots, ext not one of
+    RESERVED), each extension once per sample; members of one key are consecutive by construction
+    (a key seen again later is another sample: uniqueness is the audit's check). Anything else,
+    and any tar or I/O error, raises ShardError naming the shard and the key.
+    """
+    url = str(path)
+    current: dict | None = None
+    index = 0
+    try:
+        with tarfile.open(url, mode="r|") as archive:
+            for member in archive:
+                key, _, ext = member.name.partition(".")
+                where = f"shard {url}, sample {key}"
+                if not member.isfile():
+                    raise ShardError(f"{where}: member {member.name!r} is not a regular file")
+                if not key or "/" in member.name or not ext or ext in RESERVED:
+                    raise ShardError(f"{where}: member {member.name!r} is not named <key>.<ext>")
+                if current is not None and key != current["key"]:
+                    yield current
+                    index, current = index + 1, None
+                if current is None:
+                    current = {"key": key, "url": url, "index": index}
+                if ext in current:
+                    raise ShardError(f"{where}: member {member.name!r} appears twice")
+                current[ext] = archive.extractfile(member).read()
+    except (tarfile.TarError, EOFError, OSError) as error:
+        raise ShardError(f"shard {url} is corrupt or truncated after sample {index}: {error}") from None
+    if current is not None:
+        yield current
+
+
+_verified: dict[str, tuple[int, int]] = {}
+"""Shards verified in this process: resolved path -> (size, mtime_ns) when it matched."""
+
+
+_listings: dict[Path, tuple[tuple[int, int], dict[str, dict]]] = {}
+"""Shard entries by name per folder, read once per manifest version (size, mtime) in a process."""
+
+
+def listed_entry(path: str | Path) -> dict:
+    """The manifest entry {name, clips, bytes, sha256} of a shard path; ShardError unless the
+    manifest of its folder lists it (and it resolves inside that folder)."""
+    path = Path(path)
+    folder = path.parent.resolve()
+    try:
+        stat = os.stat(folder / MANIFEST)
+        stamp = (stat.st_size, stat.st_mtime_ns)
+    except OSError:
+        stamp = (-1, -1)  # read_manifest below names the problem
+    if folder not in _listings or _listings[folder][0] != stamp:
+        _listings[folder] = (stamp, {e["name"]: e for e in read_manifest(path.parent)["shards"]})
+    entry = _listings[folder][1].get(path.name)
+    if entry is None:
+        raise ShardError(f"{path} is not listed in {path.parent / MANIFEST}; refusing to read it")
+    shard_path(path.parent, path.name)
+    return entry
+
+
+def verify_listed(path: str | Path) -> None:
+    """Check a shard against its folder's manifest: listed, inside the folder, size and sha256.
+
+    Runs once per shard per process (again if the file's size or mtime changed); ShardError on a
+    mismatch, which readers treat like a corrupt shard.
+    """
+    path = Path(path)
+    entry = listed_entry(path)
+    try:
+        stat = os.stat(path)
+    except OSError as error:
+        raise ShardError(f"shard {path} cannot be opened: {error.strerror}") from None
+    stamp = (stat.st_size, stat.st_mtime_ns)
+    if _verified.get(str(path.resolve())) == stamp:
+        return
+    if stat.st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
+        raise ShardError(f"shard {path} does not match its sha256 in {path.parent / MANIFEST} (damaged)")
+    _verified[str(path.resolve())] = stamp
+
+
+def iter_verified(path: str | Path) -> Iterator[dict]:
+    """iter_samples of a shard listed in its folder's manifest, verified first (verify_listed)."""
+    verify_listed(path)
+    yield from iter_samples(path)
