@@ -148,7 +148,8 @@ def _render_scene(
     seed: int,
     progress: Callable[[int], None] | None,
 ) -> None:
-    world = build_world(plan.trajectory, plan.night, rng_for(seed, plan.name, "world"))
+    rng = rng_for(seed, plan.name, "world")
+    world = build_world(plan.grid, plan.trajectory.xy, plan.night, int(rng.integers(0, 2**62)), rng)
     renderer = Renderer(camera, world, plan.night)
     for record in records:
         # Render from the pose exactly as written to ego_pose.

@@ -1,0 +1,77 @@
+"""The street grid of a synthetic scene: straight one-way streets crossing at right angles.
+
+Crossings sit every `spacing_m` along two perpendicular street directions (rotated by
+`rotation` in the global frame); each has a paved square larger than the streets (corners cut
+back), so a turn is an arc inside the square and the view into a crossing is the same whichever
+way the car will leave it. The car drives on the centre line (the middle lane of three), so
+left and right turns are mirror images. World (ingest.synth.world) and route
+(ingest.synth.trajectory) are both built from the grid and never from each other.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+LANE_M = 3.5
+"""Lane width; streets have three lanes."""
+STREET_HALF_M = 1.5 * LANE_M
+"""Half the width of a street's asphalt."""
+
+
+@dataclass(frozen=True)
+class StreetGrid:
+    """Crossing positions and street sizes of one scene."""
+
+    origin: tuple[float, float]
+    """Global position (m) of crossing (0, 0)."""
+    rotation: float
+    """Heading (rad) of the grid's first street direction."""
+    spacing_m: float
+    """Distance between neighbouring crossings."""
+    crossing_half_m: float
+    """Half the side of a crossing's paved square (larger than STREET_HALF_M: cut corners)."""
+
+    @property
+    def street_half_m(self) -> float:
+        return STREET_HALF_M
+
+    @property
+    def min_turn_radius_m(self) -> float:
+        """Tightest turn: from the centre line, still inside the crossing square."""
+        return 0.75 * self.crossing_half_m
+
+    @property
+    def max_turn_radius_m(self) -> float:
+        """Widest turn: starts at the square's edge."""
+        return self.crossing_half_m
+
+    def direction_xy(self, direction: int) -> np.ndarray:
+        """Unit vector (2,) of grid direction 0..3 (0 = rotation, counter-clockwise in 90° steps)."""
+        heading = self.heading(direction)
+        return np.array([math.cos(heading), math.sin(heading)])
+
+    def heading(self, direction: int) -> float:
+        return self.rotation + direction * math.pi / 2
+
+    @staticmethod
+    def direction_steps(direction: int) -> np.ndarray:
+        """Grid index step (2,) of one crossing along direction 0..3."""
+        return np.array([(1, 0), (0, 1), (-1, 0), (0, -1)][direction % 4])
+
+    def node_xy(self, node) -> np.ndarray:
+        """Global position (2,) of crossing (i, j)."""
+        i, j = node
+        return np.array(self.origin) + self.spacing_m * (i * self.direction_xy(0) + j * self.direction_xy(1))
+
+
+def draw_grid(near_xy: tuple[float, float], rng: np.random.Generator) -> StreetGrid:
+    """A grid with a crossing near `near_xy`, random orientation, block size and crossing size."""
+    return StreetGrid(
+        origin=(float(near_xy[0]), float(near_xy[1])),
+        rotation=float(rng.uniform(-math.pi, math.pi)),
+        spacing_m=float(rng.uniform(30.0, 38.0)),
+        crossing_half_m=float(rng.uniform(9.0, 12.0)),
+    )
