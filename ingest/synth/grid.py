@@ -41,12 +41,12 @@ class StreetGrid:
     @property
     def min_turn_radius_m(self) -> float:
         """Tightest turn: from the centre line, still inside the crossing square."""
-        return 0.75 * self.crossing_half_m
+        return 6.0
 
     @property
     def max_turn_radius_m(self) -> float:
-        """Widest turn: starts at the square's edge."""
-        return self.crossing_half_m
+        """Widest turn: well inside the square, so the square looks alike entering and leaving a turn."""
+        return 0.55 * self.crossing_half_m
 
     def direction_xy(self, direction: int) -> np.ndarray:
         """Unit vector (2,) of grid direction 0..3 (0 = rotation, counter-clockwise in 90° steps)."""
@@ -69,9 +69,10 @@ class StreetGrid:
 
 def draw_grid(near_xy: tuple[float, float], rng: np.random.Generator) -> StreetGrid:
     """A grid with a crossing near `near_xy`, random orientation, block size and crossing size."""
+    crossing_half = float(rng.uniform(16.0, 22.0))
     return StreetGrid(
         origin=(float(near_xy[0]), float(near_xy[1])),
         rotation=float(rng.uniform(-math.pi, math.pi)),
-        spacing_m=float(rng.uniform(30.0, 38.0)),
-        crossing_half_m=float(rng.uniform(9.0, 12.0)),
+        spacing_m=2 * crossing_half + float(rng.uniform(8.0, 16.0)),
+        crossing_half_m=crossing_half,
     )

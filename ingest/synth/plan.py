@@ -12,8 +12,9 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 
-from ingest.synth.schedule import TICK_US, SensorTimes, rng_for, sensor_times
 from ingest.synth.grid import StreetGrid, draw_grid
+from ingest.synth.lot import MAX_LOT_SPEED, integrate, plan_segments
+from ingest.synth.schedule import TICK_US, SensorTimes, rng_for, sensor_times
 from ingest.synth.trajectory import PHRASES, Maneuver, Trajectory, drive, maneuvers_of, plan_route
 
 LOCATIONS = {
@@ -25,6 +26,8 @@ LOCATIONS = {
 """nuScenes locations with the vehicle that drove there and the local UTC offset in hours."""
 MAX_ROUTE_SPEED = 14.0
 """Planned route length per second of scene (m/s): more than the car can drive."""
+LOT_SHARE = 0.4
+"""Chance that a scene drives on an open lot instead of the street grid."""
 NIGHT_FRACTION = 0.3
 """Chance that a scene is recorded at night."""
 
@@ -53,8 +56,10 @@ class ScenePlan:
     """CAM_FRONT fires this long after the lidar tick it belongs to (the shared sub-50 ms offset)."""
     times: SensorTimes
     """Tick schedule of the sensors."""
+    layout: str
+    """"streets" (a street grid, turns at crossings) or "lot" (an open paved lot, free driving)."""
     grid: StreetGrid
-    """The streets the world is built from and the route follows."""
+    """The streets the world is built from and the route follows (for a lot: its centre and orientation)."""
     maneuvers: tuple[Maneuver, ...]
     """The driving, in order."""
     trajectory: Trajectory
@@ -99,8 +104,14 @@ def plan_scene(name: str, split: str, frames: int, drop_rate: float, seed: int) 
     times = sensor_times(frames, drop_rate, rng)
     duration_s = (times.lidar_ticks[-1] - times.lidar_ticks[0] + 1) * TICK_US / 1e6 + 0.1
     grid = draw_grid((float(rng.uniform(300.0, 1500.0)), float(rng.uniform(300.0, 1500.0))), rng)
-    pieces, stops, start_speed = plan_route(grid, duration_s * MAX_ROUTE_SPEED, rng)
-    trajectory = drive(pieces, stops, start_speed, duration_s)
+    layout = "lot" if rng.random() < LOT_SHARE else "streets"
+    if layout == "streets":
+        pieces, stops, start_speed = plan_route(grid, duration_s * MAX_ROUTE_SPEED, rng)
+        trajectory = drive(pieces, stops, start_speed, duration_s)
+    else:
+        start_speed = float(rng.uniform(0.0, MAX_LOT_SPEED))
+        segments = plan_segments(duration_s, start_speed, rng)
+        trajectory = integrate(segments, grid.origin, float(rng.uniform(-np.pi, np.pi)), start_speed)
     return ScenePlan(
         name=name,
         split=split,
@@ -112,7 +123,8 @@ def plan_scene(name: str, split: str, frames: int, drop_rate: float, seed: int) 
         start_us=start_us,
         camera_delay_us=int(rng.integers(0, TICK_US)),
         times=times,
+        layout=layout,
         grid=grid,
-        maneuvers=tuple(maneuvers_of(pieces, trajectory)),
+        maneuvers=tuple(maneuvers_of(trajectory)),
         trajectory=trajectory,
     )

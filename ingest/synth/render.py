@@ -91,7 +91,11 @@ class Renderer:
         # Bounding circles (centre (N, 2), radius (N,)) for culling before projection.
         self._bounds = {
             name: _bounding_circles(quads)
-            for name, quads in (("road", world.road_quads), ("line", world.line_quads), ("face", world.face_quads))
+            for name, quads in (
+                ("road", world.road_quads),
+                ("line", world.line_quads),
+                ("face", world.face_quads),
+            )
         }
         self._object_faces = np.searchsorted(world.face_object, np.arange(len(world.object_centers) + 1))
         # An object's circle holds its faces' circles (object centres are box centres).
@@ -240,7 +244,9 @@ class Renderer:
         camera_world = self._camera_position(ego_xy, ego_yaw)
         objects = self._near(world.object_centers[:, :2], self._object_radius, ego_xy, ego_yaw)
         starts, ends = self._object_faces[objects], self._object_faces[objects + 1]
-        candidates = np.concatenate([np.arange(a, b) for a, b in zip(starts, ends, strict=True)] or [np.zeros(0, int)])
+        candidates = np.concatenate(
+            [np.arange(a, b) for a, b in zip(starts, ends, strict=True)] or [np.zeros(0, int)]
+        )
         polygons, faces = self._visible_polygons(world.face_quads, "face", ego_xy, ego_yaw, candidates)
         centres = world.face_quads[faces].mean(axis=1)
         facing = np.einsum("ij,ij->i", world.face_normals[faces], camera_world - centres) > 0
@@ -274,7 +280,8 @@ class Renderer:
         fills = self._shade(self.world.crown_colors[trees[keep]], centres[keep], ego_xy, ego_yaw)
         boxes = np.stack([uv[:, 0] - r, uv[:, 1] - r * 0.9, uv[:, 0] + r, uv[:, 1] + r * 0.9], axis=1)[keep]
         return {
-            obj: (box, fill) for obj, box, fill in zip(trees[keep].tolist(), boxes.tolist(), fills, strict=True)
+            obj: (box, fill)
+            for obj, box, fill in zip(trees[keep].tolist(), boxes.tolist(), fills, strict=True)
         }
 
     def _camera_position(self, ego_xy: np.ndarray, ego_yaw: float) -> np.ndarray:

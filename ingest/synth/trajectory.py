@@ -33,6 +33,8 @@ TURN_SHARE = 0.85
 """Chance that the car turns at a crossing (half left, half right); otherwise it goes straight on."""
 ALTERNATE = 1.0
 """Chance that a turn goes the other way than the turn before it."""
+TURNING_RPS = 0.02
+"""Yaw rate (rad/s) above which a stretch of driving counts as a turn in the scene description."""
 STOP_LINE_M = 2.0
 """Stops before a crossing are this far before the crossing's paved square."""
 
@@ -102,8 +104,6 @@ class Trajectory:
     """(N,) unwrapped yaw in radians."""
     speed: np.ndarray
     """(N,) speed in m/s."""
-    route_m: np.ndarray
-    """(N,) distance driven along the route in metres."""
 
 
 def piece_pose(piece: Piece, distance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -115,9 +115,7 @@ def piece_pose(piece: Piece, distance: np.ndarray) -> tuple[np.ndarray, np.ndarr
         xy = np.stack([x0 + distance * math.cos(yaw0), y0 + distance * math.sin(yaw0)], axis=-1)
         return xy, np.full_like(distance, yaw0)
     yaw = yaw0 + k * distance
-    xy = np.stack(
-        [x0 + (np.sin(yaw) - math.sin(yaw0)) / k, y0 - (np.cos(yaw) - math.cos(yaw0)) / k], axis=-1
-    )
+    xy = np.stack([x0 + (np.sin(yaw) - math.sin(yaw0)) / k, y0 - (np.cos(yaw) - math.cos(yaw0)) / k], axis=-1)
     return xy, yaw
 
 
@@ -161,7 +159,7 @@ def plan_route(
         stop_roll = rng.random()
         if stop_roll < 0.2:
             at = travelled + to_centre - crossing_half - STOP_LINE_M
-            stops.append(Stop(at, float(rng.uniform(2.5, 5.0)), "stop_line"))
+            stops.append(Stop(at, float(rng.uniform(2.0, 4.0)), "stop_line"))
         elif stop_roll < 0.25:
             at = travelled + float(rng.uniform(0.2, 0.8)) * max(to_centre - crossing_half - STOP_LINE_M, 1.0)
             stops.append(Stop(at, float(rng.uniform(1.0, 3.0)), "mid_block"))
@@ -173,10 +171,18 @@ def plan_route(
             cruise = _cruise_speed(rng)
             continue
         sign = 1.0 if action == "left" else -1.0
-        turn_speed = float(rng.uniform(0.4, 1.0)) if rng.random() < 0.1 else float(rng.uniform(2.5, 5.0))
-        arc = Piece((float(xy[0]), float(xy[1])), yaw, radius * math.pi / 2, sign / radius, turn_speed, action)
+        turn_speed = float(rng.uniform(0.4, 1.0)) if rng.random() < 0.1 else float(rng.uniform(2.0, 4.0))
+        arc = Piece(
+            (float(xy[0]), float(xy[1])), yaw, radius * math.pi / 2, sign / radius, turn_speed, action
+        )
         if rng.random() < 0.22:
-            stops.append(Stop(travelled + float(rng.uniform(0.25, 0.75)) * arc.length, float(rng.uniform(1.0, 3.5)), "on_curve"))
+            stops.append(
+                Stop(
+                    travelled + float(rng.uniform(0.25, 0.75)) * arc.length,
+                    float(rng.uniform(1.0, 3.5)),
+                    "on_curve",
+                )
+            )
         pieces.append(arc)
         travelled += arc.length
         end_xy, yaw = _end_of(arc)
@@ -221,7 +227,7 @@ def drive(pieces: list[Piece], stops: list[Stop], start_speed: float, duration_s
             continue
         s, v = s + ds, max(v_next, 0.0)
     xy, yaw = route_poses(pieces, starts, position)
-    return Trajectory(times_s=np.arange(steps) * STEP_S, xy=xy, yaw=yaw, speed=speed, route_m=position)
+    return Trajectory(times_s=np.arange(steps) * STEP_S, xy=xy, yaw=yaw, speed=speed)
 
 
 def _allowed(s: float, limits, stops: list[Stop], pieces: list[Piece], starts: np.ndarray) -> float:
@@ -235,7 +241,9 @@ def _allowed(s: float, limits, stops: list[Stop], pieces: list[Piece], starts: n
     return allowed
 
 
-def route_poses(pieces: list[Piece], starts: np.ndarray, distance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def route_poses(
+    pieces: list[Piece], starts: np.ndarray, distance: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Positions (N, 2) and unwrapped headings (N,) at route distances (N,)."""
     index = np.clip(np.searchsorted(starts, distance, side="right") - 1, 0, len(pieces) - 1)
     xy = np.empty((len(distance), 2))
@@ -246,24 +254,24 @@ def route_poses(pieces: list[Piece], starts: np.ndarray, distance: np.ndarray) -
     return xy, yaw
 
 
-def maneuvers_of(pieces: list[Piece], trajectory: Trajectory) -> list[Maneuver]:
-    """The driving in time, read off the trajectory: stop (standing), left/right (moving on an
-    arc), else accelerate, brake or cruise (speed change over 1 s above 0.5 m/s or not).
-    Stretches shorter than 0.5 s join the stretch before them."""
-    kinds = np.array([p.kind for p in pieces])
-    starts = np.concatenate([[0.0], np.cumsum([p.length for p in pieces])])
-    index = np.clip(np.searchsorted(starts, trajectory.route_m, side="right") - 1, 0, len(pieces) - 1)
-    per_step = kinds[index].astype(object)
+def maneuvers_of(trajectory: Trajectory) -> list[Maneuver]:
+    """The driving in time, read off the trajectory: stop (standing), left/right (turning faster
+    than TURNING_RPS), else accelerate, brake or cruise (speed change over 1 s above 0.5 m/s or
+    not). Stretches shorter than 0.5 s join the stretch before them."""
+    yaw_rate = np.gradient(trajectory.yaw, STEP_S)
     window = int(round(0.5 / STEP_S))
-    ahead = np.concatenate([trajectory.speed[window:], np.repeat(trajectory.speed[-1], window)])
-    behind = np.concatenate([np.repeat(trajectory.speed[0], window), trajectory.speed[:-window]])
-    change = ahead - behind
-    straight = per_step == "straight"
-    per_step[straight] = np.where(change[straight] > 0.5, "accelerate", np.where(change[straight] < -0.5, "brake", "cruise"))
-    per_step[trajectory.speed == 0.0] = "stop"
+    speed = trajectory.speed
+    change = np.concatenate([speed[window:], np.repeat(speed[-1], window)])
+    change -= np.concatenate([np.repeat(speed[0], window), speed[:-window]])
+    per_step = np.where(change > 0.5, "accelerate", np.where(change < -0.5, "brake", "cruise")).astype(object)
+    per_step[yaw_rate > TURNING_RPS] = "left"
+    per_step[yaw_rate < -TURNING_RPS] = "right"
+    per_step[speed == 0.0] = "stop"
     maneuvers: list[Maneuver] = []
     boundaries = np.flatnonzero(per_step[1:] != per_step[:-1]) + 1
-    for begin, end in zip(np.concatenate([[0], boundaries]), np.concatenate([boundaries, [len(per_step)]]), strict=True):
+    for begin, end in zip(
+        np.concatenate([[0], boundaries]), np.concatenate([boundaries, [len(per_step)]]), strict=True
+    ):
         kind, start_s, duration_s = str(per_step[begin]), begin * STEP_S, (end - begin) * STEP_S
         if maneuvers and (duration_s < 0.5 or maneuvers[-1].kind == kind):
             last = maneuvers.pop()

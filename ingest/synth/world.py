@@ -36,6 +36,8 @@ CROSSWALK_M = 3.0
 """Length of a crosswalk's stripes along the street; stripes 0.5 m wide, 0.5 m apart."""
 PLAZA_SHARE = 0.2
 """Chance that a block is an open paved plaza instead of a built block."""
+ROW_M, STALL_M, POST_M = 18.0, 2.7, 30.0
+"""Lot layout: parking rows, stall lines along a row, lamp-post grid (metres)."""
 SIGHT_M = 300.0
 """Blocks are built within this distance of the route: beyond the renderer's far plane (250 m)."""
 
@@ -168,7 +170,12 @@ def _built_block(size: float, grid: StreetGrid, rng: np.random.Generator) -> lis
             across = half + setback + depth / 2
             v = across if side < 0 else size - across
             objects.append(
-                {"kind": "box", "position": (along + frontage / 2, v), "size": (frontage, depth, float(rng.uniform(4.0, 20.0))), "heading": 0.0}
+                {
+                    "kind": "box",
+                    "position": (along + frontage / 2, v),
+                    "size": (frontage, depth, float(rng.uniform(4.0, 20.0))),
+                    "heading": 0.0,
+                }
             )
             along += frontage + float(rng.uniform(0.5, 5.0))
     for side in (-1.0, 1.0):  # the streets along direction 1: trees and poles on the kerb
@@ -190,7 +197,14 @@ def _plaza(size: float, grid: StreetGrid, rng: np.random.Generator) -> list[dict
         kind = str(rng.choice(["pole", "tree", "box"], p=[0.35, 0.45, 0.2]))
         position = (float(rng.uniform(low, high)), float(rng.uniform(low, high)))
         if kind == "box":
-            objects.append({"kind": "box", "position": position, "size": tuple(rng.uniform(2.0, 4.0, 3).tolist()), "heading": float(rng.uniform(0, np.pi))})
+            objects.append(
+                {
+                    "kind": "box",
+                    "position": position,
+                    "size": tuple(rng.uniform(2.0, 4.0, 3).tolist()),
+                    "heading": float(rng.uniform(0, np.pi)),
+                }
+            )
         else:
             objects.append(_small(kind, position, rng))
     return objects
@@ -237,11 +251,17 @@ def build_world(
     reach = SIGHT_M / size
     low = np.floor(uv.min(axis=0) - reach).astype(int)
     high = np.ceil(uv.max(axis=0) + reach).astype(int)
-    corners = np.array([(i, j) for i in range(low[0], high[0] + 1) for j in range(low[1], high[1] + 1)]) * size
+    corners = (
+        np.array([(i, j) for i in range(low[0], high[0] + 1) for j in range(low[1], high[1] + 1)]) * size
+    )
     marks = _street_markings(size, half, crossing)
     mark_rects = np.stack([m[0] for m in marks])
     # Per crossing: its square and the streets to the next crossings; markings along both directions.
-    road = [_rect(-crossing, crossing, -crossing, crossing), _rect(0, size, -half, half), _rect(-half, half, 0, size)]
+    road = [
+        _rect(-crossing, crossing, -crossing, crossing),
+        _rect(0, size, -half, half),
+        _rect(-half, half, 0, size),
+    ]
     road_uv = (np.stack(road)[None] + corners[:, None, None]).reshape(-1, 4, 2)
     lines_uv = np.concatenate([mark_rects, mark_rects[..., ::-1]])
     line_quads = (lines_uv[None] + corners[:, None, None]).reshape(-1, 4, 2)
@@ -260,6 +280,74 @@ def build_world(
             obj["position"] = (obj["position"][0] + corner[0], obj["position"][1] + corner[1])
             objects.append(obj)
     road_uv = np.concatenate([road_uv, np.array(plazas).reshape(-1, 4, 2)])
+    return _assemble(grid, road_uv, line_quads, line_colors, objects, night, rng)
+
+
+def build_lot_world(
+    grid: StreetGrid, route_xy: np.ndarray, night: bool, world_seed: int, rng: np.random.Generator
+) -> World:
+    """An open paved lot around grid.origin (the scene start), big enough for the whole route:
+    parking rows every ROW_M, lamp posts every POST_M (none on the route itself), buildings and
+    trees beyond its edges. Only the lot's extent depends on the route."""
+    relative = np.asarray(route_xy) - np.array(grid.origin)
+    uv = np.stack([relative @ grid.direction_xy(0), relative @ grid.direction_xy(1)], axis=1)
+    half = float(np.abs(uv).max()) + 40.0
+    block_rng = np.random.default_rng([world_seed, 2**21])
+    road_uv = _rect(-half, half, -half, half)[None]
+    marks, objects = [], []
+    w = LINE_WIDTH_M / 2
+    for v in np.arange(-half + ROW_M / 2, half - ROW_M / 2, ROW_M):
+        marks.append(_rect(-half + 5, half - 5, v - w, v + w))
+        for u in np.arange(-half + 5, half - 5, STALL_M):
+            marks.append(_rect(u - w, u + w, v + 0.5, v + 5.5))
+            marks.append(_rect(u - w, u + w, v - 5.5, v - 0.5))
+    post_offset = block_rng.uniform(0, POST_M, 2)
+    for u in np.arange(-half + post_offset[0], half, POST_M):
+        for v in np.arange(-half + post_offset[1], half, POST_M):
+            if np.min(np.hypot(uv[:, 0] - u, uv[:, 1] - v)) > 2.5:
+                objects.append(_small("pole", (u, v), block_rng))
+    for edge in range(4):  # buildings and trees beyond each edge, laid out along +u then rotated
+        along = -half + float(block_rng.uniform(0, 8))
+        while along < half:
+            frontage = float(block_rng.uniform(8.0, 25.0))
+            depth = float(block_rng.uniform(8.0, 20.0))
+            across = half + float(block_rng.uniform(3.0, 10.0)) + depth / 2
+            position = np.array([along + frontage / 2, -across])
+            kind_roll = block_rng.random()
+            if kind_roll < 0.7:
+                obj = {
+                    "kind": "box",
+                    "position": position,
+                    "size": (frontage, depth, float(block_rng.uniform(4.0, 20.0))),
+                    "heading": 0.0,
+                }
+            else:
+                obj = _small("tree", position + [0.0, depth / 2 - 2.0], block_rng)
+            turn = edge * np.pi / 2
+            c, s_ = np.cos(turn), np.sin(turn)
+            p = np.asarray(obj["position"], dtype=float)
+            obj["position"] = (c * p[0] - s_ * p[1], s_ * p[0] + c * p[1])
+            obj["heading"] = obj["heading"] + turn
+            objects.append(obj)
+            along += frontage + float(block_rng.uniform(1.0, 8.0))
+    for obj in objects:
+        _colour(obj, block_rng)
+    line_quads = np.stack(marks)
+    line_colors = np.tile(np.array(WHITE, dtype=np.uint8), (len(line_quads), 1))
+    return _assemble(grid, road_uv, line_quads, line_colors, objects, night, rng)
+
+
+def _assemble(
+    grid: StreetGrid,
+    road_uv: np.ndarray,
+    line_quads: np.ndarray,
+    line_colors: np.ndarray,
+    objects: list[dict],
+    night: bool,
+    rng: np.random.Generator,
+) -> World:
+    """The World from grid-plane quads (N, 4, 2), markings and objects (block coordinates moved
+    to grid coordinates, colours set), with the scene's ground texture and sky drawn from rng."""
     positions = _to_ground(np.array([o["position"] for o in objects]).reshape(-1, 2), grid)[:, :2]
     sizes = np.array([o["size"] for o in objects]).reshape(-1, 3)
     faces, normals = _box_faces(positions, sizes, grid.rotation + np.array([o["heading"] for o in objects]))
@@ -268,7 +356,11 @@ def build_world(
     crown_colors = np.zeros((count, 3))
     for index, obj in enumerate(objects):
         if "crown_radius" in obj:
-            crowns[index] = [*positions[index], sizes[index, 2] + obj["crown_radius"] * 0.8, obj["crown_radius"]]
+            crowns[index] = [
+                *positions[index],
+                sizes[index, 2] + obj["crown_radius"] * 0.8,
+                obj["crown_radius"],
+            ]
             crown_colors[index] = obj["crown_color"]
     return World(
         texture=_ground_texture(rng),
