@@ -26,7 +26,7 @@ LOCATIONS = {
 """nuScenes locations with the vehicle that drove there and the local UTC offset in hours."""
 MAX_ROUTE_SPEED = 14.0
 """Planned route length per second of scene (m/s): more than the car can drive."""
-LOT_SHARE = 0.4
+LOT_SHARE = 0.5
 """Chance that a scene drives on an open lot instead of the street grid."""
 NIGHT_FRACTION = 0.3
 """Chance that a scene is recorded at night."""
@@ -106,8 +106,8 @@ def plan_scene(name: str, split: str, frames: int, drop_rate: float, seed: int) 
     grid = draw_grid((float(rng.uniform(300.0, 1500.0)), float(rng.uniform(300.0, 1500.0))), rng)
     layout = "lot" if rng.random() < LOT_SHARE else "streets"
     if layout == "streets":
-        pieces, stops, start_speed = plan_route(grid, duration_s * MAX_ROUTE_SPEED, rng)
-        trajectory = drive(pieces, stops, start_speed, duration_s)
+        pieces, stops, start_m, start_speed = plan_route(grid, duration_s * MAX_ROUTE_SPEED, rng)
+        trajectory = drive(pieces, stops, start_m, start_speed, duration_s)
     else:
         start_speed = float(rng.uniform(0.0, MAX_LOT_SPEED))
         segments = plan_segments(duration_s, start_speed, rng)

@@ -126,11 +126,13 @@ def _end_of(piece: Piece) -> tuple[tuple[float, float], float]:
 
 def plan_route(
     grid: StreetGrid, length_m: float, rng: np.random.Generator
-) -> tuple[list[Piece], list[Stop], float]:
-    """A route of at least `length_m` through the grid, its stops, and the car's start speed.
+) -> tuple[list[Piece], list[Stop], float, float]:
+    """A route through the grid, its stops, where on it the scene starts (m) and the car's start
+    speed; at least `length_m` of route lie after the start.
 
-    The car starts on a street centreline mid-block, heading along the street; at every crossing
-    it turns left or right (each TURN_SHARE / 2) or goes straight on.
+    The route begins on a street centreline before a crossing where the car turns; the scene
+    starts shortly before or inside that first turn, so even a short scene sees two turns. At
+    every later crossing the car turns (each way TURN_SHARE / 2) or goes straight on.
     """
     node = np.array([int(rng.integers(-1, 2)), int(rng.integers(-1, 2))])
     direction = int(rng.integers(0, 4))  # heading = grid.rotation + direction · 90°
@@ -145,8 +147,11 @@ def plan_route(
     cruise = _cruise_speed(rng)
     start_speed = float(rng.uniform(0.0, cruise))
     turn = str(rng.choice(["left", "right"]))
-    while travelled < length_m:
-        if rng.random() < TURN_SHARE:
+    start_m = None
+    while start_m is None or travelled < start_m + length_m:
+        if start_m is None:
+            action = turn  # the first crossing always has a turn
+        elif rng.random() < TURN_SHARE:
             # Turns alternate in direction more often than not, so both are common in every scene.
             action = turn = ("right" if turn == "left" else "left") if rng.random() < ALTERNATE else turn
         else:
@@ -157,16 +162,17 @@ def plan_route(
         straight_length = to_centre - (radius if action != "straight" else 0.0)
         straight = Piece((float(xy[0]), float(xy[1])), yaw, straight_length, 0.0, cruise, "straight")
         stop_roll = rng.random()
-        if stop_roll < 0.2:
+        if stop_roll < 0.3:
             at = travelled + to_centre - crossing_half - STOP_LINE_M
             stops.append(Stop(at, float(rng.uniform(2.0, 4.0)), "stop_line"))
-        elif stop_roll < 0.25:
+        elif stop_roll < 0.35:
             at = travelled + float(rng.uniform(0.2, 0.8)) * max(to_centre - crossing_half - STOP_LINE_M, 1.0)
             stops.append(Stop(at, float(rng.uniform(1.0, 3.0)), "mid_block"))
         pieces.append(straight)
         travelled += straight_length
         xy, yaw = (lambda end: (np.array(end[0]), end[1]))(_end_of(straight))
         if action == "straight":
+            start_m = travelled if start_m is None else start_m
             node = node + grid.direction_steps(direction)
             cruise = _cruise_speed(rng)
             continue
@@ -175,7 +181,7 @@ def plan_route(
         arc = Piece(
             (float(xy[0]), float(xy[1])), yaw, radius * math.pi / 2, sign / radius, turn_speed, action
         )
-        if rng.random() < 0.22:
+        if rng.random() < 0.3:
             stops.append(
                 Stop(
                     travelled + float(rng.uniform(0.25, 0.75)) * arc.length,
@@ -184,6 +190,8 @@ def plan_route(
                 )
             )
         pieces.append(arc)
+        if start_m is None:
+            start_m = max(0.0, travelled + float(rng.uniform(-8.0 / arc.length, 0.8)) * arc.length)
         travelled += arc.length
         end_xy, yaw = _end_of(arc)
         # Snap to the exact grid direction so rounding never accumulates along the route.
@@ -192,15 +200,18 @@ def plan_route(
         xy = np.array(end_xy)
         node = node + grid.direction_steps(direction)
         cruise = _cruise_speed(rng)
-    return pieces, stops, start_speed
+    return pieces, [stop for stop in stops if stop.at_m > start_m + 0.5], start_m, start_speed
 
 
 def _cruise_speed(rng: np.random.Generator) -> float:
     return float(rng.uniform(4.0, 8.0))
 
 
-def drive(pieces: list[Piece], stops: list[Stop], start_speed: float, duration_s: float) -> Trajectory:
-    """Drive the route for `duration_s` from `start_speed` (Euler steps of STEP_S).
+def drive(
+    pieces: list[Piece], stops: list[Stop], start_m: float, start_speed: float, duration_s: float
+) -> Trajectory:
+    """Drive the route for `duration_s` from route distance `start_m` at `start_speed` (Euler
+    steps of STEP_S).
 
     The speed heads for the current piece's limit, but never above what allows braking at
     PLAN_BRAKE to every slower limit and stop ahead; at a stop the car stands for its wait.
@@ -210,7 +221,8 @@ def drive(pieces: list[Piece], stops: list[Stop], start_speed: float, duration_s
     steps = int(np.ceil(duration_s / STEP_S)) + 1
     position = np.empty(steps)
     speed = np.empty(steps)
-    s, v = 0.0, min(start_speed, _allowed(0.0, limits, stops, pieces, starts))
+    s = start_m
+    v = min(start_speed, _allowed(s, limits, stops[:1], pieces, starts))
     next_stop, waited = 0, 0.0
     for step in range(steps):
         position[step], speed[step] = s, v
