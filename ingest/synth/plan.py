@@ -1,8 +1,10 @@
 """Everything random about one synthetic scene, drawn up front from (seed, scene name).
 
 A ScenePlan fixes the log (vehicle, location, date and time of day), day or night, the sensor
-timestamps, the street grid and the ego trajectory through it; rendering and table writing only
-read it.
+timestamps, the layout (a street grid, or an open lot around the start) and the ego trajectory
+through it; rendering and table writing only read it. World and trajectory both derive from
+the layout, never one from the other (only the lot's extent and its lamp posts, kept off the
+route, look at the trajectory).
 """
 
 from __future__ import annotations

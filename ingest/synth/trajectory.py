@@ -3,7 +3,8 @@
 The route is planned in space first, on the scene's StreetGrid (ingest.synth.grid): straight
 along street centrelines, and at each crossing straight on or a 90° turn on an arc inside the
 crossing's paved square. Turning is a choice made at a crossing that looks the same in all four
-directions, so nothing ahead of the car announces it. Then a speed plan drives the route: a
+directions, so nothing ahead of the car announces it; turns alternate in direction and a scene
+opens at (or in) its first turn, so both directions are common in every scene. Then a speed plan drives the route: a
 cruise speed per street, a turning speed per arc (sometimes a crawl), and stops: at the stop line
 before a crossing, in the middle of a turn (standing on a curve), or mid-block. The speed follows
 its limits with bounded acceleration and braking, braking ahead of time for slower limits and
@@ -30,9 +31,7 @@ PLAN_BRAKE = 2.0
 MAX_BRAKE = 4.5
 """Hardest braking in m/s² (the speed limits are met with PLAN_BRAKE, so this rarely binds)."""
 TURN_SHARE = 0.85
-"""Chance that the car turns at a crossing (half left, half right); otherwise it goes straight on."""
-ALTERNATE = 1.0
-"""Chance that a turn goes the other way than the turn before it."""
+"""Chance that the car turns at a crossing (alternately left and right); otherwise it goes straight on."""
 TURNING_RPS = 0.02
 """Yaw rate (rad/s) above which a stretch of driving counts as a turn in the scene description."""
 STOP_LINE_M = 2.0
@@ -53,8 +52,6 @@ class Piece:
     """1/radius in 1/m, + = left; 0 for a straight."""
     speed_limit: float
     """Speed (m/s) the car drives at on this piece when nothing slower is ahead."""
-    kind: str
-    """straight, left or right."""
 
 
 @dataclass(frozen=True)
@@ -65,8 +62,6 @@ class Stop:
     """Route distance (m) of the halt."""
     wait_s: float
     """How long the car stands."""
-    kind: str
-    """stop_line, on_curve or mid_block."""
 
 
 @dataclass(frozen=True)
@@ -137,7 +132,7 @@ def plan_route(
     node = np.array([int(rng.integers(-1, 2)), int(rng.integers(-1, 2))])
     direction = int(rng.integers(0, 4))  # heading = grid.rotation + direction · 90°
     crossing_half = grid.crossing_half_m
-    # Start somewhere on the street before the first crossing.
+    # The route starts on the street before the first crossing.
     distance_before = float(rng.uniform(crossing_half + STOP_LINE_M + 3.0, crossing_half + 20.0))
     pieces: list[Piece] = []
     stops: list[Stop] = []
@@ -152,52 +147,46 @@ def plan_route(
         if start_m is None:
             action = turn  # the first crossing always has a turn
         elif rng.random() < TURN_SHARE:
-            # Turns alternate in direction more often than not, so both are common in every scene.
-            action = turn = ("right" if turn == "left" else "left") if rng.random() < ALTERNATE else turn
+            # Turns alternate in direction, so every scene with two turns has both.
+            action = turn = "right" if turn == "left" else "left"
         else:
             action = "straight"
         centre = grid.node_xy(node)
         radius = float(rng.uniform(grid.min_turn_radius_m, grid.max_turn_radius_m))
         to_centre = float(np.dot(centre - xy, grid.direction_xy(direction)))
         straight_length = to_centre - (radius if action != "straight" else 0.0)
-        straight = Piece((float(xy[0]), float(xy[1])), yaw, straight_length, 0.0, cruise, "straight")
+        straight = Piece((float(xy[0]), float(xy[1])), yaw, straight_length, 0.0, cruise)
         stop_roll = rng.random()
         if stop_roll < 0.3:
             at = travelled + to_centre - crossing_half - STOP_LINE_M
-            stops.append(Stop(at, float(rng.uniform(2.0, 4.0)), "stop_line"))
+            stops.append(Stop(at, float(rng.uniform(2.0, 4.0))))
         elif stop_roll < 0.35:
             at = travelled + float(rng.uniform(0.2, 0.8)) * max(to_centre - crossing_half - STOP_LINE_M, 1.0)
-            stops.append(Stop(at, float(rng.uniform(1.0, 3.0)), "mid_block"))
+            stops.append(Stop(at, float(rng.uniform(1.0, 3.0))))
         pieces.append(straight)
         travelled += straight_length
-        xy, yaw = (lambda end: (np.array(end[0]), end[1]))(_end_of(straight))
+        xy = np.array(_end_of(straight)[0])
         if action == "straight":
-            start_m = travelled if start_m is None else start_m
             node = node + grid.direction_steps(direction)
             cruise = _cruise_speed(rng)
             continue
         sign = 1.0 if action == "left" else -1.0
+        # Mostly 2-4 m/s (yaw rate 0.2-0.6 rad/s); sometimes a crawl, labelled stopped or straight.
         turn_speed = float(rng.uniform(0.4, 1.0)) if rng.random() < 0.1 else float(rng.uniform(2.0, 4.0))
-        arc = Piece(
-            (float(xy[0]), float(xy[1])), yaw, radius * math.pi / 2, sign / radius, turn_speed, action
-        )
+        arc = Piece((float(xy[0]), float(xy[1])), yaw, radius * math.pi / 2, sign / radius, turn_speed)
         if rng.random() < 0.3:
+            # Standing on the curve (waiting for pedestrians): a turned view without yaw rate.
             stops.append(
-                Stop(
-                    travelled + float(rng.uniform(0.25, 0.75)) * arc.length,
-                    float(rng.uniform(1.0, 3.5)),
-                    "on_curve",
-                )
+                Stop(travelled + float(rng.uniform(0.25, 0.75)) * arc.length, float(rng.uniform(1.0, 3.5)))
             )
         pieces.append(arc)
         if start_m is None:
             start_m = max(0.0, travelled + float(rng.uniform(-8.0 / arc.length, 0.8)) * arc.length)
         travelled += arc.length
-        end_xy, yaw = _end_of(arc)
-        # Snap to the exact grid direction so rounding never accumulates along the route.
+        xy = np.array(_end_of(arc)[0])
+        # The exact quarter turn, so rounding never accumulates along the route.
+        yaw = arc.start_yaw + sign * math.pi / 2
         direction = (direction + (1 if action == "left" else 3)) % 4
-        yaw = pieces[-1].start_yaw + sign * math.pi / 2
-        xy = np.array(end_xy)
         node = node + grid.direction_steps(direction)
         cruise = _cruise_speed(rng)
     return pieces, [stop for stop in stops if stop.at_m > start_m + 0.5], start_m, start_speed
