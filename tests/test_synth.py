@@ -12,13 +12,18 @@ from click.testing import CliRunner
 from nuscenes.nuscenes import NuScenes
 from nuscenes.utils import splits
 from PIL import Image
+from sklearn.model_selection import GroupKFold
 
-from ingest.motion import yaw_from_quaternion
+from ingest.motion import EGO_MOTION_CLASSES, clip_motion, ego_motion_label, yaw_from_quaternion
 from ingest.synth import generate
 from ingest.synth.cli import main
 from ingest.synth.dataroot import MARKER
 from ingest.synth.plan import plan_scene
 from ingest.synth.schedule import TICK_US, scene_names, sensor_times
+from ingest.synth.trajectory import poses_at
+from probe.linear import fit_head, predict
+from probe.stats import balanced_accuracy
+from probe.tasks import make_task
 
 WIDTH = 256
 FRAMES = 120
@@ -152,14 +157,14 @@ def test_images_show_the_ego_motion(nusc):
         yaw_rate = np.diff(yaw) / seconds
         change = np.abs(np.diff(images, axis=0)).mean(axis=(1, 2))
         stopped += change[speed == 0].tolist()
-        moving += change[speed > 5].tolist()
+        moving += change[speed > 3].tolist()
         horizon = int(491.5 * WIDTH / 1600)
         for i in np.flatnonzero(np.abs(yaw_rate) > 0.2)[::5]:
             expected = fx * (yaw[i + 1] - yaw[i])
             shift = sky_shift(images[i, : horizon - 5], images[i + 1, : horizon - 5], 816.3 * WIDTH / 1600)
             shift_errors.append(shift - expected)
     assert len(stopped) > 5 and max(stopped) < 0.5
-    assert len(moving) > 5 and min(moving) > 2.0
+    assert len(moving) > 5 and min(moving) > 0.8  # open lots show little texture at 3 m/s
     # Near objects add translation parallax and starry night skies match poorly: judge the bulk.
     shift_errors = np.array(shift_errors)
     assert len(shift_errors) >= 10
@@ -180,25 +185,29 @@ def sky_shift(before: np.ndarray, after: np.ndarray, centre: float, search: int 
 
 
 def test_poses_follow_the_planned_maneuvers(nusc):
-    """Left turns have a positive yaw rate, right turns a negative one, stops zero speed."""
+    """Inside the plan's left turns the yaw rate is positive, inside right turns negative, and
+    the car stands still through its stops; night scenes are dark."""
     for scene in nusc.scene:
         plan = plan_scene(scene["name"], "", FRAMES, DROP_RATE, 0)
         timestamps, xy, yaw, images = camera_frames(nusc, scene)
         seconds = plan.seconds(timestamps)
-        ends = np.cumsum([m.duration_s for m in plan.maneuvers])
-        for maneuver, end in zip(plan.maneuvers, ends, strict=True):
-            # The last second of a segment: speed has settled on the target.
-            inside = (seconds > end - 1.0) & (seconds < end)
-            if inside.sum() < 3 or maneuver.duration_s < 2.5:
+        for maneuver in plan.maneuvers:
+            # Frames well inside the stretch, so the frame intervals lie wholly within it.
+            inside = np.flatnonzero(
+                (seconds > maneuver.start_s + 0.15)
+                & (seconds < maneuver.start_s + maneuver.duration_s - 0.15)
+            )
+            if len(inside) < 2:
                 continue
-            span = np.flatnonzero(inside)
-            rate = (yaw[span[-1]] - yaw[span[0]]) / (seconds[span[-1]] - seconds[span[0]])
+            rate = np.diff(yaw[inside]) / np.diff(seconds[inside])
             if maneuver.kind == "left":
-                assert rate > 0.1
+                assert np.all(rate > 0)
             elif maneuver.kind == "right":
-                assert rate < -0.1
+                assert np.all(rate < 0)
             elif maneuver.kind == "stop":
-                assert np.all(xy[span] == xy[span[0]])
+                assert np.all(xy[inside] == xy[inside[0]])
+            else:
+                assert np.all(np.abs(rate) < 0.05)
         night = scene["description"].startswith("Night")
         assert (images.mean() < 60) == night, (scene["name"], images.mean())
 
@@ -213,6 +222,90 @@ def test_scene_names_split_about_thirty_percent_val():
     assert len({n for n, _ in scene_names("v1.0-trainval", 850)}) == 850
     with pytest.raises(ValueError):
         scene_names("v1.0-mini", 11)
+
+
+def test_every_plan_has_all_motion_kinds_in_both_layouts():
+    """Over a demo-sized set of plans, both layouts occur and clips of every ego-motion class
+    come from both (8-frame clips, labelled as the probe labels them)."""
+    kinds = {}
+    for name, split in scene_names("v1.0-trainval", 16):
+        plan = plan_scene(name, split, 160, DROP_RATE, 0)
+        timestamps = plan.camera_timestamps(plan.times.camera_ticks)
+        translation, rotation = poses_at(plan.trajectory, plan.seconds(timestamps))
+        for start in range(0, len(timestamps) - 7, 8):
+            clip = slice(start, start + 8)
+            label = ego_motion_label(*clip_motion(timestamps[clip], translation[clip], rotation[clip]))
+            kinds.setdefault(plan.layout, set()).add(label)
+    assert kinds == {"streets": set(EGO_MOTION_CLASSES), "lot": set(EGO_MOTION_CLASSES)}
+
+
+def test_turn_direction_is_not_in_a_still_frame(tmp_path):
+    """Left and right turns look alike in a single frame and differ in the motion.
+
+    On a small trainval dataroot, 8-frame clips labelled left or right (ingest.motion) are
+    classified by a logistic regression (probe.linear.fit_head) in scene-grouped
+    cross-validation: from grey thumbnails of the first frame (8x14 and 16x28) the balanced
+    accuracy stays near chance; from a pixel motion feature (the horizontal image flow of each
+    region, by least squares over the clip's frame differences) it is high.
+    """
+    root = generate(
+        tmp_path / "lr", version="v1.0-trainval", scenes=10, frames_per_scene=120, width=128, seed=5
+    )
+    nusc = NuScenes("v1.0-trainval", str(root), verbose=False)
+    statics, flows, labels, groups = [], [], [], []
+    for scene in nusc.scene:
+        chain = channel_chain(nusc, scene, "CAM_FRONT")
+        poses = [nusc.get("ego_pose", r["ego_pose_token"]) for r in chain]
+        timestamps = np.array([r["timestamp"] for r in chain])
+        translation = np.array([p["translation"] for p in poses])
+        rotation = np.array([p["rotation"] for p in poses])
+        images = [Image.open(nusc.get_sample_data_path(r["token"])).convert("L") for r in chain]
+        for start in range(0, len(chain) - 7, 4):
+            clip = slice(start, start + 8)
+            label = ego_motion_label(*clip_motion(timestamps[clip], translation[clip], rotation[clip]))
+            if label not in ("left", "right"):
+                continue
+            first = images[start]
+            statics.append(np.concatenate([thumbnail(first, 14, 8), thumbnail(first, 28, 16)]))
+            flows.append(region_flow(np.stack([np.asarray(i, dtype=np.float32) for i in images[clip]])))
+            labels.append(label)
+            groups.append(scene["name"])
+    labels, groups = np.array(labels), np.array(groups)
+    assert min(np.sum(labels == "left"), np.sum(labels == "right")) >= 30
+    static_score = grouped_score(np.array(statics), labels, groups)
+    motion_score = grouped_score(np.array(flows), labels, groups)
+    assert static_score < 0.65, static_score
+    assert motion_score > 0.85, motion_score
+
+
+def thumbnail(image: Image.Image, width: int, height: int) -> np.ndarray:
+    """Grey box-filtered thumbnail, flattened: (height * width,) float."""
+    return np.asarray(image.resize((width, height), Image.BOX), dtype=np.float64).ravel()
+
+
+def region_flow(frames: np.ndarray, rows: int = 2, columns: int = 4) -> np.ndarray:
+    """Horizontal image motion (pixels per frame, + = content moving right) of each region of a
+    grid, least squares over all frame pairs: frames (T, H, W) grey -> (rows * columns,)."""
+    gradient = np.gradient(frames, axis=2)[:-1]
+    change = np.diff(frames, axis=0)
+    height, width = frames.shape[1] // rows, frames.shape[2] // columns
+    flow = []
+    for r in range(rows):
+        for c in range(columns):
+            region = (slice(None), slice(r * height, (r + 1) * height), slice(c * width, (c + 1) * width))
+            gx, gt = gradient[region], change[region]
+            flow.append(-np.sum(gx * gt) / (np.sum(gx * gx) + 1e-6))
+    return np.array(flow)
+
+
+def grouped_score(features: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float:
+    """Balanced accuracy of probe.linear.fit_head's logistic regression in scene-grouped 5-fold CV."""
+    task = make_task("ego-motion")
+    predicted = np.empty(len(labels), dtype=labels.dtype)
+    for train, test in GroupKFold(n_splits=5).split(features, labels, groups):
+        head = fit_head(task, features[train], labels[train], groups[train])
+        predicted[test] = predict(head, features[test])
+    return balanced_accuracy(labels, predicted)
 
 
 def digest_tree(root: Path) -> dict[str, str]:

@@ -99,7 +99,9 @@ def main(
 
     All 13 tables plus map masks; CAM_FRONT JPEGs rendered from each scene's ego trajectory
     (stops, cruising, speed changes, left and right turns; day and night) through a procedural
-    3D world; LIDAR_TOP at 20 Hz as empty placeholder files so consumers must filter channels.
+    3D world that does not follow the trajectory: a street grid whose crossings look alike
+    whichever way the car turns, or an open parking lot, so a turn shows in the motion, not in a
+    single frame. LIDAR_TOP at 20 Hz as empty placeholder files so consumers must filter channels.
     """
     try:
         scene_names(version, scenes)

@@ -23,7 +23,7 @@ from ingest.synth.plan import ScenePlan, plan_scene
 from ingest.synth.render import Renderer
 from ingest.synth.schedule import VERSIONS, rng_for, scene_names
 from ingest.synth.tables import TableBuilder
-from ingest.synth.world import build_world
+from ingest.synth.world import build_lot_world, build_world
 
 MARKER = "mvm-synth.json"
 """Marker file name in the dataroot."""
@@ -148,7 +148,9 @@ def _render_scene(
     seed: int,
     progress: Callable[[int], None] | None,
 ) -> None:
-    world = build_world(plan.trajectory, plan.night, rng_for(seed, plan.name, "world"))
+    rng = rng_for(seed, plan.name, "world")
+    builder = build_lot_world if plan.layout == "lot" else build_world
+    world = builder(plan.grid, plan.trajectory.xy, plan.night, int(rng.integers(0, 2**62)), rng)
     renderer = Renderer(camera, world, plan.night)
     for record in records:
         # Render from the pose exactly as written to ego_pose.

@@ -1,7 +1,10 @@
 """Everything random about one synthetic scene, drawn up front from (seed, scene name).
 
 A ScenePlan fixes the log (vehicle, location, date and time of day), day or night, the sensor
-timestamps and the ego trajectory; rendering and table writing only read it.
+timestamps, the layout (a street grid, or an open lot around the start) and the ego trajectory
+through it; rendering and table writing only read it. World and trajectory both derive from
+the layout, never one from the other (only the lot's extent and its lamp posts, kept off the
+route, look at the trajectory).
 """
 
 from __future__ import annotations
@@ -11,8 +14,10 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 
+from ingest.synth.grid import StreetGrid, draw_grid
+from ingest.synth.lot import MAX_LOT_SPEED, integrate, plan_segments
 from ingest.synth.schedule import TICK_US, SensorTimes, rng_for, sensor_times
-from ingest.synth.trajectory import PHRASES, Maneuver, Trajectory, integrate, plan_maneuvers
+from ingest.synth.trajectory import PHRASES, Maneuver, Trajectory, drive, maneuvers_of, plan_route
 
 LOCATIONS = {
     "singapore-onenorth": ("n015", 8),
@@ -21,6 +26,10 @@ LOCATIONS = {
     "boston-seaport": ("n008", -4),
 }
 """nuScenes locations with the vehicle that drove there and the local UTC offset in hours."""
+MAX_ROUTE_SPEED = 14.0
+"""Planned route length per second of scene (m/s): more than the car can drive."""
+LOT_SHARE = 0.5
+"""Chance that a scene drives on an open lot instead of the street grid."""
 NIGHT_FRACTION = 0.3
 """Chance that a scene is recorded at night."""
 
@@ -49,6 +58,10 @@ class ScenePlan:
     """CAM_FRONT fires this long after the lidar tick it belongs to (the shared sub-50 ms offset)."""
     times: SensorTimes
     """Tick schedule of the sensors."""
+    layout: str
+    """"streets" (a street grid, turns at crossings) or "lot" (an open paved lot, free driving)."""
+    grid: StreetGrid
+    """The streets the world is built from and the route follows (for a lot: its centre and orientation)."""
     maneuvers: tuple[Maneuver, ...]
     """The driving, in order."""
     trajectory: Trajectory
@@ -92,10 +105,15 @@ def plan_scene(name: str, split: str, frames: int, drop_rate: float, seed: int) 
     start_us = first_tick_us - first_tick_us % TICK_US + int(rng.integers(0, TICK_US))
     times = sensor_times(frames, drop_rate, rng)
     duration_s = (times.lidar_ticks[-1] - times.lidar_ticks[0] + 1) * TICK_US / 1e6 + 0.1
-    start_speed = float(rng.uniform(0.0, 10.0))
-    maneuvers = plan_maneuvers(duration_s, start_speed, rng)
-    start_xy = (float(rng.uniform(300.0, 1500.0)), float(rng.uniform(300.0, 1500.0)))
-    trajectory = integrate(maneuvers, start_xy, float(rng.uniform(-np.pi, np.pi)), start_speed)
+    grid = draw_grid((float(rng.uniform(300.0, 1500.0)), float(rng.uniform(300.0, 1500.0))), rng)
+    layout = "lot" if rng.random() < LOT_SHARE else "streets"
+    if layout == "streets":
+        pieces, stops, start_m, start_speed = plan_route(grid, duration_s * MAX_ROUTE_SPEED, rng)
+        trajectory = drive(pieces, stops, start_m, start_speed, duration_s)
+    else:
+        start_speed = float(rng.uniform(0.0, MAX_LOT_SPEED))
+        segments = plan_segments(duration_s, start_speed, rng)
+        trajectory = integrate(segments, grid.origin, float(rng.uniform(-np.pi, np.pi)), start_speed)
     return ScenePlan(
         name=name,
         split=split,
@@ -107,6 +125,8 @@ def plan_scene(name: str, split: str, frames: int, drop_rate: float, seed: int) 
         start_us=start_us,
         camera_delay_us=int(rng.integers(0, TICK_US)),
         times=times,
-        maneuvers=tuple(maneuvers),
+        layout=layout,
+        grid=grid,
+        maneuvers=tuple(maneuvers_of(trajectory)),
         trajectory=trajectory,
     )

@@ -26,6 +26,8 @@ from ingest.synth.world import (
 
 NEAR_M, FAR_M = 0.5, 250.0
 """Clipping distances for projected geometry."""
+MARKING_FAR_M = 80.0
+"""Lane markings farther than this are under a pixel tall at 1600 px wide and are not drawn."""
 MAX_GROUND_M = 1000.0
 """Ground points farther than this are drawn as haze."""
 LIGHT_LEVELS = 32
@@ -86,6 +88,21 @@ class Renderer:
         rows = slice(self.first_ground_row, camera.height)
         self._init_ground(ground[rows], distance[rows], is_ground[rows])
         self._init_sky(rays[: self.first_ground_row])
+        # Bounding circles (centre (N, 2), radius (N,)) for culling before projection.
+        self._bounds = {
+            name: _bounding_circles(quads)
+            for name, quads in (
+                ("road", world.road_quads),
+                ("line", world.line_quads),
+                ("face", world.face_quads),
+            )
+        }
+        self._object_faces = np.searchsorted(world.face_object, np.arange(len(world.object_centers) + 1))
+        # An object's circle holds its faces' circles (object centres are box centres).
+        face_centres, face_radius = self._bounds["face"]
+        offset = np.linalg.norm(face_centres - world.object_centers[world.face_object, :2], axis=1)
+        self._object_radius = np.zeros(len(world.object_centers))
+        np.maximum.at(self._object_radius, world.face_object, offset + face_radius)
 
     def _init_ground(self, ground: np.ndarray, distance: np.ndarray, is_ground: np.ndarray) -> None:
         # Texel footprint of each pixel: how far its ground point is from its neighbours'.
@@ -150,15 +167,34 @@ class Renderer:
     def _road_mask(self, ego_xy: np.ndarray, ego_yaw: float) -> np.ndarray:
         mask = Image.new("L", (self.camera.width, self.camera.height), 0)
         draw = ImageDraw.Draw(mask)
-        for polygon in self._visible_polygons(self.world.road_quads, ego_xy, ego_yaw)[0]:
+        for polygon in self._visible_polygons(self.world.road_quads, "road", ego_xy, ego_yaw)[0]:
             draw.polygon(polygon, fill=1)
         return np.asarray(mask)
 
+    def _near(
+        self, centres: np.ndarray, radius: np.ndarray, ego_xy: np.ndarray, ego_yaw: float, far: float = FAR_M
+    ) -> np.ndarray:
+        """Indices of bounding circles (centres (N, 2), radius (N,)) that may reach the view:
+        nearer than `far` and not wholly behind the camera."""
+        delta = centres - ego_xy
+        ahead = delta[:, 0] * np.cos(ego_yaw) + delta[:, 1] * np.sin(ego_yaw)
+        near = np.einsum("ij,ij->i", delta, delta) < (far + radius) ** 2
+        return np.flatnonzero(near & (ahead > -radius))
+
     def _visible_polygons(
+        self, quads: np.ndarray, name: str, ego_xy: np.ndarray, ego_yaw: float, candidates=None
+    ) -> tuple[list[list[float]], np.ndarray]:
+        """Quads (N, 4, 3) (the world's `name` quads) in front of the camera, clipped at NEAR_M,
+        nearer than FAR_M and overlapping the image: flat pixel coordinate lists for Pillow, and
+        their indices (V,). Only `candidates` (default: those near enough) are considered."""
+        if candidates is None:
+            candidates = self._near(*self._bounds[name], ego_xy, ego_yaw)
+        polygons, indices = self._project_polygons(quads[candidates], ego_xy, ego_yaw)
+        return polygons, candidates[indices]
+
+    def _project_polygons(
         self, quads: np.ndarray, ego_xy: np.ndarray, ego_yaw: float
     ) -> tuple[list[list[float]], np.ndarray]:
-        """Quads (N, 4, 3) in front of the camera, clipped at NEAR_M, nearer than FAR_M and
-        overlapping the image: flat pixel coordinate lists for Pillow, and their indices (V,)."""
         points = self.camera.world_to_camera(quads, ego_xy, ego_yaw)
         depth = points[..., 2]
         near_enough = depth.min(axis=1) < FAR_M
@@ -198,14 +234,20 @@ class Renderer:
     def _draw_geometry(self, image: Image.Image, ego_xy: np.ndarray, ego_yaw: float) -> None:
         draw = ImageDraw.Draw(image)
         world = self.world
-        polygons, lines = self._visible_polygons(world.line_quads, ego_xy, ego_yaw)
+        near_lines = self._near(*self._bounds["line"], ego_xy, ego_yaw, MARKING_FAR_M)
+        polygons, lines = self._visible_polygons(world.line_quads, "line", ego_xy, ego_yaw, near_lines)
         fills = self._shade(
             world.line_colors[lines].astype(float), world.line_quads[lines, 0], ego_xy, ego_yaw
         )
         for polygon, fill in zip(polygons, fills, strict=True):
             draw.polygon(polygon, fill=fill)
         camera_world = self._camera_position(ego_xy, ego_yaw)
-        polygons, faces = self._visible_polygons(world.face_quads, ego_xy, ego_yaw)
+        objects = self._near(world.object_centers[:, :2], self._object_radius, ego_xy, ego_yaw)
+        starts, ends = self._object_faces[objects], self._object_faces[objects + 1]
+        candidates = np.concatenate(
+            [np.arange(a, b) for a, b in zip(starts, ends, strict=True)] or [np.zeros(0, int)]
+        )
+        polygons, faces = self._visible_polygons(world.face_quads, "face", ego_xy, ego_yaw, candidates)
         centres = world.face_quads[faces].mean(axis=1)
         facing = np.einsum("ij,ij->i", world.face_normals[faces], camera_world - centres) > 0
         sunlit = (
@@ -215,24 +257,32 @@ class Renderer:
         faces_of: dict[int, list[int]] = {}
         for position in np.flatnonzero(facing).tolist():
             faces_of.setdefault(int(world.face_object[faces[position]]), []).append(position)
-        distance = np.linalg.norm(world.object_centers - camera_world, axis=1)
-        for obj in np.argsort(-distance, kind="stable").tolist():
+        distance = np.full(len(world.object_centers), np.inf)
+        distance[objects] = np.linalg.norm(world.object_centers[objects] - camera_world, axis=1)
+        crowns = self._crowns(objects, ego_xy, ego_yaw)
+        for obj in objects[np.argsort(-distance[objects], kind="stable")].tolist():
             for position in faces_of.get(obj, []):
                 draw.polygon(polygons[position], fill=fills[position])
-            if world.crowns[obj, 3] > 0 and distance[obj] < FAR_M:
-                self._draw_crown(draw, obj, ego_xy, ego_yaw)
+            if obj in crowns:
+                draw.ellipse(*crowns[obj])
 
-    def _draw_crown(self, draw: ImageDraw.ImageDraw, obj: int, ego_xy: np.ndarray, ego_yaw: float) -> None:
-        centre, radius = self.world.crowns[obj, :3], self.world.crowns[obj, 3]
-        point = self.camera.world_to_camera(centre, ego_xy, ego_yaw)
-        if not NEAR_M + radius < point[2] < FAR_M:
-            return
-        u, v = self.camera.project(point) - 0.5
-        r = self.camera.intrinsic[0, 0] * radius / point[2]
-        if u + r < 0 or v + r < 0 or u - r > self.camera.width or v - r > self.camera.height:
-            return
-        fill = self._shade(self.world.crown_colors[obj][None], centre[None], ego_xy, ego_yaw)[0]
-        draw.ellipse([u - r, v - r * 0.9, u + r, v + r * 0.9], fill=fill)
+    def _crowns(self, objects: np.ndarray, ego_xy: np.ndarray, ego_yaw: float) -> dict[int, tuple]:
+        """object index -> (ellipse box, fill) of the tree crowns among `objects` in view."""
+        trees = objects[self.world.crowns[objects, 3] > 0]
+        centres, radius = self.world.crowns[trees, :3], self.world.crowns[trees, 3]
+        points = self.camera.world_to_camera(centres, ego_xy, ego_yaw)
+        keep = (points[:, 2] > NEAR_M + radius) & (points[:, 2] < FAR_M)
+        trees, centres, radius, points = trees[keep], centres[keep], radius[keep], points[keep]
+        uv = self.camera.project(points) - 0.5
+        r = self.camera.intrinsic[0, 0] * radius / points[:, 2]
+        keep = (uv[:, 0] + r >= 0) & (uv[:, 1] + r >= 0)
+        keep &= (uv[:, 0] - r <= self.camera.width) & (uv[:, 1] - r <= self.camera.height)
+        fills = self._shade(self.world.crown_colors[trees[keep]], centres[keep], ego_xy, ego_yaw)
+        boxes = np.stack([uv[:, 0] - r, uv[:, 1] - r * 0.9, uv[:, 0] + r, uv[:, 1] + r * 0.9], axis=1)[keep]
+        return {
+            obj: (box, fill)
+            for obj, box, fill in zip(trees[keep].tolist(), boxes.tolist(), fills, strict=True)
+        }
 
     def _camera_position(self, ego_xy: np.ndarray, ego_yaw: float) -> np.ndarray:
         c, s = np.cos(ego_yaw), np.sin(ego_yaw)
@@ -240,6 +290,13 @@ class Renderer:
         return np.array(
             [ego_xy[0] + c * offset[0] - s * offset[1], ego_xy[1] + s * offset[0] + c * offset[1], offset[2]]
         )
+
+
+def _bounding_circles(quads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ground-plane centres (N, 2) and radii (N,) of circles around quads (N, 4, 3), heights included."""
+    centres = quads[:, :, :2].mean(axis=1)
+    reach = np.linalg.norm(quads - np.concatenate([centres, np.zeros((len(quads), 1))], 1)[:, None], axis=2)
+    return centres, reach.max(axis=1, initial=0.0)
 
 
 def _clip_near(polygon: np.ndarray) -> np.ndarray:

@@ -1,9 +1,13 @@
 """The procedural 3D world a synthetic scene is rendered in, fixed in global coordinates.
 
-A road follows the scene's own trajectory (extended straight at both ends): asphalt, lane
-markings, and roadside poles, boxes (buildings, containers) and trees placed once per scene at
-fixed global positions. The ground carries a tileable world-fixed texture (asphalt grain and
-grass), so every pixel of the ground moves with the ego motion and parallax is everywhere.
+The world is the scene's street grid (ingest.synth.grid) and nothing else: streets with lane
+markings and crosswalks, paved crossing squares, and blocks that are either built (rows of
+buildings along two sides, trees and poles along the others) or open paved plazas with a few
+trees, poles and kiosks. Each block's content is drawn from its own generator keyed by (scene,
+block index), so the world is one infinite grid of which only the part within sight of the
+route is built, and nothing in it depends on where the car drives. The ground carries a
+tileable world-fixed texture (asphalt grain and grass), so every pixel of the ground moves with
+the ego motion and parallax is everywhere.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ingest.synth.trajectory import Trajectory
+from ingest.synth.grid import LANE_M, StreetGrid
 
 TEXTURE_SIZE = 1024
 """Finest texture level in texels per side (the texture tiles the ground plane)."""
@@ -25,16 +29,17 @@ SKY_ELEVATION_BINS = 128
 SKY_TOP_RAD = 0.5
 """Elevation of the top row of the sky panorama (the camera sees up to about 0.37 rad)."""
 
-ROAD_LEFT_M, ROAD_RIGHT_M = 5.6, -2.2
-"""Asphalt extent, lateral to the trajectory (+ = left): the ego drives in the right lane."""
-LINES = ((-1.8, False, (235, 235, 225)), (1.75, True, (235, 235, 225)), (5.25, False, (230, 190, 60)))
-"""Lane markings: (lateral offset m, dashed, RGB)."""
 LINE_WIDTH_M = 0.15
 DASH_M, DASH_PERIOD_M = 3.0, 9.0
-STEP_M = 2.0
-"""Spacing of the road's cross-sections along the path."""
-EXTENSION_M = 200.0
-"""Straight road added before the scene's start and after its end."""
+WHITE = (235, 235, 225)
+CROSSWALK_M = 3.0
+"""Length of a crosswalk's stripes along the street; stripes 0.5 m wide, 0.5 m apart."""
+PLAZA_SHARE = 0.2
+"""Chance that a block is an open paved plaza instead of a built block."""
+ROW_M, STALL_M, POST_M = 18.0, 2.7, 30.0
+"""Lot layout: parking rows, stall lines along a row, lamp-post grid (metres)."""
+SIGHT_M = 300.0
+"""Blocks are built within this distance of the route: beyond the renderer's far plane (250 m)."""
 
 
 @dataclass(frozen=True)
@@ -116,141 +121,270 @@ def _sky(night: bool, rng: np.random.Generator) -> np.ndarray:
     return np.clip(160.0 * (clouds - 0.3), 0, 255).astype(np.uint8)
 
 
-def _road_frame(trajectory: Trajectory) -> tuple[np.ndarray, np.ndarray]:
-    """Cross-section centres (P, 2) every STEP_M along the extended path and their left normals (P, 2)."""
-    xy, yaw = trajectory.xy, trajectory.yaw
-    back = xy[0] - np.array([np.cos(yaw[0]), np.sin(yaw[0])]) * EXTENSION_M
-    ahead = xy[-1] + np.array([np.cos(yaw[-1]), np.sin(yaw[-1])]) * EXTENSION_M
-    points = np.concatenate([back[None], xy, ahead[None]])
-    arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))])
-    keep = np.concatenate([[True], np.diff(arc) > 1e-9])
-    points, arc = points[keep], arc[keep]
-    stations = np.arange(0.0, arc[-1], STEP_M)
-    centres = np.stack([np.interp(stations, arc, points[:, 0]), np.interp(stations, arc, points[:, 1])], 1)
-    tangent = np.gradient(centres, axis=0)
-    tangent /= np.linalg.norm(tangent, axis=1, keepdims=True)
-    return centres, np.stack([-tangent[:, 1], tangent[:, 0]], axis=1)
+def _to_ground(corners_uv: np.ndarray, grid: StreetGrid) -> np.ndarray:
+    """Grid-plane points (..., 2) as (u, v) metres -> global ground points (..., 3) with z = 0."""
+    axes = np.stack([grid.direction_xy(0), grid.direction_xy(1)])
+    xy = np.array(grid.origin) + corners_uv @ axes
+    return np.concatenate([xy, np.zeros(xy.shape[:-1] + (1,))], axis=-1)
 
 
-def _strip(centres: np.ndarray, normals: np.ndarray, left: float, right: float) -> np.ndarray:
-    """Ground quads (P-1, 4, 3) between lateral offsets `right` and `left` along the path."""
-    a_right, a_left = centres[:-1] + right * normals[:-1], centres[:-1] + left * normals[:-1]
-    b_right, b_left = centres[1:] + right * normals[1:], centres[1:] + left * normals[1:]
-    quads = np.stack([a_right, b_right, b_left, a_left], axis=1)
-    return np.concatenate([quads, np.zeros(quads.shape[:2] + (1,))], axis=2)
+def _rect(u0: float, u1: float, v0: float, v1: float) -> np.ndarray:
+    """Corners (4, 2) of an axis-aligned rectangle in grid coordinates, counter-clockwise."""
+    return np.array([[u0, v0], [u1, v0], [u1, v1], [u0, v1]])
 
 
-def _box_faces(centre: np.ndarray, size: np.ndarray, heading: float) -> tuple[np.ndarray, np.ndarray]:
-    """The 4 side faces and the top of a box standing on the ground: quads (5, 4, 3), normals (5, 3).
+def _street_markings(length: float, half: float, crossing: float) -> list[tuple[np.ndarray, tuple]]:
+    """Markings of one street between two crossings, in street coordinates (along, across):
+    (rectangle corners (4, 2), RGB). The street runs from along = 0 to `length` (crossing centres)."""
+    marks = []
+    begin, end = crossing, length - crossing
+    w = LINE_WIDTH_M / 2
+    for across in (-half + 0.3, half - 0.3):
+        marks.append((_rect(begin, end, across - w, across + w), WHITE))
+    for across in (-LANE_M / 2, LANE_M / 2):
+        for start in np.arange(begin + CROSSWALK_M + 1.0, end - CROSSWALK_M - 1.0 - DASH_M, DASH_PERIOD_M):
+            marks.append((_rect(start, start + DASH_M, across - w, across + w), WHITE))
+    for start in (begin + 0.5, end - 0.5 - CROSSWALK_M):
+        for across in np.arange(-half + 0.6, half - 0.6, 1.0):
+            marks.append((_rect(start, start + CROSSWALK_M, across, across + 0.5), WHITE))
+    return marks
 
-    centre: (x, y) on the ground; size: (length, width, height); heading: yaw of the length axis.
+
+def _built_block(size: float, grid: StreetGrid, rng: np.random.Generator) -> list[dict]:
+    """Objects of a built block in block coordinates (u, v from the block's lower crossing).
+
+    Rows of buildings face the two streets along direction 0; trees and poles line the other
+    two sides. Nothing reaches the streets or the crossing squares.
     """
-    c, s = np.cos(heading), np.sin(heading)
-    axes = np.array([[c, s], [-s, c]])
-    half = size[:2] / 2
-    corners = np.array([[1, 1], [-1, 1], [-1, -1], [1, -1]]) * half
-    ground = centre + corners @ axes
-    low = np.concatenate([ground, np.zeros((4, 1))], axis=1)
-    high = low + np.array([0.0, 0.0, size[2]])
-    faces, normals = [], []
-    for i in range(4):
-        j = (i + 1) % 4
-        faces.append([low[i], low[j], high[j], high[i]])
-        mid = (ground[i] + ground[j]) / 2 - centre
-        normals.append(np.append(mid / np.linalg.norm(mid), 0.0))
-    faces.append(list(high))
-    normals.append([0.0, 0.0, 1.0])
-    return np.array(faces), np.array(normals)
-
-
-def _objects(centres: np.ndarray, normals: np.ndarray, rng: np.random.Generator) -> list[dict]:
-    """Roadside objects along the path, kept only where they clear every part of the road."""
+    half, crossing = grid.street_half_m, grid.crossing_half_m
+    inner = size - 2 * half
     objects = []
-    for index in range(0, len(centres), 4):  # one slot per side every 8 m
-        for side in (-1.0, 1.0):
-            kind = str(rng.choice(["pole", "box", "tree", "none"], p=[0.3, 0.3, 0.3, 0.1]))
-            if kind == "none":
-                continue
-            if kind == "pole":
-                size = np.array([0.25, 0.25, rng.uniform(5.0, 9.0)])
-                gap = rng.uniform(0.8, 2.5)
-            elif kind == "box":
-                size = np.array([rng.uniform(3.0, 12.0), rng.uniform(3.0, 8.0), rng.uniform(2.5, 14.0)])
-                gap = rng.uniform(3.0, 12.0)
-            else:
-                size = np.array([0.35, 0.35, rng.uniform(1.8, 3.0)])
-                gap = rng.uniform(1.5, 6.0)
-            edge = ROAD_LEFT_M if side > 0 else -ROAD_RIGHT_M
-            offset = side * (edge + gap + size[1] / 2)
-            position = centres[index] + offset * normals[index] + rng.uniform(-2.0, 2.0, 2)
-            heading = np.arctan2(normals[index][0], -normals[index][1]) + rng.uniform(-0.15, 0.15)
-            objects.append({"kind": kind, "position": position, "size": size, "heading": heading})
-    return [o for o in objects if _clears_road(o, centres, normals)]
+    for side in (-1.0, 1.0):  # the street below (v = 0) and above (v = size)
+        along = crossing + float(rng.uniform(0.0, 3.0))
+        while True:
+            frontage = float(rng.uniform(6.0, 14.0))
+            if along + frontage > size - crossing:
+                break
+            setback = float(rng.uniform(1.5, 4.0))
+            depth = float(rng.uniform(6.0, max(6.5, inner / 2 - setback - 0.5)))
+            across = half + setback + depth / 2
+            v = across if side < 0 else size - across
+            objects.append(
+                {
+                    "kind": "box",
+                    "position": (along + frontage / 2, v),
+                    "size": (frontage, depth, float(rng.uniform(4.0, 20.0))),
+                    "heading": 0.0,
+                }
+            )
+            along += frontage + float(rng.uniform(0.5, 5.0))
+    for side in (-1.0, 1.0):  # the streets along direction 1: trees and poles on the kerb
+        along = crossing + float(rng.uniform(1.0, 6.0))
+        while along < size - crossing:
+            kind = str(rng.choice(["pole", "tree", "none"], p=[0.4, 0.4, 0.2]))
+            u = half + float(rng.uniform(0.8, 2.0))
+            if kind != "none":
+                objects.append(_small(kind, (u if side < 0 else size - u, along), rng))
+            along += float(rng.uniform(6.0, 12.0))
+    return objects
 
 
-def _clears_road(obj: dict, centres: np.ndarray, normals: np.ndarray) -> bool:
-    """Whether an object's footprint stays off the asphalt, judged at the nearest cross-section."""
-    radius = float(np.hypot(*obj["size"][:2])) / 2 + (2.5 if obj["kind"] == "tree" else 0.3)
-    delta = obj["position"] - centres
-    distance = np.linalg.norm(delta, axis=1)
-    near = distance < radius + max(ROAD_LEFT_M, -ROAD_RIGHT_M) + STEP_M
-    lateral = np.einsum("ij,ij->i", delta[near], normals[near])
-    return bool(np.all((lateral > ROAD_LEFT_M + radius) | (lateral < ROAD_RIGHT_M - radius)))
+def _plaza(size: float, grid: StreetGrid, rng: np.random.Generator) -> list[dict]:
+    """A few trees, poles and kiosks standing anywhere on an open plaza."""
+    low, high = grid.street_half_m + 3.0, size - grid.street_half_m - 3.0
+    objects = []
+    for _ in range(int(rng.integers(3, 9))):
+        kind = str(rng.choice(["pole", "tree", "box"], p=[0.35, 0.45, 0.2]))
+        position = (float(rng.uniform(low, high)), float(rng.uniform(low, high)))
+        if kind == "box":
+            objects.append(
+                {
+                    "kind": "box",
+                    "position": position,
+                    "size": tuple(rng.uniform(2.0, 4.0, 3).tolist()),
+                    "heading": float(rng.uniform(0, np.pi)),
+                }
+            )
+        else:
+            objects.append(_small(kind, position, rng))
+    return objects
 
 
-def build_world(trajectory: Trajectory, night: bool, rng: np.random.Generator) -> World:
-    """The static world of one scene around its trajectory."""
-    centres, normals = _road_frame(trajectory)
-    road = _strip(centres, normals, ROAD_LEFT_M, ROAD_RIGHT_M)
-    line_quads, line_colors = [], []
-    for offset, dashed, color in LINES:
-        strip = _strip(centres, normals, offset + LINE_WIDTH_M / 2, offset - LINE_WIDTH_M / 2)
-        if dashed:
-            station = np.arange(len(strip)) * STEP_M
-            strip = strip[(station % DASH_PERIOD_M) < DASH_M]
-        line_quads.append(strip)
-        line_colors.append(np.tile(np.array(color, dtype=np.uint8), (len(strip), 1)))
-    faces, face_normals, face_colors, face_object, object_centres, crowns, crown_colors = (
-        [],
-        [],
-        [],
-        [],
-        [],
-        [],
-        [],
+def _small(kind: str, position: tuple[float, float], rng: np.random.Generator) -> dict:
+    if kind == "pole":
+        size = (0.25, 0.25, float(rng.uniform(5.0, 9.0)))
+    else:
+        size = (0.35, 0.35, float(rng.uniform(1.8, 3.0)))
+    return {"kind": kind, "position": position, "size": size, "heading": 0.0}
+
+
+def _box_faces(centre: np.ndarray, size: np.ndarray, heading: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 4 side faces and the top of boxes standing on the ground: quads (B, 5, 4, 3), normals (B, 5, 3).
+
+    centre: (B, 2) on the ground; size: (B, 3) as (length, width, height); heading: (B,) yaw of
+    the length axis.
+    """
+    c, s = np.cos(heading)[:, None], np.sin(heading)[:, None]
+    signs = np.array([[1, 1], [-1, 1], [-1, -1], [1, -1]], dtype=np.float64)
+    local = signs[None] * size[:, None, :2] / 2  # (B, 4, 2) along the length and width axes
+    ground = centre[:, None] + local[..., :1] * np.stack([c, s], -1) + local[..., 1:] * np.stack([-s, c], -1)
+    low = np.concatenate([ground, np.zeros(ground.shape[:2] + (1,))], axis=2)
+    high = low + np.concatenate([np.zeros((len(size), 1, 2)), size[:, None, 2:]], axis=2)
+    following = [1, 2, 3, 0]
+    sides = np.stack([low, low[:, following], high[:, following], high], axis=2)  # (B, 4, 4, 3)
+    faces = np.concatenate([sides, high[:, None]], axis=1)
+    outward = (ground + ground[:, following]) / 2 - centre[:, None]
+    outward /= np.linalg.norm(outward, axis=2, keepdims=True)
+    normals = np.concatenate([outward, np.zeros(outward.shape[:2] + (1,))], axis=2)
+    normals = np.concatenate([normals, np.tile([0.0, 0.0, 1.0], (len(size), 1, 1))], axis=1)
+    return faces, normals
+
+
+def build_world(
+    grid: StreetGrid, route_xy: np.ndarray, night: bool, world_seed: int, rng: np.random.Generator
+) -> World:
+    """The static world of one scene: the blocks of `grid` within SIGHT_M of the route points
+    route_xy (N, 2), each block drawn from its own generator (world_seed, block index)."""
+    size, half, crossing = grid.spacing_m, grid.street_half_m, grid.crossing_half_m
+    relative = np.asarray(route_xy) - np.array(grid.origin)
+    uv = np.stack([relative @ grid.direction_xy(0), relative @ grid.direction_xy(1)], axis=1) / size
+    reach = SIGHT_M / size
+    low = np.floor(uv.min(axis=0) - reach).astype(int)
+    high = np.ceil(uv.max(axis=0) + reach).astype(int)
+    corners = (
+        np.array([(i, j) for i in range(low[0], high[0] + 1) for j in range(low[1], high[1] + 1)]) * size
     )
-    for index, obj in enumerate(_objects(centres, normals, rng)):
-        quads, quad_normals = _box_faces(obj["position"], obj["size"], obj["heading"])
-        if obj["kind"] == "pole":
-            color = np.full(3, rng.uniform(90, 150))
-        elif obj["kind"] == "tree":
-            color = np.array([95.0, 70.0, 45.0])
+    marks = _street_markings(size, half, crossing)
+    mark_rects = np.stack([m[0] for m in marks])
+    # Per crossing: its square and the streets to the next crossings; markings along both directions.
+    road = [
+        _rect(-crossing, crossing, -crossing, crossing),
+        _rect(0, size, -half, half),
+        _rect(-half, half, 0, size),
+    ]
+    road_uv = (np.stack(road)[None] + corners[:, None, None]).reshape(-1, 4, 2)
+    lines_uv = np.concatenate([mark_rects, mark_rects[..., ::-1]])
+    line_quads = (lines_uv[None] + corners[:, None, None]).reshape(-1, 4, 2)
+    line_colors = np.tile(np.array([m[1] for m in marks] * 2, dtype=np.uint8), (len(corners), 1))
+    plazas, objects = [], []
+    for corner in corners:
+        i, j = (corner / size).round().astype(int)
+        block_rng = np.random.default_rng([world_seed, i + 2**20, j + 2**20])
+        if block_rng.random() < PLAZA_SHARE:
+            plazas.append(_rect(0, size, 0, size) + corner)
+            block = _plaza(size, grid, block_rng)
         else:
-            color = rng.uniform(60, 220, 3)
-        faces.append(quads)
-        face_normals.append(quad_normals)
-        face_colors.append(np.tile(color, (len(quads), 1)))
-        face_object.append(np.full(len(quads), index))
-        height = obj["size"][2]
-        object_centres.append(np.append(obj["position"], height / 2))
-        if obj["kind"] == "tree":
-            radius = rng.uniform(1.5, 3.0)
-            crowns.append(np.append(obj["position"], [height + radius * 0.8, radius]))
-            crown_colors.append(np.array([50.0, rng.uniform(90, 140), 45.0]))
-        else:
-            crowns.append(np.zeros(4))
-            crown_colors.append(np.zeros(3))
+            block = _built_block(size, grid, block_rng)
+        for obj in block:
+            _colour(obj, block_rng)
+            obj["position"] = (obj["position"][0] + corner[0], obj["position"][1] + corner[1])
+            objects.append(obj)
+    road_uv = np.concatenate([road_uv, np.array(plazas).reshape(-1, 4, 2)])
+    return _assemble(grid, road_uv, line_quads, line_colors, objects, night, rng)
+
+
+def build_lot_world(
+    grid: StreetGrid, route_xy: np.ndarray, night: bool, world_seed: int, rng: np.random.Generator
+) -> World:
+    """An open paved lot around grid.origin (the scene start), big enough for the whole route:
+    parking rows every ROW_M, lamp posts every POST_M (none on the route itself), buildings and
+    trees beyond its edges. Only the lot's extent depends on the route."""
+    relative = np.asarray(route_xy) - np.array(grid.origin)
+    uv = np.stack([relative @ grid.direction_xy(0), relative @ grid.direction_xy(1)], axis=1)
+    half = float(np.abs(uv).max()) + 40.0
+    block_rng = np.random.default_rng([world_seed, 2**21])
+    road_uv = _rect(-half, half, -half, half)[None]
+    marks, objects = [], []
+    w = LINE_WIDTH_M / 2
+    for v in np.arange(-half + ROW_M / 2, half - ROW_M / 2, ROW_M):
+        marks.append(_rect(-half + 5, half - 5, v - w, v + w))
+        for u in np.arange(-half + 5, half - 5, STALL_M):
+            marks.append(_rect(u - w, u + w, v + 0.5, v + 5.5))
+            marks.append(_rect(u - w, u + w, v - 5.5, v - 0.5))
+    post_offset = block_rng.uniform(0, POST_M, 2)
+    for u in np.arange(-half + post_offset[0], half, POST_M):
+        for v in np.arange(-half + post_offset[1], half, POST_M):
+            if np.min(np.hypot(uv[:, 0] - u, uv[:, 1] - v)) > 2.5:
+                objects.append(_small("pole", (u, v), block_rng))
+    for edge in range(4):  # buildings and trees beyond each edge, laid out along +u then rotated
+        along = -half + float(block_rng.uniform(0, 8))
+        while along < half:
+            frontage = float(block_rng.uniform(8.0, 25.0))
+            depth = float(block_rng.uniform(8.0, 20.0))
+            across = half + float(block_rng.uniform(3.0, 10.0)) + depth / 2
+            position = np.array([along + frontage / 2, -across])
+            kind_roll = block_rng.random()
+            if kind_roll < 0.7:
+                obj = {
+                    "kind": "box",
+                    "position": position,
+                    "size": (frontage, depth, float(block_rng.uniform(4.0, 20.0))),
+                    "heading": 0.0,
+                }
+            else:
+                obj = _small("tree", position + [0.0, depth / 2 - 2.0], block_rng)
+            turn = edge * np.pi / 2
+            c, s_ = np.cos(turn), np.sin(turn)
+            p = np.asarray(obj["position"], dtype=float)
+            obj["position"] = (c * p[0] - s_ * p[1], s_ * p[0] + c * p[1])
+            obj["heading"] = obj["heading"] + turn
+            objects.append(obj)
+            along += frontage + float(block_rng.uniform(1.0, 8.0))
+    for obj in objects:
+        _colour(obj, block_rng)
+    line_quads = np.stack(marks)
+    line_colors = np.tile(np.array(WHITE, dtype=np.uint8), (len(line_quads), 1))
+    return _assemble(grid, road_uv, line_quads, line_colors, objects, night, rng)
+
+
+def _assemble(
+    grid: StreetGrid,
+    road_uv: np.ndarray,
+    line_quads: np.ndarray,
+    line_colors: np.ndarray,
+    objects: list[dict],
+    night: bool,
+    rng: np.random.Generator,
+) -> World:
+    """The World from grid-plane quads (N, 4, 2), markings and objects (block coordinates moved
+    to grid coordinates, colours set), with the scene's ground texture and sky drawn from rng."""
+    positions = _to_ground(np.array([o["position"] for o in objects]).reshape(-1, 2), grid)[:, :2]
+    sizes = np.array([o["size"] for o in objects]).reshape(-1, 3)
+    faces, normals = _box_faces(positions, sizes, grid.rotation + np.array([o["heading"] for o in objects]))
+    count = len(objects)
+    crowns = np.zeros((count, 4))
+    crown_colors = np.zeros((count, 3))
+    for index, obj in enumerate(objects):
+        if "crown_radius" in obj:
+            crowns[index] = [
+                *positions[index],
+                sizes[index, 2] + obj["crown_radius"] * 0.8,
+                obj["crown_radius"],
+            ]
+            crown_colors[index] = obj["crown_color"]
     return World(
         texture=_ground_texture(rng),
         sky=_sky(night, rng),
-        road_quads=road,
-        line_quads=np.concatenate(line_quads),
-        line_colors=np.concatenate(line_colors),
-        face_quads=np.concatenate(faces) if faces else np.zeros((0, 4, 3)),
-        face_normals=np.concatenate(face_normals) if faces else np.zeros((0, 3)),
-        face_colors=np.concatenate(face_colors) if faces else np.zeros((0, 3)),
-        face_object=np.concatenate(face_object) if faces else np.zeros(0, dtype=np.int64),
-        object_centers=np.array(object_centres).reshape(-1, 3),
-        crowns=np.array(crowns).reshape(-1, 4),
-        crown_colors=np.array(crown_colors).reshape(-1, 3),
+        road_quads=_to_ground(road_uv, grid),
+        line_quads=_to_ground(line_quads, grid),
+        line_colors=line_colors,
+        face_quads=faces.reshape(-1, 4, 3),
+        face_normals=normals.reshape(-1, 3),
+        face_colors=np.repeat(np.array([o["color"] for o in objects]).reshape(-1, 3), 5, axis=0),
+        face_object=np.repeat(np.arange(count), 5),
+        object_centers=np.concatenate([positions, sizes[:, 2:] / 2], axis=1),
+        crowns=crowns,
+        crown_colors=crown_colors,
     )
+
+
+def _colour(obj: dict, rng: np.random.Generator) -> None:
+    """Add an object's colour (and a tree's crown radius and colour)."""
+    if obj["kind"] == "pole":
+        obj["color"] = np.full(3, rng.uniform(90, 150))
+    elif obj["kind"] == "tree":
+        obj["color"] = np.array([95.0, 70.0, 45.0])
+        obj["crown_radius"] = float(rng.uniform(1.5, 3.0))
+        obj["crown_color"] = np.array([50.0, rng.uniform(90, 140), 45.0])
+    else:
+        obj["color"] = rng.uniform(60, 220, 3)
