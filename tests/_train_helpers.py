@@ -96,7 +96,11 @@ FAULTS = Path(__file__).resolve().parent / "_train_faults.py"
 
 
 def run_train(
-    args: list[str], nproc: int = 1, timeout: float = 120, env_extra: dict | None = None, faults: dict | None = None
+    args: list[str],
+    nproc: int = 1,
+    timeout: float = 120,
+    env_extra: dict | None = None,
+    faults: dict | None = None,
 ):
     """Run mvm-train (under torchrun when nproc > 1) with one thread per process; returns CompletedProcess.
 

@@ -218,8 +218,8 @@ def _apply(target, overrides: dict, where: str):
             if not isinstance(value, dict):
                 raise ValueError(f"config field {where}{key} must be an object")
             changes[key] = _apply(current, value, f"{where}{key}.")
-        elif isinstance(current, tuple):
-            changes[key] = tuple(value)
+        elif isinstance(value, list) and str(names[key].type).startswith("tuple"):
+            changes[key] = tuple(value)  # JSON has no tuples
         else:
             changes[key] = value
     return dataclasses.replace(target, **changes)

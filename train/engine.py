@@ -65,8 +65,11 @@ class CommTimer:
         self.cpu_seconds = 0.0
         self.events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
 
-    def hook(self, _state, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
-        """DDP's allreduce_hook (divide by world, sum over ranks) plus timing."""
+    def hook(self, state, bucket):  # no annotations: DDP rejects string (postponed) ones
+        """DDP's allreduce_hook (divide by world, sum over ranks) plus timing.
+
+        state: unused (None); bucket: dist.GradBucket; returns a Future of the averaged bucket.
+        """
         buffer = bucket.buffer().div_(dist.get_world_size())
         if self.cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
