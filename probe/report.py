@@ -27,6 +27,20 @@ def _probe_cell(record: RunRecord) -> str:
     return f"{record.probe_pretrained:.3f} [{low:.3f}, {high:.3f}]"
 
 
+def ddp_overhead(records: list[RunRecord]) -> list[dict]:
+    """Exposed DDP overhead = step time at world N / step time at world 1 - 1, for runs equal in
+    everything else (preset, data scale, T, per-rank batch). Unlike comm_frac (all-reduce time in
+    flight, overlapping backward), this is what the overlap leaves visible."""
+    base = {(r.preset, r.data_scale, r.clip_len, r.batch_size): r for r in records if r.world_size == 1}
+    rows = []
+    for r in records:
+        one = base.get((r.preset, r.data_scale, r.clip_len, r.batch_size))
+        if r.world_size > 1 and one is not None and r.step_time_s and one.step_time_s:
+            rows.append({"run": r.name, "world": r.world_size, "baseline": one.name,
+                         "overhead": r.step_time_s / one.step_time_s - 1})  # fmt: skip
+    return rows
+
+
 def markdown(records: list[RunRecord], skipped: list[dict], plots: list[Path]) -> str:
     """scaling.md: one table row per run, which axes the plots could draw, skipped runs, the plots."""
     lines = [
@@ -49,6 +63,19 @@ def markdown(records: list[RunRecord], skipped: list[dict], plots: list[Path]) -
             f"| {_fmt(r.peak_mem_mb, 0)} | {_probe_cell(r)} | {_fmt(r.probe_random_best)} "
             f"| {r.probe_gate or '—'} |"
         )
+    overhead = ddp_overhead(records)
+    if overhead:
+        lines += [
+            "",
+            "## Exposed DDP overhead",
+            "",
+            "step time at world N / step time at world 1 - 1, "
+            "equal per-rank batch (comm_frac above counts all-reduce time that overlaps backward).",
+            "",
+        ]
+        lines += [
+            f"- {o['run']} (world {o['world']}) vs {o['baseline']}: {_fmt(o['overhead'])}" for o in overhead
+        ]
     lines += ["", "## Axes", ""]
     for axis, (_, _, label) in AXES.items():
         groups = series(records, axis)

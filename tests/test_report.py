@@ -139,3 +139,14 @@ def test_cli_without_runs_fails_clearly(tmp_path):
     assert done.returncode == 1 and "no run with logged steps" in done.stderr
     missing = subprocess.run([MVM_REPORT, tmp_path / "nope", "--out", tmp_path / "r"], capture_output=True)
     assert missing.returncode == 2
+
+
+def test_exposed_ddp_overhead_pairs_equal_runs_at_world_1_and_n(sweep):
+    from probe.report import ddp_overhead
+
+    records, _ = collect([sweep])
+    rows = ddp_overhead(records)
+    assert [(row["run"], row["baseline"], row["world"]) for row in rows] == [("x4-T8-w2", "x4-T8-w1", 2)]
+    by_name = {r.name: r for r in records}
+    expected = by_name["x4-T8-w2"].step_time_s / by_name["x4-T8-w1"].step_time_s - 1
+    assert rows[0]["overhead"] == pytest.approx(expected)
