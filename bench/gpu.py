@@ -33,6 +33,7 @@ tests/test_bench_gpu.py checks it against torch.utils.flop_counter on the real m
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import signal
@@ -158,7 +159,9 @@ def loader_steps(config: TrainConfig, shards: str, device: torch.device, *, warm
     from train.loop import Position, data_stream, mask_generator
 
     urls = resolve_shards(shards)
-    config = replace(config, data=replace(config.data, shards=shards))
+    # decord is optional on a GPU image (13.6 MB more to carry); PyAV is always there (ingest.video).
+    decoder = config.data.decoder if importlib.util.find_spec(config.data.decoder) else "pyav"
+    config = replace(config, data=replace(config.data, shards=shards, decoder=decoder))
     cfg_m = config.model
     torch.manual_seed(config.seed)
     model = build_model(cfg_m).to(device)
