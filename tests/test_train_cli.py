@@ -308,3 +308,17 @@ def test_resume_that_changes_the_data_is_refused(shard_dir, tmp_path):
     assert "Traceback" not in moved.stderr
     same_files = run_train(["--shards", f"{shard_dir}/shard-{{000000..000003}}.tar", *common, "--steps", "3"])
     check(same_files)
+
+
+def test_options_are_generated_from_documented_config_fields():
+    from train.cli import OPTIONS
+    from train.config import BOUNDS, CHOICES, TrainConfig, field_info, get_field
+
+    by_name = {param.name: param for param in main.params}
+    for dotted in OPTIONS:
+        _, doc = field_info(dotted)
+        assert doc, f"{dotted} has no docstring"
+        param = by_name[dotted.replace(".", "__")]
+        assert param.help.startswith(doc)
+    for dotted in (*BOUNDS, *CHOICES):  # every range names a real field
+        get_field(TrainConfig(), dotted)

@@ -358,7 +358,8 @@ def _train(config, run, resume_state, console, rank, world, device) -> int:
     # ---- shutdown: summary, then every rank leaves together ------------------------------------------
     if lead:
         records = read_jsonl(run / "metrics.jsonl")
-        plot_curves(records, run / "loss.png")
+        if not plot_curves(records, run / "loss.png"):
+            console.print("no loss.png: matplotlib is not installed (metrics.jsonl has the numbers)")
         table = Table(title=f"mvm-train summary: {run}")
         table.add_column("metric")
         table.add_column("value", justify="right")

@@ -93,9 +93,15 @@ class MetricsLog:
             self.mirror.close()
 
 
-def plot_curves(records: list[dict], out: Path) -> None:
-    """RUN/loss.png: loss and grad-norm against step (log scale for the grad norm)."""
-    import matplotlib
+def plot_curves(records: list[dict], out: Path) -> bool:
+    """RUN/loss.png: loss and grad-norm against step (log scale for the grad norm).
+
+    False (and no picture) where matplotlib is not installed, as on a bare GPU image.
+    """
+    try:
+        import matplotlib
+    except ImportError:
+        return False
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -112,6 +118,7 @@ def plot_curves(records: list[dict], out: Path) -> None:
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
+    return True
 
 
 def summary_rows(records: list[dict]) -> list[tuple[str, str]]:
