@@ -1,10 +1,10 @@
-"""One optimizer step through train.engine on a fixed global batch, split over the ranks.
+"""Two optimizer steps through train.engine on a fixed global batch, split over the ranks.
 
     python tests/_ddp_step.py OUT.pt [--compile]                        # one process, whole batch
     torchrun --nproc_per_node=2 --standalone tests/_ddp_step.py OUT.pt  # DDP (gloo), half each
 
-Rank 0 saves the parameters and (averaged, clipped) gradients after the step to OUT.pt; equal files mean DDP averaged gradients
-exactly as one process on the whole batch would (the loss is a mean over clips with equal
+Rank 0 saves the parameters and (averaged, clipped) gradients after the steps to OUT.pt; equal
+files mean DDP averaged gradients exactly as one process on the whole batch would (the loss is a mean over clips with equal
 masked-token counts, so the mean of the ranks' gradients is the whole batch's gradient).
 """
 
@@ -42,8 +42,9 @@ def main(out: Path, compile_model: bool) -> None:
         video = torch.rand(GLOBAL_BATCH, CLIP_LEN, 3, *SIZE, generator=data)
         ids_keep, mask = make_mask(GLOBAL_BATCH, CLIP_LEN, model.patches_per_frame, 0.75, "random", data)
         part = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)
-        stats = train_step(step_model, optimizer, video[part], ids_keep[part], mask[part], lr=1e-3,
-                           grad_clip=0.5, bf16=False)  # fmt: skip
+        for _ in range(2):  # two steps: the second runs on DDP's re-used gradient buckets
+            stats = train_step(step_model, optimizer, video[part], ids_keep[part], mask[part], lr=1e-3,
+                               grad_clip=0.5, bf16=False)  # fmt: skip
         assert stats.values[0].item() == 1.0, "the step was skipped as non-finite"
         if rank == 0:
             params = {name: p.detach().clone() for name, p in model.named_parameters()}

@@ -121,7 +121,7 @@ def check_damaged_checkpoint_fallback(whole: Path, common: list[str], tmp_path: 
         cwd=REPO, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     check(probe_load)
-    assert str(state) in probe_load.stderr and "using checkpoint step 9" in probe_load.stderr
+    assert str(state) in probe_load.stderr and "using checkpoint step-000009" in probe_load.stderr
     resumed = run_train([*common, "--steps", "13", "--out", str(damaged)])  # the last --steps wins
     check(resumed)
     assert str(state) in resumed.stderr and "Traceback" not in resumed.stderr
@@ -322,3 +322,19 @@ def test_options_are_generated_from_documented_config_fields():
         assert param.help.startswith(doc)
     for dotted in (*BOUNDS, *CHOICES):  # every range names a real field
         get_field(TrainConfig(), dotted)
+
+
+def test_unwritable_run_folder_is_one_line_exit_1(shard_dir, tmp_path):
+    config = tiny_config(tmp_path / "c.json")
+    a_file = tmp_path / "file"
+    a_file.write_text("not a folder")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
+    for out, message in ((a_file, "is not a folder"), (tmp_path / "link", "symlink")):
+        result = CliRunner().invoke(
+            main, ["--shards", str(shard_dir), "--model", "tiny", "--config", str(config), "--device", "cpu",
+                   "--out", str(out)],
+        )  # fmt: skip
+        assert result.exit_code == 1, result.output
+        assert message in result.output and "Traceback" not in result.output
+    assert not list((tmp_path / "elsewhere").iterdir())

@@ -126,7 +126,7 @@ def load_newest(
     for folder in _candidates(Path(path)):
         try:
             state = torch.load(folder / "state.pt", map_location=device, weights_only=True)
-            for key in ("model", "config", "step"):
+            for key in ("model", "config"):
                 if key not in state:
                     raise KeyError(f"state.pt has no {key!r} entry")
             return state, folder
@@ -157,7 +157,7 @@ def load_for_eval(
     skipped = []
     state, folder = load_newest(path, device, warn=lambda message: (skipped.append(message), _warn(message)))
     if skipped:
-        _warn(f"using checkpoint step {state['step']} ({folder})")
+        _warn(f"using checkpoint {folder.name} ({folder})")
     config = from_dict(state["config"])
     model = build_model(config.model)
     model.load_state_dict(state["model"])

@@ -2,7 +2,8 @@
 
 Step lines: {"step", "loss", "lr", "grad_norm", "emb_std", "emb_norm", "clips_per_s",
 "data_wait_frac", "step_time_s", "peak_mem_mb", ["comm_frac"], ["probe_*"]}; values are means
-over the steps since the previous line (clips_per_s over all ranks). Event lines carry "event"
+over the steps since the previous line (clips_per_s over all ranks; loss and the norms over its
+finite steps; comm_frac: all-reduce time in flight over the window's wall time, see train/engine.py). Event lines carry "event"
 (`nonfinite`, `collapse`, `starvation`, `bad_sample`, `resume`, `stopped`) and "step".
 
 metrics.jsonl is the source of truth. When the optional `tensorboard` package is installed
