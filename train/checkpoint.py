@@ -190,13 +190,23 @@ def resume_state(resume: str, run: Path, warn: Callable[[str], None] = _warn) ->
     return load_newest(resume, warn=warn)[0]
 
 
-def resumed_config(
-    requested: TrainConfig, saved: dict, same_shards: Callable[[str, str], bool]
-) -> tuple[TrainConfig, list[str]]:
+def same_shards(a: str, b: str) -> bool:
+    """Whether two shard specs name the same files (a moved or deleted old spec counts as different)."""
+    from train.data import ShardError, resolve_shards
+
+    try:
+        return [Path(u).resolve() for u in resolve_shards(a)] == [
+            Path(u).resolve() for u in resolve_shards(b)
+        ]
+    except ShardError:
+        return False
+
+
+def resumed_config(requested: TrainConfig, saved: dict) -> tuple[TrainConfig, list[str]]:
     """(the checkpoint's config with run-control fields from the command line, requested changes ignored).
 
     ValueError when the request changes the data (DATA_FIELDS): the run must start over in a new
-    folder. `same_shards(a, b)` says whether two shard specs name the same files.
+    folder.
     """
     config = apply_overrides(TrainConfig(), saved)
     wanted = to_dict(requested)

@@ -128,16 +128,6 @@ def resolve_config(model: str, config_file: str | None, fields: dict) -> TrainCo
     return config
 
 
-def same_shards(a: str, b: str) -> bool:
-    """Whether two shard specs name the same files (a moved or deleted old spec counts as different)."""
-    try:
-        return [str(Path(u).resolve()) for u in resolve_shards(a)] == [
-            str(Path(u).resolve()) for u in resolve_shards(b)
-        ]
-    except ShardError:
-        return False
-
-
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option(
     "--out",
@@ -177,7 +167,7 @@ def main(run: Path, model: str, resume: str, config_file: str | None, **fields) 
         config = resolve_config(model, config_file, fields)
         state = resume_state(resume, run, warn=warn)
         if state is not None:
-            config, ignored = resumed_config(config, state["config"], same_shards)
+            config, ignored = resumed_config(config, state["config"])
             if ignored:
                 warn(
                     f"resuming with the checkpoint's settings; ignored requested changes to: {', '.join(ignored)}"
