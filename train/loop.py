@@ -109,9 +109,10 @@ def data_stream(
             item = next(batch_iter, None)
             if world > 1 and cfg_d.on_bad_sample == "skip":
                 # Skipped samples can leave one rank short of a batch: all ranks end the epoch together.
-                have = torch.tensor([0.0 if item is None else 1.0])
-                dist.all_reduce(have.cuda() if dist.get_backend() == "nccl" else have, op=dist.ReduceOp.MIN)
-                item = item if have.min().item() else None
+                where = "cuda" if dist.get_backend() == "nccl" else "cpu"  # NCCL reduces device tensors only
+                have = torch.tensor([0.0 if item is None else 1.0], device=where)
+                dist.all_reduce(have, op=dist.ReduceOp.MIN)
+                item = item if have.item() else None
             if item is None:
                 break
             consumed, epoch_steps = consumed + item[2], epoch_steps + 1
