@@ -204,8 +204,10 @@ def test_compiled_ddp_matches_one_process(tmp_path):
 
 @pytest.mark.slow
 def test_two_process_gloo_torchrun_equal_steps(shard_dir, tmp_path):
-    # 4 shards, 2 ranks x 1 worker: 18 clips split 9/9 (greedy), batch 2 -> 4 steps per epoch per rank
-    config = tiny_config(tmp_path / "c.json", data={"workers": 1, "batch_size": 2}, log_every=2)
+    # 4 shards, 2 ranks x 1 worker: 18 clips split 9/9 (greedy), batch 2 -> 4 steps per epoch per rank;
+    # skip mode adds the per-step agreement on whether every rank still has a batch
+    config = tiny_config(tmp_path / "c.json", data={"workers": 1, "batch_size": 2, "on_bad_sample": "skip"},
+                         log_every=2)  # fmt: skip
     run = tmp_path / "ddp"
     result = run_train(
         ["--shards", str(shard_dir), "--model", "tiny", "--config", str(config), "--steps", "6", "--device", "cpu",
