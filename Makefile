@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 DEMO_DIR ?= demo
 SWEEP_DIR ?= sweep
 
-.PHONY: setup demo test bench bench-quick lint sweep clean
+.PHONY: setup demo test bench bench-quick bench-gpu lint sweep clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,12 @@ bench: setup
 
 bench-quick: setup
 	$(BIN)/python -m bench.run --quick
+
+# The one-command GPU check (bench/gpu.py): small and base at 144x256, T=8, under 8 minutes on a
+# CUDA machine; without CUDA it says so and exits 0. GPU_SHARDS=DIR uses pre-built shards.
+GPU_SHARDS ?=
+bench-gpu: setup
+	$(BIN)/python -m bench.gpu $(if $(GPU_SHARDS),--shards $(GPU_SHARDS))
 
 lint: setup
 	$(BIN)/ruff check .

@@ -78,7 +78,7 @@ def write_shards(folder: Path, counts: list[int], clip_len: int = 8, size=(32, 6
 def tiny_config(path: Path, **overrides) -> Path:
     """A --config JSON making the tiny preset even smaller (test-sized shapes, fast steps)."""
     config = {
-        "model": {"patch_size": 16, "embed_dim": 32, "depth": 1, "num_heads": 2, "decoder_dim": 32,
+        "model": {"embed_dim": 32, "depth": 1, "num_heads": 2, "decoder_dim": 32,
                   "decoder_depth": 1, "decoder_heads": 2, "stem_channels": 8},
         "data": {"batch_size": 4, "workers": 0, "shuffle_buffer": 8},
         "log_every": 1, "viz_every": 1000, "ckpt_every": 1000,
@@ -92,13 +92,28 @@ def tiny_config(path: Path, **overrides) -> Path:
     return path
 
 
-def run_train(args: list[str], nproc: int = 1, timeout: float = 120, env_extra: dict | None = None):
-    """Run mvm-train (under torchrun when nproc > 1) with one thread per process; returns CompletedProcess."""
+FAULTS = Path(__file__).resolve().parent / "_train_faults.py"
+
+
+def run_train(
+    args: list[str],
+    nproc: int = 1,
+    timeout: float = 120,
+    env_extra: dict | None = None,
+    faults: dict | None = None,
+):
+    """Run mvm-train (under torchrun when nproc > 1) with one thread per process; returns CompletedProcess.
+
+    faults: {"NAN_AT_STEP": n, "KILL_AT_STEP": n, "CHILDREN_FILE": path} runs it through
+    tests/_train_faults.py, which injects them (see there).
+    """
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **(env_extra or {})}
+    env.update({f"MVM_FAULT_{name}": str(value) for name, value in (faults or {}).items()})
+    target = [str(FAULTS)] if faults else ["-m", "train.cli"]
     if nproc > 1:
-        command = [str(VENV_BIN / "torchrun"), f"--nproc_per_node={nproc}", "--standalone", "-m", "train.cli"]
+        command = [str(VENV_BIN / "torchrun"), f"--nproc_per_node={nproc}", "--standalone", *target]
     else:
-        command = [sys.executable, "-m", "train.cli"]
+        command = [sys.executable, *target]
     return subprocess.run(command + args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 

@@ -2,6 +2,9 @@
 
 A checkpoint is written into a `.tmp-step-NNNNNN` folder, the COMPLETE marker last, then the
 folder is renamed into place; a folder without the marker (a crash mid-write) is never loaded.
+A complete folder whose state.pt still fails to load (a damaged disk, a file truncated after the
+fact) is reported by path and skipped for the newest earlier complete one, both when a run
+resumes (`load_newest`) and when the probe loads an encoder (`load_for_eval`).
 state.pt holds only tensors and plain Python values, so it loads with weights_only=True:
 model, optimizer, step, data position, RNG states. The LR schedule is a pure function of the
 step and the saved config (train.engine.lr_at), so restoring the step restores the schedule.
@@ -13,15 +16,25 @@ import json
 import random
 import re
 import shutil
+import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from train.config import TrainConfig, from_dict, to_dict
+from ingest.atomic import atomic_path, ensure_dir, write_atomic
+from train.config import TrainConfig, apply_overrides, from_dict, get_field, to_dict
 from train.model import MaskedVideoModel, build_model
 
 MARKER = "COMPLETE"
+
+
+class CheckpointError(FileNotFoundError):
+    """No loadable checkpoint where one was asked for; the message names the paths tried."""
+
+
 _STEP_DIR = re.compile(r"^step-(\d{6,})$")
 
 
@@ -52,20 +65,25 @@ def set_rng_state(state: dict) -> None:
 def save(run: Path, step: int, state: dict, config: TrainConfig, keep: int) -> Path:
     """Write state (model, optimizer, step, data, rng ...) atomically; delete all but the newest `keep`."""
     final = step_dir(run, step)
-    tmp = final.with_name(f".tmp-{final.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    torch.save({**state, "config": to_dict(config)}, tmp / "state.pt")
-    (tmp / "config.json").write_text(json.dumps(to_dict(config), indent=2, sort_keys=True) + "\n")
-    (tmp / MARKER).write_text(f"step {step}\n")
-    # Re-saving a step (after a resume): move the old copy aside first, so a crash at any point
-    # leaves a complete folder under the final name or the previous checkpoints untouched.
-    stale = final.with_name(f".old-{final.name}")
-    shutil.rmtree(stale, ignore_errors=True)
-    if final.exists():
-        final.rename(stale)
-    tmp.rename(final)
-    shutil.rmtree(stale, ignore_errors=True)
+    folder = ensure_dir(final.parent)
+    # A fresh folder made by this process (never a name someone could have planted a link at).
+    tmp = Path(tempfile.mkdtemp(dir=folder, prefix=f".tmp-{final.name}."))
+    try:
+        with atomic_path(tmp / "state.pt") as path:
+            torch.save({**state, "config": to_dict(config)}, path)
+        write_atomic(tmp / "config.json", json.dumps(to_dict(config), indent=2, sort_keys=True) + "\n")
+        write_atomic(tmp / MARKER, f"step {step}\n")
+        # Re-saving a step (after a resume): move the old copy aside first, so a crash at any point
+        # leaves a complete folder under the final name or the previous checkpoints untouched.
+        stale = final.with_name(f".old-{final.name}")
+        shutil.rmtree(stale, ignore_errors=True)
+        if final.exists():
+            final.rename(stale)
+        tmp.rename(final)
+        shutil.rmtree(stale, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     for old in complete_checkpoints(run)[:-keep] if keep > 0 else []:
         shutil.rmtree(old)
     return final
@@ -80,30 +98,138 @@ def complete_checkpoints(run: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
 
 
-def resolve(path: str | Path) -> Path:
-    """A step folder from a run folder (its newest complete checkpoint) or a step folder itself."""
-    path = Path(path)
+def _candidates(path: Path) -> list[Path]:
+    """Step folders to try, newest first: the folder itself, or a run's complete checkpoints."""
     if (path / MARKER).is_file():
-        return path
+        return [path]
     found = complete_checkpoints(path)
     if not found:
-        raise FileNotFoundError(
+        raise CheckpointError(
             f"no complete checkpoint in {path} (expected {path}/checkpoints/step-NNNNNN/{MARKER})"
         )
-    return found[-1]
+    return found[::-1]
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def load_newest(
+    path: str | Path, device: str | torch.device = "cpu", warn: Callable[[str], None] = _warn
+) -> tuple[dict, Path]:
+    """(state, step folder) of the newest checkpoint under `path` (run or step folder) that loads.
+
+    A complete checkpoint whose state.pt fails to load is reported through `warn` (path and
+    error) and skipped for the next older one; CheckpointError when none loads.
+    """
+    tried = []
+    for folder in _candidates(Path(path)):
+        try:
+            state = torch.load(folder / "state.pt", map_location=device, weights_only=True)
+            for key in ("model", "config"):
+                if key not in state:
+                    raise KeyError(f"state.pt has no {key!r} entry")
+            return state, folder
+        except Exception as error:  # torch raises RuntimeError, EOFError, pickle errors ... for damage
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            warn(f"checkpoint {folder / 'state.pt'} does not load ({reason}); trying the previous one")
+            tried.append(str(folder))
+    raise CheckpointError(f"no loadable checkpoint under {path} (tried {', '.join(tried)})")
+
+
+def resolve(path: str | Path) -> Path:
+    """The step folder `load_newest` would use for a run folder or step folder."""
+    return load_newest(path)[1]
 
 
 def load_state(path: str | Path, device: str | torch.device = "cpu") -> dict:
-    """The state dict of a checkpoint (run folder or step folder), loaded with weights_only=True."""
-    return torch.load(resolve(path) / "state.pt", map_location=device, weights_only=True)
+    """The state dict of the newest loadable checkpoint (run folder or step folder)."""
+    return load_newest(path, device)[0]
 
 
 def load_for_eval(
     path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[MaskedVideoModel, TrainConfig]:
-    """(model in eval mode on `device`, its TrainConfig) from a run folder or a step-NNNNNN folder."""
-    state = load_state(path, device)
+    """(model in eval mode on `device`, its TrainConfig) from a run folder or a step-NNNNNN folder.
+
+    Says on stderr which step it used when it had to skip a damaged newer checkpoint.
+    """
+    skipped = []
+    state, folder = load_newest(path, device, warn=lambda message: (skipped.append(message), _warn(message)))
+    if skipped:
+        _warn(f"using checkpoint {folder.name} ({folder})")
     config = from_dict(state["config"])
     model = build_model(config.model)
     model.load_state_dict(state["model"])
     return model.to(device).eval(), config
+
+
+RUN_CONTROL_FIELDS = (
+    "steps", "device", "compile", "precision", "log_every", "viz_every", "ckpt_every", "keep_ckpts",
+    "max_nonfinite", "collapse_std", "starvation_frac", "probe_every", "probe_shards", "probe_clips",
+)  # fmt: skip
+"""Fields a resumed run takes from the command line; everything else comes from the checkpoint."""
+
+DATA_FIELDS = ("data.shards", "model.clip_len", "model.image_size")
+"""What the data stream is made of: a resume that changes these is refused (the saved stream
+position would point into other data)."""
+
+
+def resume_state(resume: str, run: Path, warn: Callable[[str], None] = _warn) -> dict | None:
+    """The checkpoint state to continue from (--resume auto / never / PATH), or None for a fresh run.
+
+    ValueError for `never` on a run folder that holds checkpoints; CheckpointError when a
+    requested checkpoint does not load.
+    """
+    if resume == "never":
+        if complete_checkpoints(run):
+            raise ValueError(f"{run} already holds checkpoints; use --resume auto or another --out")
+        return None
+    if resume == "auto":
+        return load_newest(run, warn=warn)[0] if complete_checkpoints(run) else None
+    return load_newest(resume, warn=warn)[0]
+
+
+def same_shards(a: str, b: str) -> bool:
+    """Whether two shard specs name the same files (a moved or deleted old spec counts as different)."""
+    from train.data import ShardError, resolve_shards
+
+    try:
+        return [Path(u).resolve() for u in resolve_shards(a)] == [
+            Path(u).resolve() for u in resolve_shards(b)
+        ]
+    except ShardError:
+        return False
+
+
+def resumed_config(requested: TrainConfig, saved: dict) -> tuple[TrainConfig, list[str]]:
+    """(the checkpoint's config with run-control fields from the command line, requested changes ignored).
+
+    ValueError when the request changes the data (DATA_FIELDS): the run must start over in a new
+    folder.
+    """
+    config = apply_overrides(TrainConfig(), saved)
+    wanted = to_dict(requested)
+    changed = [] if same_shards(requested.data.shards, config.data.shards) else ["data.shards"]
+    for name in ("model.clip_len", "model.image_size"):
+        if to_dict_value(get_field(requested, name)) != to_dict_value(get_field(config, name)):
+            changed.append(name)
+    if changed:
+        raise ValueError(
+            f"this run folder was trained on other data ({', '.join(changed)} differ from its checkpoint); "
+            "start a new run folder (another --out, with --resume never to be sure it starts fresh)"
+        )
+    config = apply_overrides(config, {name: getattr(requested, name) for name in RUN_CONTROL_FIELDS})
+    ignored = [name for name in ("seed", "preset") if wanted[name] != saved[name]]
+    for section in ("model", "data", "optim"):
+        ignored += [
+            f"{section}.{k}"
+            for k, v in wanted[section].items()
+            if f"{section}.{k}" not in DATA_FIELDS and v != saved[section].get(k)
+        ]
+    return config, ignored
+
+
+def to_dict_value(value):
+    """A config value as it appears in JSON (tuples as lists), for comparisons with saved configs."""
+    return json.loads(json.dumps(value))

@@ -2,14 +2,23 @@
 
 Resolution order (later wins): preset (`--model NAME`) -> `--config FILE` (nested JSON, e.g.
 `{"model": {"depth": 6}, "optim": {"lr": 5e-4}}`) -> explicit CLI flags -> the data itself
-(`model.clip_len` and `model.image_size` always come from the shards). The resolved config is
-saved to RUN/config.json and inside every checkpoint.
+(`model.clip_len` and `model.image_size` always come from the shards' manifest, so they default to
+None here). The resolved config is saved to RUN/config.json and inside every checkpoint.
+
+Command-line options are generated from these fields (train/cli.py `OPTIONS` names which ones):
+the help text is the field's docstring and the accepted range is `BOUNDS` below, which also
+checks values from `--config` files (`validate`). A new option is a field with a docstring, one
+line in `OPTIONS`, and its range here.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import inspect
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,9 +29,9 @@ from ingest.shards import PATCH_SIZE
 class ModelConfig:
     """Shape of the masked video model (train/model.py)."""
 
-    clip_len: int = 16
+    clip_len: int | None = None
     """Frames per clip T; taken from the shards' manifest."""
-    image_size: tuple[int, int] = (224, 224)
+    image_size: tuple[int, int] | None = None
     """Frame size (H, W); taken from the shards' manifest. Must be divisible by `patch_size`."""
     patch_size: int = PATCH_SIZE
     """Side of the square spatial patch; one token per patch per frame."""
@@ -105,7 +114,9 @@ class TrainConfig:
     device: str = "auto"
     """"auto" (CUDA when available), "cpu" or "cuda"."""
     compile: bool = False
-    """Wrap the model in torch.compile."""
+    """torch.compile the model (outside DDP, so gradient all-reduce still overlaps backward)."""
+    precision: str = "auto"
+    """"auto" (bf16 autocast on CUDA, fp32 on CPU), "bf16" or "fp32"; weights and optimizer state stay fp32."""
     log_every: int = 10
     """Steps between metrics.jsonl lines."""
     viz_every: int = 500
@@ -126,8 +137,6 @@ class TrainConfig:
     """Shard spec for the online probe."""
     probe_clips: int = 256
     """Clips the online probe reads."""
-    debug_nan_at_step: int = -1
-    """Testing hook: multiply the loss by NaN at this step (all ranks), to exercise the non-finite guard."""
 
 
 def tiny() -> TrainConfig:
@@ -146,7 +155,6 @@ def tiny() -> TrainConfig:
     return TrainConfig(
         preset="tiny",
         model=ModelConfig(
-            patch_size=PATCH_SIZE,
             stem_channels=16,
             embed_dim=128,
             depth=4,
@@ -209,8 +217,8 @@ def _apply(target, overrides: dict, where: str):
             if not isinstance(value, dict):
                 raise ValueError(f"config field {where}{key} must be an object")
             changes[key] = _apply(current, value, f"{where}{key}.")
-        elif isinstance(current, tuple):
-            changes[key] = tuple(value)
+        elif isinstance(value, list) and str(names[key].type).startswith("tuple"):
+            changes[key] = tuple(value)  # JSON has no tuples
         else:
             changes[key] = value
     return dataclasses.replace(target, **changes)
@@ -240,3 +248,124 @@ def to_dict(config: TrainConfig) -> dict:
 def from_dict(values: dict) -> TrainConfig:
     """Inverse of to_dict."""
     return apply_overrides(TrainConfig(), values)
+
+
+BOUNDS: dict[str, tuple[float | None, float | None, bool]] = {
+    # dotted field -> (minimum, maximum, minimum excluded); None = unbounded. Floats must be finite.
+    "steps": (0, None, False),
+    "seed": (0, None, False),
+    "log_every": (1, None, False),
+    "viz_every": (1, None, False),
+    "ckpt_every": (1, None, False),
+    "keep_ckpts": (1, None, False),
+    "max_nonfinite": (1, None, False),
+    "collapse_std": (0, None, False),
+    "starvation_frac": (0, 1, False),
+    "probe_every": (0, None, False),
+    "probe_clips": (2, None, False),
+    "model.mask_ratio": (0, 1, True),
+    "model.patch_size": (2, None, False),
+    "model.embed_dim": (1, None, False),
+    "model.depth": (1, None, False),
+    "model.num_heads": (1, None, False),
+    "model.decoder_dim": (1, None, False),
+    "model.decoder_depth": (1, None, False),
+    "model.decoder_heads": (1, None, False),
+    "model.stem_channels": (1, None, False),
+    "model.mlp_ratio": (0, None, True),
+    "data.batch_size": (1, None, False),
+    "data.workers": (0, None, False),
+    "data.shuffle_buffer": (1, None, False),
+    "optim.lr": (0, None, True),
+    "optim.weight_decay": (0, None, False),
+    "optim.warmup_steps": (0, None, False),
+    "optim.min_lr_ratio": (0, 1, False),
+    "optim.grad_clip": (0, None, False),
+}
+"""Accepted ranges; the CLI options use them as click types and `validate` applies them to every config."""
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "device": ("auto", "cpu", "cuda"),
+    "precision": ("auto", "bf16", "fp32"),
+    "model.mask_type": ("tube", "random"),
+    "data.decoder": ("decord", "pyav"),
+    "data.on_bad_sample": ("error", "skip"),
+}
+"""Accepted values of the string fields that have a fixed set."""
+
+
+def bound_problem(name: str, value) -> str | None:
+    """Why `value` is out of BOUNDS[name], e.g. "must be >= 1, got -1" (None when it is fine)."""
+    if name not in BOUNDS:
+        return None
+    low, high, low_open = BOUNDS[name]
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number, got {value}"
+    if low is not None and (value <= low if low_open else value < low):
+        return f"must be {'>' if low_open else '>='} {low}, got {value}"
+    if high is not None and value > high:
+        return f"must be <= {high}, got {value}"
+    return None
+
+
+def get_field(config, dotted: str):
+    """The value of a dotted field name ("data.batch_size") of a config."""
+    for part in dotted.split("."):
+        config = getattr(config, part)
+    return config
+
+
+def validate(config: TrainConfig) -> None:
+    """ValueError naming the first field outside BOUNDS or CHOICES (e.g. from a --config file)."""
+    for name in BOUNDS:
+        problem = bound_problem(name, get_field(config, name))
+        if problem:
+            raise ValueError(f"{name} {problem}")
+    for name, allowed in CHOICES.items():
+        if get_field(config, name) not in allowed:
+            raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {get_field(config, name)!r}")
+    if (
+        config.model.embed_dim % config.model.num_heads
+        or config.model.decoder_dim % config.model.decoder_heads
+    ):
+        raise ValueError("model.embed_dim / decoder_dim must be divisible by num_heads / decoder_heads")
+    if config.probe_every > 0 and not config.probe_shards:
+        raise ValueError("probe_every > 0 needs probe_shards (--probe-shards)")
+
+
+def size_problem(size: tuple[int, int], patch_size: int) -> str | None:
+    """Why frames of `size` (H, W) cannot be cut into patches, with the nearest sizes that can."""
+    if all(side % patch_size == 0 for side in size):
+        return None
+    below = [max(patch_size, side // patch_size * patch_size) for side in size]
+    above = [-(-side // patch_size) * patch_size for side in size]
+    return (
+        f"the shards hold {size[0]}x{size[1]} frames, which patch size {patch_size} does not divide; "
+        f"re-ingest with --size {below[0]}x{below[1]} or {above[0]}x{above[1]}"
+    )
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """{field name: its docstring} of a dataclass, read from the string literal after each field."""
+    body = ast.parse(inspect.getsource(cls)).body[0].body
+    docs = {}
+    for node, following in zip(body, body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+            and isinstance(following.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(following.value.value.split())
+    return docs
+
+
+def field_info(dotted: str) -> tuple[dataclasses.Field, str]:
+    """(dataclass field, docstring) of a dotted TrainConfig field name."""
+    cls = TrainConfig
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        cls = {f.name: f for f in dataclasses.fields(cls)}[part].default_factory
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    return fields[parts[-1]], field_docs(cls).get(parts[-1], "")

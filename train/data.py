@@ -178,12 +178,27 @@ class RankStream(IterableDataset):
         )
 
 
+def die_with_parent(_worker_id: int = 0) -> None:
+    """DataLoader worker_init_fn: the kernel kills this worker when its parent dies, even by SIGKILL
+    (Linux PR_SET_PDEATHSIG; elsewhere PyTorch's own parent check ends it within seconds)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def epoch_samples(urls, slots, consumed, cfg, seed, epoch, rank, shape) -> Iterator[dict]:
     """The rank's merged sample stream for an epoch, starting after `consumed` samples."""
     stream = RankStream(urls, slots, consumed, cfg, seed, epoch, rank, shape)
     if cfg.workers == 0:
         return iter(stream)
-    return iter(DataLoader(stream, batch_size=None, num_workers=len(slots), prefetch_factor=4))
+    loader = DataLoader(
+        stream, batch_size=None, num_workers=len(slots), prefetch_factor=4, worker_init_fn=die_with_parent
+    )
+    return iter(loader)
 
 
 def batches(

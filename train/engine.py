@@ -1,10 +1,20 @@
-"""One optimizer step: forward, masked loss, backward, gradient all-reduce, non-finite guard, update.
+"""One optimizer step on one rank: forward (bf16 autocast on CUDA), masked loss, backward with
+DistributedDataParallel's overlapped gradient all-reduce, non-finite guard, clipping, fused AdamW.
 
-Data parallelism is done by hand instead of with DistributedDataParallel: gradients are
-averaged with one timed all_reduce per ~25M-element bucket after backward. It gives up DDP's
-overlap of communication with backward, and in exchange `comm_frac` is measured exactly (the
-wall time of the all-reduce calls over the step time) and torch.compile sees a plain module.
-At the model sizes here the all-reduce is a small share of a step; metrics.jsonl says how small.
+No host-device synchronisation happens here: everything a step measures stays a device tensor
+(`StepStats`) until the loop reads a whole logging window at once. The non-finite guard therefore
+skips the update *on the device*: fused AdamW takes a `found_inf` flag (the same mechanism
+torch.amp.GradScaler uses) and leaves weights, moments and its step counter untouched when it is 1.
+All ranks agree on the flag: it is computed from the all-reduced gradients and then MIN-reduced
+across ranks, so optimizer states never diverge.
+
+Communication: `wrap_model` wraps the model in DDP (gloo on CPU, NCCL on CUDA) with a
+communication hook (`CommTimer`) that averages each gradient bucket, exactly as DDP's default
+hook does, and records when each bucket's all-reduce was launched and when it finished.
+`comm_frac` = (sum over buckets of launch-to-finish time) / step wall time. The buckets are
+launched during backward and overlap it (and each other), so comm_frac is the share of the step
+during which communication was in flight, an upper bound on its cost; the *exposed* cost is
+measured by comparing step times at world N and world 1 (`mvm-report`'s ddp_overhead).
 """
 
 from __future__ import annotations
@@ -15,11 +25,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from train.config import OptimConfig
-
-BUCKET_ELEMENTS = 25_000_000
-"""Gradient elements per all_reduce call (DDP's default bucket is 25 MB; larger buckets mean fewer calls)."""
 
 
 def lr_at(step: int, cfg: OptimConfig, total_steps: int) -> float:
@@ -33,59 +41,100 @@ def lr_at(step: int, cfg: OptimConfig, total_steps: int) -> float:
 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices and conv kernels only (not biases, norms, embeddings, mask token)."""
+    """Fused AdamW (one kernel for all parameters; CPU and CUDA) with weight decay on matrices and
+    conv kernels only (not biases, norms, embeddings, mask token)."""
     decay, no_decay = [], []
     for param in model.parameters():
         if param.requires_grad:
             (decay if param.ndim >= 2 and param.shape[0] > 1 else no_decay).append(param)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=True)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+class CommTimer:
+    """DDP communication hook: average a gradient bucket over ranks and time its all-reduce.
+
+    CPU (gloo): wall-clock launch and completion times (the completion callback runs when the
+    all-reduce returns). CUDA (NCCL): CUDA events recorded before the all-reduce and in the
+    completion callback, on the stream that runs it; read only by `take_seconds`, so timing adds no
+    synchronisation to the step.
+    """
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.cpu_seconds = 0.0
+        self.events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+
+    def hook(self, state, bucket):  # no annotations: DDP rejects string (postponed) ones
+        """DDP's allreduce_hook (divide by world, sum over ranks) plus timing.
+
+        state: unused (None); bucket: dist.GradBucket; returns a Future of the averaged bucket.
+        """
+        buffer = bucket.buffer().div_(dist.get_world_size())
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+        else:
+            launched = time.perf_counter()
+        future = dist.all_reduce(buffer, async_op=True).get_future()
+
+        def finished(fut: torch.futures.Future) -> torch.Tensor:
+            if self.cuda:
+                end.record()
+                self.events.append((start, end))
+            else:
+                self.cpu_seconds += time.perf_counter() - launched
+            return fut.value()[0]
+
+        return future.then(finished)
+
+    def take_seconds(self) -> float:
+        """Seconds of all-reduce since the last call (synchronises with the recorded CUDA events)."""
+        seconds = self.cpu_seconds + sum(start.elapsed_time(end) / 1000 for start, end in self._done())
+        self.cpu_seconds, self.events = 0.0, []
+        return seconds
+
+    def _done(self) -> list[tuple[torch.cuda.Event, torch.cuda.Event]]:
+        for _, end in self.events:
+            end.synchronize()
+        return self.events
 
 
-def allreduce_gradients(params: list[torch.nn.Parameter], world: int, device: torch.device) -> float:
-    """Average gradients over ranks in place; returns the seconds spent (device-synchronized)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    _sync(device)
-    start = time.perf_counter()
-    bucket: list[torch.Tensor] = []
-    for index, grad in enumerate(grads):
-        bucket.append(grad)
-        if index == len(grads) - 1 or sum(g.numel() for g in bucket) >= BUCKET_ELEMENTS:
-            flat = torch.cat([g.reshape(-1) for g in bucket])
-            dist.all_reduce(flat)
-            flat /= world
-            offset = 0
-            for g in bucket:
-                g.copy_(flat[offset : offset + g.numel()].view_as(g))
-                offset += g.numel()
-            bucket = []
-    _sync(device)
-    return time.perf_counter() - start
+def wrap_model(
+    model: torch.nn.Module, device: torch.device, world: int, compile_model: bool
+) -> tuple[torch.nn.Module, CommTimer | None]:
+    """(the module the step runs, its CommTimer or None on one process).
+
+    world > 1: DistributedDataParallel (buckets all-reduced during backward) with the timing hook.
+    compile_model: torch.compile on the outside, so DDP's graph splitting at bucket boundaries
+    (DDPOptimizer) keeps the overlap. Checkpoints always save `model` itself, never the wrappers.
+    """
+    timer = None
+    if world > 1:
+        model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True
+        )
+        timer = CommTimer(device)
+        model.register_comm_hook(None, timer.hook)
+    if compile_model:
+        model = torch.compile(model)
+    return model, timer
 
 
 @dataclass
 class StepStats:
-    """What one step measured."""
+    """What one step measured, as device tensors (read by the loop once per logging window)."""
 
-    loss: float
-    """Masked-patch MSE of this rank's batch (NaN/Inf when non-finite)."""
-    grad_norm: float
-    """Global L2 norm of the averaged gradients before clipping."""
-    emb_std: float
-    """Per-dimension std over the batch of pooled visible-token embeddings, averaged over dimensions."""
-    emb_norm: float
-    """Mean L2 norm of the pooled embeddings."""
-    finite: bool
-    """False when loss or gradients were non-finite; the update was then skipped on every rank."""
-    comm_s: float
-    """Seconds in the gradient all-reduce (0 on one process)."""
+    values: torch.Tensor
+    """float32 (5,): [finite (1/0, the same on every rank), loss, grad_norm, emb_std, emb_norm]."""
     pred: torch.Tensor
-    """Predicted patches (B, L, p * p * 3), detached, for visualization."""
+    """Predicted patches (B, L, p * p * 3), detached, for visualisation."""
+
+
+STAT_NAMES = ("finite", "loss", "grad_norm", "emb_std", "emb_norm")
+"""Order of StepStats.values. loss: this rank's masked-patch MSE; grad_norm: global L2 norm of the
+averaged gradients before clipping; emb_std: per-dimension std over the batch of pooled
+visible-token embeddings, averaged over dimensions; emb_norm: mean L2 norm of those embeddings."""
 
 
 def train_step(
@@ -97,47 +146,35 @@ def train_step(
     *,
     lr: float,
     grad_clip: float,
-    world: int,
-    autocast: bool,
-    poison: bool = False,
+    bf16: bool,
 ) -> StepStats:
-    """One update on video (B, T, 3, H, W), ids_keep (B, L_vis), mask (B, L) (all on the model's device).
+    """One update on video (B, T, 3, H, W) float in [0, 1], ids_keep (B, L_vis), mask (B, L) bool.
 
-    The skip decision uses the all-reduced gradient norm, which is identical on every rank, so
-    ranks never disagree about whether a step happened (a NaN on one rank poisons every rank's
-    averaged gradient). `poison` multiplies the loss by NaN (the debug_nan_at_step test hook).
+    `model` is what `wrap_model` returned; under DDP, backward() returns with gradients already
+    averaged over ranks. bf16: autocast matmuls to bfloat16 (weights, gradients and optimizer
+    state stay float32).
     """
     device = video.device
     for group in optimizer.param_groups:
         group["lr"] = lr
     optimizer.zero_grad(set_to_none=True)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         out = model(video, ids_keep, mask)
-    loss = out["loss"] * float("nan") if poison else out["loss"]
+    loss = out["loss"].float()
     loss.backward()
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    comm_s = allreduce_gradients(params, world, device) if world > 1 else 0.0
-    grads = [p.grad for p in params if p.grad is not None]
-    grad_norm = torch.nn.utils.get_total_norm(grads).item()
-    finite = math.isfinite(grad_norm) and math.isfinite(loss.item())
-    if world > 1:
-        # Losses are local: agree on the decision so optimizer states never diverge.
-        flag = torch.tensor([1.0 if finite else 0.0], device=device)
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    finite = torch.isfinite(grad_norm) & torch.isfinite(loss)
+    flag = finite.float().reshape(1)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        # A NaN on one rank already poisons every rank's averaged gradients; the MIN makes the
+        # agreement explicit (losses are local) without a host round trip.
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-        finite = bool(flag.item())
-    if finite:
-        if grad_clip > 0:
-            torch.nn.utils.clip_grads_with_norm_(params, grad_clip, torch.tensor(grad_norm))
-        optimizer.step()
-    else:
-        optimizer.zero_grad(set_to_none=True)
+    if grad_clip > 0:
+        torch.nn.utils.clip_grads_with_norm_(params, grad_clip, grad_norm)
+    optimizer.found_inf = 1.0 - flag[0]  # fused AdamW skips the whole update where found_inf is 1
+    optimizer.step()
     pooled = out["pooled"].detach().float()
-    return StepStats(
-        loss=loss.item(),
-        grad_norm=grad_norm,
-        emb_std=pooled.std(dim=0).mean().item() if pooled.shape[0] > 1 else 0.0,
-        emb_norm=pooled.norm(dim=1).mean().item(),
-        finite=finite,
-        comm_s=comm_s,
-        pred=out["pred"].detach(),
-    )
+    emb_std = pooled.std(dim=0).mean() if pooled.shape[0] > 1 else pooled.new_zeros(())
+    values = torch.stack([flag[0], loss.detach(), grad_norm.float(), emb_std, pooled.norm(dim=1).mean()])
+    return StepStats(values=values, pred=out["pred"].detach())

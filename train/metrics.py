@@ -2,17 +2,26 @@
 
 Step lines: {"step", "loss", "lr", "grad_norm", "emb_std", "emb_norm", "clips_per_s",
 "data_wait_frac", "step_time_s", "peak_mem_mb", ["comm_frac"], ["probe_*"]}; values are means
-over the steps since the previous line (clips_per_s over all ranks). Event lines carry "event"
+over the steps since the previous line (clips_per_s over all ranks; loss and the norms over its
+finite steps; comm_frac: all-reduce time in flight over the window's wall time, see train/engine.py). Event lines carry "event"
 (`nonfinite`, `collapse`, `starvation`, `bad_sample`, `resume`, `stopped`) and "step".
+
+metrics.jsonl is the source of truth. When the optional `tensorboard` package is installed
+(`pip install -e ".[tensorboard]"`), the same step lines also go to RUN/tensorboard/ under the
+same names (`tensorboard --logdir RUN/tensorboard`), together with the viz pictures.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import resource
 from pathlib import Path
 
+import numpy as np
 import torch
+
+from ingest.atomic import atomic_path, ensure_dir, write_atomic
 
 
 def peak_mem_mb(device: torch.device) -> float:
@@ -35,29 +44,65 @@ def truncate_after(path: Path, step: int) -> None:
     path = Path(path)
     if path.is_file():
         kept = [line for line in read_jsonl(path) if line.get("step", 0) <= step]
-        path.write_text("".join(json.dumps(line) + "\n" for line in kept))
+        write_atomic(path, "".join(json.dumps(line) + "\n" for line in kept))
+
+
+def tensorboard_writer(run: Path):
+    """A SummaryWriter on RUN/tensorboard when the optional tensorboard package is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(ensure_dir(Path(run) / "tensorboard")))
 
 
 class MetricsLog:
-    """Appends JSON lines to RUN/metrics.jsonl, flushed per line (a killed run keeps what it logged)."""
+    """Appends JSON lines to a JSONL file, flushed per line (a killed run keeps what it logged).
 
-    def __init__(self, path: Path):
+    With a TensorBoard `mirror`, step lines (those without "event") are also written as scalars
+    of the same names, and `image` adds a picture.
+    """
+
+    def __init__(self, path: Path, mirror=None):
         self.path = Path(path)
-        self.file = self.path.open("a")
+        ensure_dir(self.path.parent)
+        # O_NOFOLLOW: never append through a symlink planted at the log's name.
+        handle = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        self.file = os.fdopen(handle, "a")
+        self.mirror = mirror
 
     def write(self, record: dict) -> None:
         """Append one line; floats are rounded to 6 significant digits."""
         clean = {k: float(f"{v:.6g}") if isinstance(v, float) else v for k, v in record.items()}
         self.file.write(json.dumps(clean) + "\n")
         self.file.flush()
+        if self.mirror is not None and "event" not in clean and "step" in clean:
+            for name, value in clean.items():
+                if name != "step" and isinstance(value, (int, float)):
+                    self.mirror.add_scalar(name, value, clean["step"])
+
+    def image(self, tag: str, png: Path, step: int) -> None:
+        """Mirror a picture (already written to `png`) to TensorBoard; nothing without a mirror."""
+        if self.mirror is not None:
+            from PIL import Image
+
+            self.mirror.add_image(tag, np.asarray(Image.open(png).convert("RGB")), step, dataformats="HWC")
 
     def close(self) -> None:
         self.file.close()
+        if self.mirror is not None:
+            self.mirror.close()
 
 
-def plot_curves(records: list[dict], out: Path) -> None:
-    """RUN/loss.png: loss and grad-norm against step (log scale for the grad norm)."""
-    import matplotlib
+def plot_curves(records: list[dict], out: Path) -> bool:
+    """RUN/loss.png: loss and grad-norm against step (log scale for the grad norm).
+
+    False (and no picture) where matplotlib is not installed, as on a bare GPU image.
+    """
+    try:
+        import matplotlib
+    except ImportError:
+        return False
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -71,8 +116,10 @@ def plot_curves(records: list[dict], out: Path) -> None:
     for ax in (ax_loss, ax_grad):
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
+    return True
 
 
 def summary_rows(records: list[dict]) -> list[tuple[str, str]]:

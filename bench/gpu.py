@@ -1,0 +1,441 @@
+"""One-command GPU check: `make bench-gpu` or `python -m bench.gpu [--shards DIR]`.
+
+On a CUDA machine, in under 8 minutes, for the `small` and `base` presets at 144x256, T = 8
+(batch = the preset's per-GPU batch), it measures with train.engine (the trainer's own step):
+- synthetic on-device batches (the model alone): step time, clips/s, peak memory, MFU, for
+  bf16 autocast vs fp32 and eager vs torch.compile;
+- the real shard loader (train.loop.data_stream, the preset's W DataLoader workers, bf16 eager):
+  data_wait_frac, step time and clips/s as training would see them;
+- with 2+ GPUs: DDP step time at world 1 and world N on synthetic batches (equal per-rank batch),
+  and the exposed DDP overhead = step time(N) / step time(1) - 1.
+Results: bench/results-gpu.json and bench/results-gpu.md (a markdown table naming the device).
+Without CUDA it prints one line and exits 0. Every measurement runs under its own time limit
+inside a total budget; one that fails or runs out of time is recorded with its error and the
+rest go on.
+
+Shards: `--shards DIR` (pre-built at 144x256, T=8: see README "GPU check"), else, where the
+nuScenes devkit is installed, a small set is built with mvm-synth + mvm-ingest into bench/work/.
+
+MFU (model FLOPs utilisation) = training FLOPs per clip x clips/s / the chip's dense bf16 peak
+(`PEAK_BF16_TFLOPS`; fp32 rows are divided by the same bf16 peak, so they show what fp32 leaves
+unused). Training FLOPs = 3 x forward (backward ~ 2 x forward). Forward FLOPs per clip
+(`forward_flops`), counting multiply-adds as 2 and only matmuls/convolutions, with patch p,
+T frames, N = H W / p^2 patches per frame, L = T N tokens, V visible tokens (the mask keeps the
+same count in every clip), encoder width d, decoder width D, MLP ratio r, stem channels C:
+    stem (V tokens):      V [2 (p/2)^2 C 27 + 2 d C (p/2)^2]
+    encoder (V tokens):   depth [V (8 d^2 + 4 r d^2) + 4 V^2 d]      (qkv+out, MLP, QK^T and AV)
+    decoder embed:        2 V d D
+    decoder (L tokens):   decoder_depth [L (8 D^2 + 4 r D^2) + 4 L^2 D]
+    head (L tokens):      2 L D 3 p^2
+tests/test_bench_gpu.py checks it against torch.utils.flop_counter on the real model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from train.config import ModelConfig, TrainConfig, apply_overrides, preset
+from train.engine import build_optimizer, train_step, wrap_model
+from train.model import build_model, make_mask
+
+SIZE, CLIP_LEN = (144, 256), 8
+RESULTS_JSON = Path(__file__).resolve().parent / "results-gpu.json"
+RESULTS_MD = Path(__file__).resolve().parent / "results-gpu.md"
+PEAK_BF16_TFLOPS = {
+    "H200": 989.0,
+    "H100 PCIe": 756.0,
+    "H100": 989.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "A10": 125.0,
+}
+"""Dense bf16 tensor-core peaks (vendor datasheets, no sparsity); the first name found in the device name wins."""
+
+
+def log(message: str) -> None:
+    print(f"[bench.gpu {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def forward_flops(cfg: ModelConfig) -> float:
+    """Forward FLOPs of one clip (formula in the module docstring)."""
+    p, (height, width), frames = cfg.patch_size, cfg.image_size, cfg.clip_len
+    per_frame = (height // p) * (width // p)
+    tokens = frames * per_frame
+    if cfg.mask_type == "tube":
+        visible = min(max(1, round(per_frame * (1 - cfg.mask_ratio))), per_frame - 1) * frames
+    else:
+        visible = min(max(1, round(tokens * (1 - cfg.mask_ratio))), tokens - 1)
+    d, dd, r, c, half = cfg.embed_dim, cfg.decoder_dim, cfg.mlp_ratio, cfg.stem_channels, (p // 2) ** 2
+    stem = visible * (2 * half * c * 27 + 2 * d * c * half)
+    encoder = cfg.depth * (visible * (8 * d * d + 4 * r * d * d) + 4 * visible * visible * d)
+    decoder = cfg.decoder_depth * (tokens * (8 * dd * dd + 4 * r * dd * dd) + 4 * tokens * tokens * dd)
+    return float(stem + encoder + 2 * visible * d * dd + decoder + 2 * tokens * dd * 3 * p * p)
+
+
+def peak_tflops(device_name: str) -> float | None:
+    """The dense bf16 peak of a device name, or None when the chip is not in PEAK_BF16_TFLOPS."""
+    for name, tflops in PEAK_BF16_TFLOPS.items():
+        if all(part in device_name for part in name.split()):
+            return tflops
+    return None
+
+
+def bench_config(name: str, size=SIZE, clip_len: int = CLIP_LEN) -> TrainConfig:
+    """A preset with the benchmark's frame size and clip length."""
+    return apply_overrides(preset(name), {"model": {"image_size": list(size), "clip_len": clip_len}})
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def synthetic_steps(
+    config: TrainConfig,
+    device: torch.device,
+    *,
+    bf16: bool,
+    compile_model: bool,
+    warmup: int,
+    steps: int,
+    world: int = 1,
+) -> dict:
+    """Time `steps` train_step calls (after `warmup`) on random on-device batches of the preset's size."""
+    torch.manual_seed(config.seed)
+    cfg_m, batch = config.model, config.data.batch_size
+    model = build_model(cfg_m).to(device)
+    optimizer = build_optimizer(model, config.optim)
+    step_model, _ = wrap_model(model, device, world, compile_model)
+    generator = torch.Generator().manual_seed(0)
+    video = torch.rand(batch, cfg_m.clip_len, 3, *cfg_m.image_size, generator=generator).to(device)
+    ids_keep, mask = make_mask(batch, cfg_m.clip_len, model.patches_per_frame, cfg_m.mask_ratio, cfg_m.mask_type,
+                               generator)  # fmt: skip
+    ids_keep, mask = ids_keep.to(device), mask.to(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def step():
+        return train_step(
+            step_model, optimizer, video, ids_keep, mask, lr=config.optim.lr, grad_clip=1.0, bf16=bf16
+        )
+
+    started = time.perf_counter()
+    for _ in range(warmup):
+        stats = step()
+    _sync(device)
+    warmup_s = time.perf_counter() - started
+    started = time.perf_counter()
+    for _ in range(steps):
+        stats = step()
+    _sync(device)
+    step_s = (time.perf_counter() - started) / steps
+    clips_per_s = batch * world / step_s
+    result = {"batch_per_rank": batch, "step_time_s": step_s, "clips_per_s": clips_per_s, "warmup_s": warmup_s,
+              "loss": stats.values[1].item(), "finite": bool(stats.values[0].item()),
+              "train_gflops_per_clip": 3 * forward_flops(cfg_m) / 1e9}  # fmt: skip
+    if device.type == "cuda":
+        result["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        peak = peak_tflops(torch.cuda.get_device_name(device))
+        if peak:
+            result["mfu"] = 3 * forward_flops(cfg_m) * clips_per_s / world / (peak * 1e12)
+    return result
+
+
+def loader_steps(config: TrainConfig, shards: str, device: torch.device, *, warmup: int, steps: int) -> dict:
+    """The real input pipeline feeding train_step (bf16 on CUDA): data_wait_frac, step time, clips/s."""
+    from train.data import resolve_shards, shard_clip_counts, to_video
+    from train.loop import Position, data_stream, mask_generator
+
+    urls = resolve_shards(shards)
+    # decord is optional on a GPU image (13.6 MB more to carry); PyAV is always there (ingest.video).
+    decoder = config.data.decoder if importlib.util.find_spec(config.data.decoder) else "pyav"
+    config = replace(config, data=replace(config.data, shards=shards, decoder=decoder))
+    cfg_m = config.model
+    torch.manual_seed(config.seed)
+    model = build_model(cfg_m).to(device)
+    optimizer = build_optimizer(model, config.optim)
+    stream = data_stream(urls, shard_clip_counts(urls), config, 0, 1, Position(0, 0, 0))
+    waited = 0.0
+    try:
+        for index in range(warmup + steps):
+            if index == warmup:
+                _sync(device)
+                started, waited = time.perf_counter(), 0.0
+            fetch = time.perf_counter()
+            _, (_, frames, _, _) = next(stream)
+            waited += time.perf_counter() - fetch
+            video = to_video(frames, device)
+            ids_keep, mask = make_mask(video.shape[0], cfg_m.clip_len, model.patches_per_frame, cfg_m.mask_ratio,
+                                       cfg_m.mask_type, mask_generator(config.seed, index, 0))  # fmt: skip
+            train_step(model, optimizer, video, ids_keep.to(device), mask.to(device), lr=config.optim.lr,
+                       grad_clip=1.0, bf16=device.type == "cuda")  # fmt: skip
+        _sync(device)
+        elapsed = time.perf_counter() - started
+    finally:
+        stream.close()
+    return {"workers": config.data.workers, "decoder": config.data.decoder, "batch": config.data.batch_size,
+            "data_wait_frac": waited / elapsed, "step_time_s": elapsed / steps,
+            "clips_per_s": steps * config.data.batch_size / elapsed}  # fmt: skip
+
+
+def _ddp_worker(
+    rank: int, world: int, config: TrainConfig, device_type: str, port: int, out: str, steps: int
+):
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+                       "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)})  # fmt: skip
+    import torch.distributed as dist
+
+    device = torch.device("cuda", rank) if device_type == "cuda" else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
+    try:
+        result = synthetic_steps(config, device, bf16=device.type == "cuda", compile_model=False, warmup=3,
+                                 steps=steps, world=world)  # fmt: skip
+        if rank == 0:
+            Path(out).write_text(json.dumps(result))
+    finally:
+        dist.destroy_process_group()
+
+
+def ddp_scaling(config: TrainConfig, world: int, device_type: str, work: Path, steps: int) -> dict:
+    """Step time at world 1 and `world` (equal per-rank batch, synthetic data) and the exposed overhead."""
+    import torch.multiprocessing as mp
+
+    rows = {}
+    for size in (1, world):
+        out = work / f"ddp-{size}.json"
+        out.unlink(missing_ok=True)
+        mp.spawn(_ddp_worker, args=(size, config, device_type, 29500 + os.getpid() % 1000 + size, str(out), steps),
+                 nprocs=size, join=True)  # fmt: skip
+        rows[size] = json.loads(out.read_text())
+    return {"world": world, "step_time_s_world1": rows[1]["step_time_s"], "step_time_s_worldN": rows[world]["step_time_s"],
+            "ddp_overhead": rows[world]["step_time_s"] / rows[1]["step_time_s"] - 1,
+            "clips_per_s_worldN": rows[world]["clips_per_s"]}  # fmt: skip
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float):
+    """TimeoutError in the main thread after `seconds` (a hung compile or loader cannot eat the budget)."""
+
+    def expire(_signum, _frame):
+        raise TimeoutError(f"over its {seconds:.0f} s limit")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, max(1.0, seconds))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@dataclass
+class Budget:
+    """Total wall-clock budget; each measurement gets at most its own limit and what is left."""
+
+    total_s: float
+    started: float = 0.0
+
+    def left(self) -> float:
+        return self.total_s - (time.perf_counter() - self.started)
+
+
+def measure(rows: list[dict], budget: Budget, limit_s: float, row: dict, fn: Callable[[], dict]) -> None:
+    """Run one measurement into `rows`: its result, or its error; skipped when the budget is spent."""
+    allowed = min(limit_s, budget.left() - 5)
+    label = ", ".join(f"{k}={v}" for k, v in row.items())
+    if allowed < 10:
+        log(f"skip {label}: budget spent")
+        rows.append({**row, "error": "skipped: total time budget spent"})
+        return
+    log(f"start {label} (limit {allowed:.0f} s)")
+    started = time.perf_counter()
+    try:
+        with time_limit(allowed):
+            result = fn()
+        rows.append({**row, **result, "wall_s": time.perf_counter() - started})
+        log(
+            f"done  {label}: "
+            + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items())
+        )
+    except BaseException as error:  # noqa: BLE001  (recorded; the next measurement still runs)
+        if isinstance(error, KeyboardInterrupt):
+            raise
+        rows.append({**row, "error": f"{type(error).__name__}: {error}".splitlines()[0][:300],
+                     "wall_s": time.perf_counter() - started})  # fmt: skip
+        log(f"FAILED {label}: {type(error).__name__}: {error}")
+        traceback.print_exc(limit=3, file=sys.stdout)
+    finally:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        torch._dynamo.reset()
+
+
+def run_all(
+    configs: dict[str, TrainConfig],
+    device: torch.device,
+    shards: str | None,
+    *,
+    budget_s: float,
+    warmup: int,
+    steps: int,
+    compile_warmup: int,
+    loader_steps_n: int,
+    work: Path,
+    compiled: bool = True,
+) -> dict:
+    """Every measurement for every config (name -> TrainConfig at the bench's size); the results dict.
+
+    compiled=False leaves out the torch.compile rows (CPU tests: inductor takes minutes there).
+    """
+    budget = Budget(budget_s, time.perf_counter())
+    rows: list[dict] = []
+    for name, config in configs.items():  # the eager rows first: they are quick and always useful
+        for precision in ("bf16", "fp32"):
+            if precision == "bf16" and device.type != "cuda":
+                continue  # bf16 autocast on CPU is not what training uses there
+            measure(rows, budget, 120, {"kind": "model", "preset": name, "precision": precision, "mode": "eager"},
+                    lambda c=config, p=precision: synthetic_steps(c, device, bf16=p == "bf16", compile_model=False,
+                                                                  warmup=warmup, steps=steps))  # fmt: skip
+    for name, config in configs.items():
+        row = {
+            "kind": "loader",
+            "preset": name,
+            "precision": "bf16" if device.type == "cuda" else "fp32",
+            "mode": "eager",
+        }
+        if shards is None:
+            rows.append({**row, "error": "skipped: no --shards and no devkit to build them"})
+            continue
+        measure(rows, budget, 150, row,
+                lambda c=config: loader_steps(c, shards, device, warmup=warmup, steps=loader_steps_n))  # fmt: skip
+    for name, config in configs.items() if compiled else ():
+        precision = "bf16" if device.type == "cuda" else "fp32"
+        measure(rows, budget, 240, {"kind": "model", "preset": name, "precision": precision, "mode": "compiled"},
+                lambda c=config, p=precision: synthetic_steps(c, device, bf16=p == "bf16", compile_model=True,
+                                                              warmup=compile_warmup, steps=steps))  # fmt: skip
+    count = torch.cuda.device_count() if device.type == "cuda" else 0
+    ddp = []
+    if count >= 2:
+        for name, config in configs.items():
+            measure(ddp, budget, 150, {"kind": "ddp", "preset": name},
+                    lambda c=config: ddp_scaling(c, count, "cuda", work, steps))  # fmt: skip
+    return {
+        "rows": rows,
+        "ddp": ddp,
+        "ddp_note": None if count >= 2 else f"{max(count, 1)} GPU: no DDP scaling rows",
+    }
+
+
+def markdown(results: dict) -> str:
+    """The README table: one line per measurement, the device named in the heading."""
+    from ingest.report_format import fmt, markdown_table
+
+    lines = [f"GPU check on **{results['device']}** ({results['torch']}, {results['date']}; "
+             f"{results['size']} T={results['clip_len']}, batch = the preset's per GPU):", ""]  # fmt: skip
+    header = [
+        "kind",
+        "preset",
+        "precision",
+        "mode",
+        "clips/s",
+        "step s",
+        "peak MiB",
+        "MFU",
+        "data_wait_frac",
+        "note",
+    ]
+    body = []
+    for row in results["rows"]:
+        body.append([row["kind"], row["preset"], row["precision"], row["mode"], fmt(row.get("clips_per_s"), 1),
+                     fmt(row.get("step_time_s"), 4), fmt(row.get("peak_mem_mb"), 0), fmt(row.get("mfu"), 3),
+                     fmt(row.get("data_wait_frac"), 3),
+                     row.get("error", f"W={row['workers']} {row['decoder']}" if row["kind"] == "loader" else "")])  # fmt: skip
+    lines.append(markdown_table(header, body))
+    for row in results["ddp"]:
+        if "error" in row:
+            lines.append(f"\nDDP {row['preset']}: {row['error']}")
+        else:
+            lines.append(f"\nDDP {row['preset']}: world 1 {fmt(row['step_time_s_world1'], 4)} s/step, world "
+                         f"{row['world']} {fmt(row['step_time_s_worldN'], 4)} s/step, exposed overhead "
+                         f"{fmt(row['ddp_overhead'], 3)}")  # fmt: skip
+    if results.get("ddp_note"):
+        lines.append(f"\n{results['ddp_note']}.")
+    return "\n".join(lines) + "\n"
+
+
+def build_shards(work: Path) -> str | None:
+    """A small 144x256 T=8 shard set from mvm-synth (needs the devkit); None where it is not installed."""
+    try:
+        import nuscenes  # noqa: F401
+    except ImportError:
+        return None
+    import subprocess
+
+    out = work / "shards-144x256"
+    if (out / "manifest.json").is_file():
+        return str(out)
+    bindir = Path(sys.executable).parent
+    subprocess.run([str(bindir / "mvm-synth"), "--out", str(work / "nuscenes"), "--version", "v1.0-mini", "--scenes", "10",
+                    "--frames-per-scene", "128", "--width", "480"], check=True)  # fmt: skip
+    subprocess.run([str(bindir / "mvm-ingest"), "--dataroot", str(work / "nuscenes"), "--version", "v1.0-mini",
+                    "--scenes", "mini_train", "--size", "144x256", "--clip-len", "8", "--shard-clips", "16",
+                    "--out", str(out)], check=True)  # fmt: skip
+    return str(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse `--shards DIR` and `--budget-s S`, run everything, write the results."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shards", help="pre-built shard folder at 144x256, T=8 (else built with mvm-synth)")
+    parser.add_argument(
+        "--budget-s", type=float, default=450, help="total wall-clock budget in seconds [450]"
+    )
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench.gpu: no CUDA device visible to torch; nothing measured (run it on a GPU machine).")
+        return 0
+    device = torch.device("cuda", 0)
+    work = Path(__file__).resolve().parent / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    log(f"{torch.cuda.get_device_name(device)} x{torch.cuda.device_count()}, torch {torch.__version__}")
+    shards = args.shards
+    if shards is None:
+        try:
+            shards = build_shards(work)
+        except Exception as error:  # noqa: BLE001
+            log(f"could not build shards: {error}")
+    configs = {name: bench_config(name) for name in ("small", "base")}
+    results = run_all(configs, device, shards, budget_s=args.budget_s, warmup=3, steps=10, compile_warmup=3,
+                      loader_steps_n=20, work=work)  # fmt: skip
+    results.update({"device": torch.cuda.get_device_name(device), "gpus": torch.cuda.device_count(),
+                    "torch": torch.__version__, "cuda": torch.version.cuda, "python": sys.version.split()[0],
+                    "date": time.strftime("%Y-%m-%d"), "size": f"{SIZE[0]}x{SIZE[1]}", "clip_len": CLIP_LEN,
+                    "shards": shards, "flops_formula": "bench/gpu.py module docstring"})  # fmt: skip
+    from ingest.atomic import write_atomic
+
+    write_atomic(RESULTS_JSON, json.dumps(results, indent=2, default=str) + "\n")
+    table = markdown(results)
+    write_atomic(RESULTS_MD, table)
+    print(table, flush=True)
+    log(f"wrote {RESULTS_JSON} and {RESULTS_MD}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""bench/gpu.py on CPU: the FLOP formula against torch's counter, the measurement loop on a tiny
+config with the real shard loader, failure and time-limit handling, the no-CUDA exit, DDP rows,
+and the import graph of what a GPU image runs (no nuScenes devkit)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from _train_helpers import REPO, write_shards
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench import gpu
+from train.config import apply_overrides, tiny
+from train.model import build_model, make_mask
+
+torch.set_num_threads(1)
+
+
+def small_config(mask_type: str = "random", **data):
+    return apply_overrides(
+        tiny(),
+        {"model": {"clip_len": 4, "image_size": [32, 64], "embed_dim": 32, "depth": 2, "num_heads": 2,
+                   "decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2, "stem_channels": 8,
+                   "mask_type": mask_type},
+         "data": {"batch_size": 2, "workers": 0, **data}},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("mask_type", ["random", "tube"])
+def test_forward_flops_formula_matches_torch_flop_counter(mask_type):
+    cfg = small_config(mask_type).model
+    model = build_model(cfg)
+    video = torch.rand(2, cfg.clip_len, 3, *cfg.image_size)
+    ids_keep, mask = make_mask(2, cfg.clip_len, model.patches_per_frame, cfg.mask_ratio, cfg.mask_type,
+                               torch.Generator().manual_seed(0))  # fmt: skip
+    # The math attention backend runs as plain matmuls, which the counter sees on CPU.
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(video, ids_keep, mask)
+    counted = counter.get_total_flops() / 2
+    assert abs(gpu.forward_flops(cfg) - counted) / counted < 0.02
+
+
+def test_peak_table_names():
+    assert gpu.peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+    assert gpu.peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert gpu.peak_tflops("NVIDIA H200") == 989.0
+    assert gpu.peak_tflops("Some Future GPU") is None
+
+
+def test_run_all_on_cpu_with_the_real_loader(tmp_path):
+    shards = write_shards(tmp_path / "shards", [4, 4], clip_len=4, size=(32, 64))
+    configs = {"t1": small_config(), "t2": small_config(workers=1)}
+    results = gpu.run_all(configs, torch.device("cpu"), str(shards), budget_s=300, warmup=1, steps=2,
+                          compile_warmup=1, loader_steps_n=3, work=tmp_path, compiled=False)  # fmt: skip
+    rows = results["rows"]
+    assert [(r["kind"], r["preset"]) for r in rows] == [("model", "t1"), ("model", "t2"), ("loader", "t1"),
+                                                         ("loader", "t2")]  # fmt: skip
+    assert not [r for r in rows if "error" in r], rows
+    assert all(r["step_time_s"] > 0 and r["clips_per_s"] > 0 for r in rows)
+    assert all(0 <= r["data_wait_frac"] <= 1 for r in rows if r["kind"] == "loader")
+    assert rows[0]["finite"] and rows[0]["train_gflops_per_clip"] > 0
+    table = gpu.markdown({**results, "device": "cpu", "torch": torch.__version__, "date": "today", "size": "32x64",
+                          "clip_len": 4})  # fmt: skip
+    assert "| loader | t2 |" in table and "W=1" in table
+
+
+def test_a_failing_or_slow_measurement_is_recorded_and_the_rest_go_on():
+    rows = []
+    budget = gpu.Budget(60, time.perf_counter())
+
+    def broken():
+        raise RuntimeError("CUDA out of memory")
+
+    def slow():
+        time.sleep(30)
+        return {}
+
+    gpu.measure(rows, budget, 60, {"name": "broken"}, broken)
+    gpu.measure(rows, budget, 11, {"name": "slow"}, slow)
+    gpu.measure(rows, budget, 60, {"name": "fine"}, lambda: {"x": 1.0})
+    assert rows[0]["error"] == "RuntimeError: CUDA out of memory"
+    assert "TimeoutError" in rows[1]["error"] and rows[1]["wall_s"] < 20
+    assert rows[2]["x"] == 1.0
+    gpu.measure(rows, gpu.Budget(12, time.perf_counter()), 60, {"name": "late"}, lambda: {"x": 1.0})
+    assert rows[3]["error"] == "skipped: total time budget spent"
+
+
+def test_without_cuda_it_says_so_and_exits_0():
+    result = subprocess.run([sys.executable, "-m", "bench.gpu"], cwd=REPO, capture_output=True, text=True,
+                            timeout=120, env={"CUDA_VISIBLE_DEVICES": "", "PATH": "/usr/bin:/bin"})  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().count("\n") == 0 and "no CUDA device" in result.stdout
+
+
+def test_training_and_bench_gpu_import_no_devkit():
+    """A GPU image has no nuScenes devkit: training, loading and bench.gpu must not import it."""
+    code = (
+        "import sys; sys.modules['nuscenes'] = None\n"  # any `import nuscenes` now raises ImportError
+        "import train.cli, train.loop, train.data, bench.gpu\n"
+        "assert not [m for m, mod in sys.modules.items() if m.startswith('nuscenes') and mod is not None]\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.slow
+def test_ddp_scaling_rows_on_cpu(tmp_path):
+    row = gpu.ddp_scaling(small_config(), 2, "cpu", tmp_path, steps=2)
+    assert row["world"] == 2 and row["step_time_s_world1"] > 0 and row["step_time_s_worldN"] > 0
+    assert row["ddp_overhead"] == pytest.approx(row["step_time_s_worldN"] / row["step_time_s_world1"] - 1)
