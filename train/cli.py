@@ -36,7 +36,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from train import checkpoint
-from train.config import TrainConfig, apply_overrides, load_overrides, preset, to_dict
+from train.config import DECODERS, TrainConfig, apply_overrides, load_overrides, preset, to_dict
 from train.data import (
     ShardError,
     batches,
@@ -74,7 +74,8 @@ def resolve_config(options: dict) -> TrainConfig:
         "model": {"mask_ratio": options["mask_ratio"], "mask_type": options["mask_type"],
                   "norm_pix_loss": options["norm_pix_loss"]},
         "data": {"shards": options["shards"], "batch_size": options["batch_size"], "workers": options["workers"],
-                 "decoder": options["decoder"], "on_bad_sample": options["on_bad_sample"]},
+                 "decoder": options["decoder"], "on_bad_sample": options["on_bad_sample"],
+                 "repeat_aug": options["repeat_aug"]},
         "optim": {"lr": options["lr"]},
     }  # fmt: skip
     given = {
@@ -225,13 +226,13 @@ def train(
         task = progress.add_task("train", total=config.steps, completed=step, info="")
         while step < config.steps and exit_code == 0:
             plan = plan_epoch(counts, world, cfg_d.workers, config.seed, epoch)
-            epoch_total = steps_per_epoch(plan, cfg_d.batch_size)
+            epoch_total = steps_per_epoch(plan, cfg_d.batch_size // cfg_d.repeat_aug)
             if epoch_total == 0:
                 raise ShardError(
                     f"{sum(counts)} clips are fewer than world {world} x batch {cfg_d.batch_size} per step"
                 )
             samples = epoch_samples(urls, plan[rank], consumed, cfg_d, config.seed, epoch, rank, frame_shape)
-            batch_iter = batches(samples, cfg_d.batch_size)
+            batch_iter = batches(samples, cfg_d.batch_size, cfg_d.repeat_aug)
             stream_ended = False
             while epoch_steps < epoch_total and step < config.steps:
                 start = time.perf_counter()
@@ -462,7 +463,16 @@ def warn_if_unhealthy(record: dict, config: TrainConfig, log: MetricsLog, consol
     type=click.Choice(["auto", "cpu", "cuda"]),
     help="auto picks CUDA when available.  [default: auto]",
 )
-@click.option("--decoder", type=click.Choice(["decord", "pyav"]), help="Video decoder.  [default: decord]")
+@click.option(
+    "--decoder",
+    type=click.Choice(DECODERS),
+    help="Video decoder of the workers (train/config.py DataConfig.decoder).  [default: auto]",
+)
+@click.option(
+    "--repeat-aug",
+    type=click.IntRange(min=1),
+    help="Rows per decoded clip, each with its own mask; batch size must be a multiple.  [default: 1]",
+)
 @click.option(
     "--on-bad-sample",
     type=click.Choice(["error", "skip"]),

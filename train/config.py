@@ -13,6 +13,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+DECODERS = ("auto", "pyav-i420", "pyav", "decord", "torchcodec")
+"""DataConfig.decoder values (train/data.py: hands_over_i420, rgb_decoder)."""
+
 
 @dataclass
 class ModelConfig:
@@ -60,10 +63,28 @@ class DataConfig:
     """DataLoader worker processes per rank (0 = decode in the training process)."""
     shuffle_buffer: int = 256
     """Samples held by each worker's seeded shuffle buffer (raw mp4 bytes, before decode)."""
-    decoder: str = "decord"
-    """Video decoder: "decord" (default, fast) or "pyav"."""
+    decoder: str = "auto"
+    """Video decoder of the workers. "pyav-i420": PyAV hands over I420 planes (1.5 bytes/pixel, no
+    colour conversion in the worker) and the batch is converted to RGB on the training device;
+    "pyav", "decord", "torchcodec": RGB from that decoder (a missing one falls back to PyAV with a
+    warning); "auto": "pyav-i420" when CUDA is available, else the fastest installed RGB decoder
+    (ingest.video.AUTO_ORDER). Measured in bench/results.md."""
+    repeat_aug: int = 1
+    """Repeated sampling (MAE-ST's repeat_aug): each decoded clip fills K consecutive rows of the
+    batch, each with its own mask. batch_size stays the rows per step (model cost per step is
+    unchanged) and must be a multiple of K; a step reads batch_size / K clips, so decode cost per
+    training sample falls K-fold and an epoch takes K times the steps. Data order is the K=1 order
+    with each clip repeated; resume stays exact (positions count clips read, not rows)."""
     on_bad_sample: str = "error"
     """"error": stop with a message naming the shard and key; "skip": skip, count and log the sample."""
+
+    def __post_init__(self):
+        if self.decoder not in DECODERS:
+            raise ValueError(f"unknown decoder {self.decoder!r}; known: {', '.join(DECODERS)}")
+        if self.repeat_aug < 1 or self.batch_size % self.repeat_aug:
+            raise ValueError(
+                f"batch size {self.batch_size} is not a multiple of repeat_aug {self.repeat_aug}"
+            )
 
 
 @dataclass
