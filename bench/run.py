@@ -1,10 +1,11 @@
 """`python -m bench.run [--quick] [--out bench/results.json]`: the whole benchmark, side by side.
 
 One run measures, on one synthetic nuScenes dataroot at the real CAM_FRONT resolution (1600x900):
-loader clips/s per worker (our shards via decord and PyAV vs the naive devkit JPEG Dataset vs a
-pre-resized JPEG folder), ingest frames/s per core (full-size decode, DCT-scaled decode, the
-ingest's frame reader, whole `mvm-ingest` and its steady state without start-up), bytes per clip
-and PSNR, `mvm-train --model tiny` throughput with 0/1/2 workers (plus small/base when CUDA is
+loader clips/s per worker (our shards as I420 planes and as RGB from every installed decoder, and
+with repeat-aug 2, vs the naive devkit JPEG Dataset vs a pre-resized JPEG folder), codec settings
+(x264 presets, CRF and fast-decode flags: encode and decode ms per clip, size, PSNR), ingest
+frames/s per core (full-size decode, DCT-scaled decode, the ingest's frame reader, whole
+`mvm-ingest` and its steady state without start-up, and a per-step profile), bytes per clip and PSNR, `mvm-train --model tiny` throughput with 0/1/2 workers (plus small/base when CUDA is
 available), and how ingest time/memory and trainer memory scale with the data. Results: `--out`
 (JSON, with machine info and goals) and a markdown table next to it (`results.md`), printed as
 rich tables.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 import traceback
 from collections.abc import Callable
@@ -33,7 +35,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from bench import cost_scaling, ingest_speed, loader, machine, report, storage, training
+from bench import codec, cost_scaling, ingest_speed, loader, machine, report, storage, training
 from bench.workspace import WORK_DIR, DatarootSpec, cached_dataroot, scene_names
 from ingest.config import IngestConfig
 
@@ -69,6 +71,12 @@ class BenchConfig:
     """DataLoader worker counts of the CPU training runs."""
     psnr_clips: int = 64
     """Clips compared for the mean PSNR."""
+    codec_grid: tuple[codec.CodecSetting, ...] = codec.FULL_GRID
+    """x264 settings of the codec table."""
+    codec_clips: int = 32
+    """Clips encoded and decoded per codec setting (spread over the shards)."""
+    codec_seconds: float = 0.5
+    """Minimum timed seconds per codec encode or decode measurement."""
 
 
 QUICK = BenchConfig(
@@ -81,6 +89,9 @@ QUICK = BenchConfig(
     train_log_every=1,
     train_warmup_logs=1,
     psnr_clips=8,
+    codec_grid=codec.QUICK_GRID,
+    codec_clips=8,
+    codec_seconds=0.2,
 )
 FULL = BenchConfig(dataroot=DatarootSpec(scenes=8, frames_per_scene=240))
 
@@ -136,7 +147,7 @@ def run_bench(config: BenchConfig, mode: str, work: Path = WORK_DIR) -> tuple[di
     work.mkdir(parents=True, exist_ok=True)
     spec = config.dataroot
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn()) as progress:
-        sections = Sections(progress, progress.add_task("bench", total=2 + len(config.scale_factors) + 5))
+        sections = Sections(progress, progress.add_task("bench", total=2 + len(config.scale_factors) + 6))
         render = progress.add_task("  rendering CAM_FRONT frames", total=spec.scenes * spec.frames_per_scene)
         dataroot = sections.step(
             f"synthetic dataroot {spec.key}",
@@ -167,6 +178,9 @@ def run_bench(config: BenchConfig, mode: str, work: Path = WORK_DIR) -> tuple[di
         setup = loader.LoaderSetup(shard_dir, dataroot, spec.version, resized_dir, config.size)
         sections.measure("loader", "loader clips/s per worker",
                          lambda: loader.bench_loaders(setup, config.min_seconds, config.rounds))  # fmt: skip
+        sections.measure("codec", "codec settings: encode/decode ms, size, PSNR",
+                         lambda: codec.bench_codecs(clips, source_path, resize, config.codec_grid,
+                                                    config.codec_clips, config.codec_seconds))  # fmt: skip
         sections.measure("ingest", "JPEG decode frames/s per core",
                          lambda: ingest_speed.bench_ingest_speed(dataroot, spec.version, config.size, ingests[-1],
                                                                   resize, config.min_seconds))  # fmt: skip
@@ -205,6 +219,7 @@ def run_bench(config: BenchConfig, mode: str, work: Path = WORK_DIR) -> tuple[di
         "failed_sections": sections.failed,
         "section_seconds": sections.seconds,
         "elapsed_s": time.perf_counter() - started,
+        "load_average_end": list(os.getloadavg()),
     }
     return results, sections.failed
 
