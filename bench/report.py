@@ -39,21 +39,23 @@ def evaluate_goals(results: dict) -> list[Goal]:
     goals = []
     if _ok(results, "loader"):
         rows = results["loader"]["rows"]
-        best = max((row for row in rows if row["loader"] in SHARD_PATHS), key=lambda row: row["clips_per_s"])
+        best = max(
+            (row for row in rows if row["loader"] in SHARD_PATHS), key=lambda row: row["clips_per_cpu_s"]
+        )
         goals.append(Goal("loader_vs_naive", f"best shard loader ({best['loader']}) >= 25x naive devkit JPEG "
-                          "loader (clips/s)", best["vs_baseline"], best["vs_baseline"] >= 25))  # fmt: skip
+                          "loader (clips per CPU-s)", best["vs_baseline"], best["vs_baseline"] >= 25))  # fmt: skip
         goals.append(Goal("loader_vs_resized", f"best shard loader ({best['loader']}) >= 1.2x pre-resized JPEG "
-                          "folder (clips/s, no repeat-aug)", best["vs_resized"], best["vs_resized"] >= 1.2))  # fmt: skip
+                          "folder (clips per CPU-s, no repeat-aug)", best["vs_resized"], best["vs_resized"] >= 1.2))  # fmt: skip
     if _ok(results, "ingest"):
         rows = results["ingest"]["rows"]
-        stage = (
-            "ingest_in_process"
-            if any(row["stage"] == "ingest_in_process" for row in rows)
-            else "whole_ingest"
+        # The steady state without start-up: CPU-timed when two runs allow it, else the log's wall time.
+        stages = [row["stage"] for row in rows]
+        stage = next(
+            name for name in ("ingest_marginal", "ingest_in_process", "whole_ingest") if name in stages
         )
         ratio = _row(rows, "stage", stage)["vs_reduced_decode"]
         goals.append(Goal("ingest_vs_reduced_decode",
-                          f"ingest ({'without start-up' if stage == 'ingest_in_process' else 'whole'}) >= 0.6x "
+                          f"ingest ({stage}) >= 0.6x "
                           "reduced-size decode (frames/s)", ratio, ratio >= 0.6))  # fmt: skip
     if _ok(results, "storage"):
         psnr = results["storage"]["mean_psnr_db"]
@@ -90,7 +92,7 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list]]]:
         out.append((
             f"Loader: clips/s per worker (T={loader['clip_len']}, {h}x{w}, {loader['clips']} clips; I420 -> RGB in "
             f"torch on this CPU: {fmt(loader['i420_to_rgb_cpu_ms_per_clip'], 2)} ms/clip)",
-            ["loader", "clips/s", "clips/CPU-s", "frames/s", "x naive (c)", "x resized (d)"],
+            ["loader", "clips/s (wall)", "clips/CPU-s", "frames/s (wall)", "x naive (c), CPU", "x resized (d), CPU"],
             [[r["label"], fmt(r["clips_per_s"], 1), fmt(r["clips_per_cpu_s"], 1), fmt(r["frames_per_s"], 0),
               fmt(r["vs_baseline"], 2), fmt(r["vs_resized"], 2)] for r in loader["rows"]],
         ))  # fmt: skip

@@ -183,7 +183,8 @@ def run_bench(config: BenchConfig, mode: str, work: Path = WORK_DIR) -> tuple[di
                                                     config.codec_clips, config.codec_seconds))  # fmt: skip
         sections.measure("ingest", "JPEG decode frames/s per core",
                          lambda: ingest_speed.bench_ingest_speed(dataroot, spec.version, config.size, ingests[-1],
-                                                                  resize, config.min_seconds))  # fmt: skip
+                                                                  resize, config.min_seconds,
+                                                                  smaller=ingests[0] if len(ingests) > 1 else None))  # fmt: skip
         sections.measure("storage", "bytes per clip, PSNR",
                          lambda: storage.bench_storage(shard_dir, clips, source_path, resized_dir, resize,
                                                        config.psnr_clips))  # fmt: skip

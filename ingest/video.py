@@ -35,8 +35,10 @@ NOMINAL_FPS = 12
 """Container frame rate (CAM_FRONT runs at ~12 Hz); frame times in the MP4 are index / NOMINAL_FPS."""
 DECODERS = ("pyav", "decord", "torchcodec")
 """Decoders `decode_clip` knows. PyAV is always installed; decord and torchcodec are optional."""
-AUTO_ORDER = ("decord", "torchcodec", "pyav")
-"""RGB decoders `"auto"` tries, fastest first (bench/results.md, loader table)."""
+AUTO = "pyav"
+"""The decoder `"auto"` means: PyAV fed by h264_samples decodes fastest here (bench/results.md:
+PyAV RGB ~1.8x decord's clips per CPU-second; torchcodec's PyPI wheel did not load on this CPU-only
+torch). It is also the only decoder with the I420 path and a wheel on every platform."""
 
 
 def rgb_to_yuv420(frame: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -292,10 +294,10 @@ def _warn_fallback(name: str, problem: str) -> None:
 
 
 def resolve_decoder(name: str) -> str:
-    """The decoder that will run for `name`: "auto" -> the first of AUTO_ORDER that runs here; a
-    named decoder that cannot run falls back to PyAV with one RuntimeWarning. ValueError if unknown."""
+    """The decoder that will run for `name`: "auto" -> AUTO; a named decoder that cannot run falls
+    back to PyAV with one RuntimeWarning. ValueError if unknown."""
     if name == "auto":
-        return next(candidate for candidate in AUTO_ORDER if decoder_problem(candidate) is None)
+        return AUTO
     problem = decoder_problem(name)
     if problem is None:
         return name

@@ -67,8 +67,8 @@ class DataConfig:
     """Video decoder of the workers. "pyav-i420": PyAV hands over I420 planes (1.5 bytes/pixel, no
     colour conversion in the worker) and the batch is converted to RGB on the training device;
     "pyav", "decord", "torchcodec": RGB from that decoder (a missing one falls back to PyAV with a
-    warning); "auto": "pyav-i420" when CUDA is available, else the fastest installed RGB decoder
-    (ingest.video.AUTO_ORDER). Measured in bench/results.md."""
+    warning); "auto": "pyav-i420" when CUDA is available, else "pyav" (the fastest, measured in
+    bench/results.md)."""
     repeat_aug: int = 1
     """Repeated sampling (MAE-ST's repeat_aug): each decoded clip fills K consecutive rows of the
     batch, each with its own mask. batch_size stays the rows per step (model cost per step is

@@ -3,7 +3,8 @@
 Pipeline of one rank, per epoch (train.split decides who reads what):
     shard list -> this rank's slots -> this worker's slot -> raw samples (tar members grouped by key,
     filtered by epoch index) -> seeded shuffle buffer -> skip already consumed (resume) -> decode
-    -> main process: round robin over workers -> batches of uint8 clips -> float (B, T, 3, H, W).
+    (I420 planes or RGB, `hands_over_i420`) -> main process: round robin over workers -> batches of
+    uint8 clips (each repeated `repeat_aug` times) -> on the training device: float (B, T, 3, H, W).
 Seeds come from (seed, epoch, rank, worker). The tars are read with `tarfile` in WebDataset's
 layout (members `<key>.<ext>`, consecutive per key), which lets errors name the shard and key.
 """
