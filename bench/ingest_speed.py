@@ -201,9 +201,9 @@ def bench_ingest_speed(
         {"stage": "whole_ingest", "label": "mvm-ingest --workers 1", "frames_per_core_s": whole_per_core,
          "frames_per_s": ingest.frames / ingest.child.wall_s},
     ]  # fmt: skip
-    if smaller is not None and smaller.frames < ingest.frames:
+    if smaller is not None and smaller.frames < ingest.frames and smaller.child.cpu_s < ingest.child.cpu_s:
         # The fixed start-up cancels in the difference of two runs: CPU per frame of the steady state.
-        marginal = (ingest.frames - smaller.frames) / max(ingest.child.cpu_s - smaller.child.cpu_s, 1e-9)
+        marginal = (ingest.frames - smaller.frames) / (ingest.child.cpu_s - smaller.child.cpu_s)
         rows.append({"stage": "ingest_marginal", "label": f"mvm-ingest, marginal ({smaller.frames} -> "
                      f"{ingest.frames} frames, CPU)", "frames_per_core_s": marginal, "frames_per_s": None})  # fmt: skip
     in_process_s = logged_work_seconds(ingest.out / "ingest.log")
