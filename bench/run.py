@@ -106,8 +106,8 @@ def ingest_resize(size: tuple[int, int]) -> Callable[[Path], np.ndarray]:
 class Sections:
     """Runs the independent measurement sections under one progress bar, keeping each result or error."""
 
-    def __init__(self, progress, task):
-        self.progress, self.task = progress, task
+    def __init__(self, progress, task, only: frozenset[str] | None = None):
+        self.progress, self.task, self.only = progress, task, only
         self.results: dict[str, dict] = {}
         self.failed: list[str] = []
         self.seconds: dict[str, float] = {}
@@ -122,7 +122,12 @@ class Sections:
         return value
 
     def measure(self, name: str, description: str, action: Callable[[], dict]) -> None:
-        """A measurement: its result, or its error, goes to results[name]; the others still run."""
+        """A measurement: its result, or its error, goes to results[name]; the others still run.
+
+        Sections not in `only` (when given) are skipped and absent from the results."""
+        if self.only is not None and name not in self.only:
+            self.progress.advance(self.task)
+            return
         self.progress.update(self.task, description=description)
         started = time.perf_counter()
         try:
@@ -138,8 +143,14 @@ class Sections:
         self.progress.advance(self.task)
 
 
-def run_bench(config: BenchConfig, mode: str, work: Path = WORK_DIR) -> tuple[dict, list[str]]:
-    """Every measurement; returns (results, names of failed sections)."""
+SECTIONS = ("loader", "codec", "ingest", "storage", "training", "scaling")
+"""Measurement sections in run order (the dataroot, ingest runs and JPEG folder always run first)."""
+
+
+def run_bench(
+    config: BenchConfig, mode: str, work: Path = WORK_DIR, only: frozenset[str] | None = None
+) -> tuple[dict, list[str]]:
+    """Every measurement (or those in `only`); returns (results, names of failed sections)."""
     from nuscenes.nuscenes import NuScenes
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -147,7 +158,9 @@ def run_bench(config: BenchConfig, mode: str, work: Path = WORK_DIR) -> tuple[di
     work.mkdir(parents=True, exist_ok=True)
     spec = config.dataroot
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn()) as progress:
-        sections = Sections(progress, progress.add_task("bench", total=2 + len(config.scale_factors) + 6))
+        sections = Sections(
+            progress, progress.add_task("bench", total=2 + len(config.scale_factors) + 6), only
+        )
         render = progress.add_task("  rendering CAM_FRONT frames", total=spec.scenes * spec.frames_per_scene)
         dataroot = sections.step(
             f"synthetic dataroot {spec.key}",
@@ -213,6 +226,7 @@ def run_bench(config: BenchConfig, mode: str, work: Path = WORK_DIR) -> tuple[di
     measured = {name: value for name, value in sections.results.items() if "error" not in value}
     results = {
         "mode": mode,
+        "sections": sorted(only) if only is not None else list(SECTIONS),
         "config": json.loads(json.dumps(dataclasses.asdict(config))),
         "machine": machine.machine_info(),
         **sections.results,
@@ -236,14 +250,20 @@ def run_bench(config: BenchConfig, mode: str, work: Path = WORK_DIR) -> tuple[di
     show_default=True,
     help="Results JSON; the markdown tables go next to it with the suffix .md.",
 )
-def main(quick: bool, out: Path) -> None:
+@click.option(
+    "--only",
+    type=click.Choice(SECTIONS),
+    multiple=True,
+    help="Run only these measurement sections (repeatable); default: all.",
+)
+def main(quick: bool, out: Path, only: tuple[str, ...]) -> None:
     """Benchmark the pipeline against the loaders and formats a user would pick otherwise.
 
     Exit codes: 0 all sections ran (missed goals are shown, not fatal), 1 a section failed,
     2 usage error.
     """
     config = QUICK if quick else FULL
-    results, failed = run_bench(config, "quick" if quick else "full")
+    results, failed = run_bench(config, "quick" if quick else "full", only=frozenset(only) if only else None)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2, sort_keys=True))
     out.with_suffix(".md").write_text(report.markdown(results))
