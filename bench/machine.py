@@ -86,7 +86,7 @@ def machine_info() -> dict:
         "libraries": library_versions(),
         "codecs": codec_versions(),
         "decoders": decoder_status(),
-        "load_average": list(os.getloadavg()),
+        "load_average": list(os.getloadavg()),  # collected when the run ends: the load it ran under
     }
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 import traceback
 from collections.abc import Callable
@@ -234,7 +233,6 @@ def run_bench(
         "failed_sections": sections.failed,
         "section_seconds": sections.seconds,
         "elapsed_s": time.perf_counter() - started,
-        "load_average_end": list(os.getloadavg()),
     }
     return results, sections.failed
 
