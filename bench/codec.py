@@ -11,6 +11,7 @@ Times are per clip on one thread of this process (CPU time, robust to other load
 
 from __future__ import annotations
 
+import functools
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,9 +57,9 @@ QUICK_GRID = (OLD_DEFAULT, CodecSetting(14, "superfast", True))
 
 def decoder_paths() -> dict[str, Callable[[bytes], np.ndarray]]:
     """name -> decode function for every decoder path that runs here (RGB per decoder, PyAV I420)."""
-    from ingest.video import _DECODE, available_decoders, decode_i420
+    from ingest.video import available_decoders, decode_clip, decode_i420
 
-    paths = {f"{name}_rgb": _DECODE[name] for name in available_decoders()}
+    paths = {f"{name}_rgb": functools.partial(decode_clip, backend=name) for name in available_decoders()}
     paths["pyav_i420"] = decode_i420
     return paths
 
@@ -74,7 +75,7 @@ def measure_setting(
     setting: CodecSetting, references: list[np.ndarray], decoders: dict, min_seconds: float
 ) -> dict:
     """Encode ms/clip, decode ms/clip per decoder path, KiB/clip and mean PSNR of one setting."""
-    from ingest.video import _DECODE, encode_clip, psnr
+    from ingest.video import decode_clip, encode_clip, psnr
 
     def encode():
         return (encode_clip(clip, setting.crf, setting.preset, setting.fast_decode) for clip in references)
@@ -89,7 +90,7 @@ def measure_setting(
         "encode_ms": 1000 / encode_rate.per_cpu_s,
         "kib_per_clip": statistics.fmean(len(video) for video in videos) / 1024,
         "psnr_db": statistics.fmean(
-            psnr(reference, _DECODE["pyav"](video))
+            psnr(reference, decode_clip(video, "pyav"))
             for reference, video in zip(references, videos, strict=True)
         ),
     }

@@ -1,4 +1,4 @@
-"""Clip <-> H.264/MP4 bytes, deterministically.
+"""Clip <-> H.264/MP4 bytes, deterministically; decoding to RGB or to I420 planes.
 
 `encode_clip` must give the same bytes for the same frames on any machine, CPU count or SIMD
 level: shard sha256s are part of the contract (shards/README.md). Hence:
@@ -9,6 +9,8 @@ level: shard sha256s are part of the contract (shards/README.md). Hence:
 - the muxer runs `bitexact` (no `Lavf` encoder tag) and timestamps come from the frame index with a
   fixed nominal rate (real capture times live in the clip metadata, never in the container).
 The bytes still depend on the x264/FFmpeg build, which is why `av` is pinned exactly.
+Decoding (shards/README.md, "Decoding"): `decode_i420` for the trainer, `decode_clip` (RGB, any of
+DECODERS) for everything else; both read the MP4 sample table directly (`h264_samples`).
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ import av
 import numpy as np
 
 DEFAULT_CRF = 14
-"""x264 constant rate factor: mean RGB PSNR >= 38 dB on the 1600x900 bench data (shards/README.md)."""
+"""x264 constant rate factor: the largest that keeps >= 35 dB (the audit's floor) on a natural
+photograph; ~40 dB on the 1600x900 bench data (shards/README.md, "Codec settings")."""
 DEFAULT_PRESET = "superfast"
-"""x264 speed/size trade-off: with the clip-long macroblock-tree lookahead below, `superfast` encodes
-~1.4x faster than `veryfast` at the same size, PSNR and decode time (shards/README.md)."""
+"""x264 preset: with the clip-long macroblock-tree lookahead below, ~1.2x the encode speed of
+`veryfast` for ~12% more bytes and the same decode time (shards/README.md, "Codec settings")."""
 FAST_DECODE_PARAMS = {"cabac": 0, "no-deblock": 1, "weightp": 0}
 """x264's `tune=fastdecode` without its B-frame part (there are none): CAVLC entropy coding, no
 deblocking filter, no weighted prediction. Decoding is what the shards pay for on every epoch."""
@@ -37,7 +40,7 @@ DECODERS = ("pyav", "decord", "torchcodec")
 """Decoders `decode_clip` knows. PyAV is always installed; decord and torchcodec are optional."""
 AUTO = "pyav"
 """The decoder `"auto"` means: PyAV fed by h264_samples decodes fastest here (bench/results.md:
-PyAV RGB ~1.8x decord's clips per CPU-second; torchcodec's PyPI wheel did not load on this CPU-only
+PyAV RGB 1.5x decord's clips per CPU-second; torchcodec's PyPI wheel did not load on this CPU-only
 torch). It is also the only decoder with the I420 path and a wheel on every platform."""
 
 
