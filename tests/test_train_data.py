@@ -173,6 +173,8 @@ def test_i420_stream_has_half_the_bytes_and_the_same_video(shard_dir):
     video_rgb, video_i420 = to_video(rgb[1], torch.device("cpu")), to_video(i420[1], torch.device("cpu"))
     assert video_rgb.shape == video_i420.shape == (2, 8, 3, 32, 64)
     assert (video_rgb - video_i420).abs().max() * 255 <= 3.5
+    # RGB readers (online probe, tools) accept the trainer's decoder names.
+    assert next(iter_clips(urls, decoder="pyav-i420"))[1].shape == SHAPE
 
 
 def test_repeat_aug_repeats_each_clip_and_resume_counts_clips(shard_dir):

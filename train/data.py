@@ -127,7 +127,8 @@ def decode_sample(
 ) -> tuple[np.ndarray, dict]:
     """mp4 + json of a raw sample -> (frames, metadata); ShardError naming shard and key.
 
-    frames: uint8 (T, H, W, 3) RGB from `decoder`, or with i420=True uint8 (T, 3H/2, W) I420 planes
+    frames: uint8 (T, H, W, 3) RGB from `decoder` (a DataConfig.decoder or an ingest.video decoder
+    name), or with i420=True uint8 (T, 3H/2, W) I420 planes
     from PyAV (ingest.video.decode_i420). shape: the expected RGB (T, H, W, 3), checked either way.
     """
     where = f"shard {sample['url']}, sample {sample['key']}"
@@ -137,7 +138,9 @@ def decode_sample(
         )
     try:
         meta = json.loads(sample["json"])
-        frames = decode_i420(sample["mp4"]) if i420 else decode_clip(sample["mp4"], backend=decoder)
+        frames = (
+            decode_i420(sample["mp4"]) if i420 else decode_clip(sample["mp4"], backend=rgb_decoder(decoder))
+        )
     except Exception as error:  # decord, PyAV and torchcodec raise their own types for broken streams
         raise ShardError(f"{where}: cannot decode: {error}") from error
     if shape is not None:
@@ -251,7 +254,7 @@ class RankStream(IterableDataset):
         samples = shuffled(slot_samples(self.urls, self.slots[worker]), self.cfg.shuffle_buffer, rng)
         return decoded(
             skipped(samples, self.skip[worker]),
-            rgb_decoder(self.cfg.decoder),
+            self.cfg.decoder,
             self.i420,
             self.shape,
             self.cfg.on_bad_sample,
