@@ -10,6 +10,7 @@ LIBRARIES = (
     "torch",
     "av",
     "decord",
+    "torchcodec",
     "webdataset",
     "numpy",
     "Pillow",
@@ -84,4 +85,13 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         "libraries": library_versions(),
         "codecs": codec_versions(),
+        "decoders": decoder_status(),
+        "load_average": list(os.getloadavg()),  # collected when the run ends: the load it ran under
     }
+
+
+def decoder_status() -> dict[str, str]:
+    """Video decoder -> "ok" or why it cannot run here (e.g. torchcodec without its FFmpeg or CUDA libraries)."""
+    from ingest.video import DECODERS, decoder_problem
+
+    return {name: decoder_problem(name) or "ok" for name in DECODERS}

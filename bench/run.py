@@ -1,10 +1,11 @@
 """`python -m bench.run [--quick] [--out bench/results.json]`: the whole benchmark, side by side.
 
 One run measures, on one synthetic nuScenes dataroot at the real CAM_FRONT resolution (1600x900):
-loader clips/s per worker (our shards via decord and PyAV vs the naive devkit JPEG Dataset vs a
-pre-resized JPEG folder), ingest frames/s per core (full-size decode, DCT-scaled decode, the
-ingest's frame reader, whole `mvm-ingest` and its steady state without start-up), bytes per clip
-and PSNR, `mvm-train --model tiny` throughput with 0/1/2 workers (plus small/base when CUDA is
+loader clips/s per worker (our shards as I420 planes and as RGB from every installed decoder, and
+with repeat-aug 2, vs the naive devkit JPEG Dataset vs a pre-resized JPEG folder), codec settings
+(x264 presets, CRF and fast-decode flags: encode and decode ms per clip, size, PSNR), ingest
+frames/s per core (full-size decode, DCT-scaled decode, the ingest's frame reader, whole
+`mvm-ingest` and its steady state without start-up, and a per-step profile), bytes per clip and PSNR, `mvm-train --model tiny` throughput with 0/1/2 workers (plus small/base when CUDA is
 available), and how ingest time/memory and trainer memory scale with the data. Results: `--out`
 (JSON, with machine info and goals) and a markdown table next to it (`results.md`), printed as
 rich tables.
@@ -33,7 +34,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from bench import cost_scaling, ingest_speed, loader, machine, report, storage, training
+from bench import codec, cost_scaling, ingest_speed, loader, machine, report, storage, training
 from bench.workspace import WORK_DIR, DatarootSpec, cached_dataroot, scene_names
 from ingest.config import IngestConfig
 
@@ -69,6 +70,12 @@ class BenchConfig:
     """DataLoader worker counts of the CPU training runs."""
     psnr_clips: int = 64
     """Clips compared for the mean PSNR."""
+    codec_grid: tuple[codec.CodecSetting, ...] = codec.FULL_GRID
+    """x264 settings of the codec table."""
+    codec_clips: int = 32
+    """Clips encoded and decoded per codec setting (spread over the shards)."""
+    codec_seconds: float = 0.5
+    """Minimum timed seconds per codec encode or decode measurement."""
 
 
 QUICK = BenchConfig(
@@ -81,6 +88,9 @@ QUICK = BenchConfig(
     train_log_every=1,
     train_warmup_logs=1,
     psnr_clips=8,
+    codec_grid=codec.QUICK_GRID,
+    codec_clips=8,
+    codec_seconds=0.2,
 )
 FULL = BenchConfig(dataroot=DatarootSpec(scenes=8, frames_per_scene=240))
 
@@ -95,8 +105,8 @@ def ingest_resize(size: tuple[int, int]) -> Callable[[Path], np.ndarray]:
 class Sections:
     """Runs the independent measurement sections under one progress bar, keeping each result or error."""
 
-    def __init__(self, progress, task):
-        self.progress, self.task = progress, task
+    def __init__(self, progress, task, only: frozenset[str] | None = None):
+        self.progress, self.task, self.only = progress, task, only
         self.results: dict[str, dict] = {}
         self.failed: list[str] = []
         self.seconds: dict[str, float] = {}
@@ -111,7 +121,12 @@ class Sections:
         return value
 
     def measure(self, name: str, description: str, action: Callable[[], dict]) -> None:
-        """A measurement: its result, or its error, goes to results[name]; the others still run."""
+        """A measurement: its result, or its error, goes to results[name]; the others still run.
+
+        Sections not in `only` (when given) are skipped and absent from the results."""
+        if self.only is not None and name not in self.only:
+            self.progress.advance(self.task)
+            return
         self.progress.update(self.task, description=description)
         started = time.perf_counter()
         try:
@@ -127,8 +142,14 @@ class Sections:
         self.progress.advance(self.task)
 
 
-def run_bench(config: BenchConfig, mode: str, work: Path = WORK_DIR) -> tuple[dict, list[str]]:
-    """Every measurement; returns (results, names of failed sections)."""
+SECTIONS = ("loader", "codec", "ingest", "storage", "training", "scaling")
+"""Measurement sections in run order (the dataroot, ingest runs and JPEG folder always run first)."""
+
+
+def run_bench(
+    config: BenchConfig, mode: str, work: Path = WORK_DIR, only: frozenset[str] | None = None
+) -> tuple[dict, list[str]]:
+    """Every measurement (or those in `only`); returns (results, names of failed sections)."""
     from nuscenes.nuscenes import NuScenes
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -136,7 +157,9 @@ def run_bench(config: BenchConfig, mode: str, work: Path = WORK_DIR) -> tuple[di
     work.mkdir(parents=True, exist_ok=True)
     spec = config.dataroot
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn()) as progress:
-        sections = Sections(progress, progress.add_task("bench", total=2 + len(config.scale_factors) + 5))
+        sections = Sections(
+            progress, progress.add_task("bench", total=2 + len(config.scale_factors) + 6), only
+        )
         render = progress.add_task("  rendering CAM_FRONT frames", total=spec.scenes * spec.frames_per_scene)
         dataroot = sections.step(
             f"synthetic dataroot {spec.key}",
@@ -167,9 +190,13 @@ def run_bench(config: BenchConfig, mode: str, work: Path = WORK_DIR) -> tuple[di
         setup = loader.LoaderSetup(shard_dir, dataroot, spec.version, resized_dir, config.size)
         sections.measure("loader", "loader clips/s per worker",
                          lambda: loader.bench_loaders(setup, config.min_seconds, config.rounds))  # fmt: skip
+        sections.measure("codec", "codec settings: encode/decode ms, size, PSNR",
+                         lambda: codec.bench_codecs(clips, source_path, resize, config.codec_grid,
+                                                    config.codec_clips, config.codec_seconds))  # fmt: skip
         sections.measure("ingest", "JPEG decode frames/s per core",
                          lambda: ingest_speed.bench_ingest_speed(dataroot, spec.version, config.size, ingests[-1],
-                                                                  resize, config.min_seconds))  # fmt: skip
+                                                                  resize, config.min_seconds,
+                                                                  smaller=ingests[0] if len(ingests) > 1 else None))  # fmt: skip
         sections.measure("storage", "bytes per clip, PSNR",
                          lambda: storage.bench_storage(shard_dir, clips, source_path, resized_dir, resize,
                                                        config.psnr_clips))  # fmt: skip
@@ -198,6 +225,7 @@ def run_bench(config: BenchConfig, mode: str, work: Path = WORK_DIR) -> tuple[di
     measured = {name: value for name, value in sections.results.items() if "error" not in value}
     results = {
         "mode": mode,
+        "sections": sorted(only) if only is not None else list(SECTIONS),
         "config": json.loads(json.dumps(dataclasses.asdict(config))),
         "machine": machine.machine_info(),
         **sections.results,
@@ -220,14 +248,20 @@ def run_bench(config: BenchConfig, mode: str, work: Path = WORK_DIR) -> tuple[di
     show_default=True,
     help="Results JSON; the markdown tables go next to it with the suffix .md.",
 )
-def main(quick: bool, out: Path) -> None:
+@click.option(
+    "--only",
+    type=click.Choice(SECTIONS),
+    multiple=True,
+    help="Run only these measurement sections (repeatable); default: all.",
+)
+def main(quick: bool, out: Path, only: tuple[str, ...]) -> None:
     """Benchmark the pipeline against the loaders and formats a user would pick otherwise.
 
     Exit codes: 0 all sections ran (missed goals are shown, not fatal), 1 a section failed,
     2 usage error.
     """
     config = QUICK if quick else FULL
-    results, failed = run_bench(config, "quick" if quick else "full")
+    results, failed = run_bench(config, "quick" if quick else "full", only=frozenset(only) if only else None)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2, sort_keys=True))
     out.with_suffix(".md").write_text(report.markdown(results))

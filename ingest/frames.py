@@ -69,7 +69,8 @@ def load_frame(
             image.draft("RGB", request)
             scale_x, scale_y = image.size[0] / full_w, image.size[1] / full_h
             box = (left * scale_x, upper * scale_y, right * scale_x, lower * scale_y)
-            resized = image.convert("RGB").resize((target_w, target_h), Image.BICUBIC, box=box)
+            rgb = image if image.mode == "RGB" else image.convert("RGB")  # a JPEG's draft is RGB already
+            resized = rgb.resize((target_w, target_h), Image.BICUBIC, box=box)
             return np.asarray(resized, dtype=np.uint8)
     except FileNotFoundError:
         raise FrameError("missing_file", str(path)) from None

@@ -22,7 +22,7 @@ from ingest.motion import clip_motion
 from ingest.sampling import clip_span, clip_starts, scene_rng
 from ingest.shards import FORMAT_VERSION, clip_key, dumps, sha256_bytes, sha256_file, tar_bytes
 from ingest.tables import SceneJob
-from ingest.video import encode_clip
+from ingest.video import encode_i420, rgb_to_i420
 
 
 def staging_paths(staging_dir: Path, scene: str) -> tuple[Path, Path]:
@@ -65,12 +65,15 @@ def clip_metadata(job: SceneJob, config: IngestConfig, positions: list[int]) -> 
 def load_scene_frames(
     job: SceneJob, size: tuple[int, int]
 ) -> tuple[dict[int, np.ndarray], dict[int, tuple[str, str]]]:
-    """Decode every frame of the chain: (position -> uint8 (H, W, 3), position -> (reason, detail))."""
+    """Decode every frame of the chain, converted to YUV once (a frame may be in several clips):
+    (position -> uint8 (3H/2, W) I420 planes, position -> (reason, detail))."""
     images, bad = {}, {}
     for position, frame in enumerate(job.frames):
         try:
             source_size = (frame["width"], frame["height"])
-            images[position] = load_frame(Path(job.dataroot) / frame["filename"], size, source_size)
+            images[position] = rgb_to_i420(
+                load_frame(Path(job.dataroot) / frame["filename"], size, source_size)
+            )
         except FrameError as error:
             bad[position] = (error.reason, frame["filename"])
     return images, bad
@@ -97,7 +100,7 @@ def stage_scene(job: SceneJob, config: IngestConfig, staging_dir: Path) -> dict:
         for start in clip_starts(len(segment), config.clip_len, config.stride, config.hop, rng):
             positions = segment[start : start + span : config.stride]
             metadata = clip_metadata(job, config, positions)
-            video = encode_clip(
+            video = encode_i420(
                 np.stack([images[p] for p in positions]), crf=config.crf, preset=config.preset
             )
             members.append((f"{metadata['key']}.json", json.dumps(metadata, sort_keys=True).encode()))

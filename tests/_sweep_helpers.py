@@ -24,7 +24,13 @@ def write_shards(folder: Path, clips: list[int]) -> None:
     # A valid manifest: readers validate it (ingest.shards.read_manifest) before counting clips.
     empty = hashlib.sha256(b"").hexdigest()
     shards = [{"name": n, "clips": c, "bytes": 0, "sha256": empty} for n, c in zip(names, clips, strict=True)]
-    manifest = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "config": {}, "shards": shards, "total_clips": sum(clips)}
+    manifest = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "config": {},
+        "shards": shards,
+        "total_clips": sum(clips),
+    }
     (folder / "manifest.json").write_text(json.dumps(manifest))
 
 

@@ -11,9 +11,10 @@ import math
 
 import pytest
 
-from bench import report
+from bench import codec, report
 from bench.run import BenchConfig, run_bench
 from bench.workspace import DatarootSpec
+from ingest.video import available_decoders
 
 TINY = BenchConfig(
     dataroot=DatarootSpec(scenes=2, frames_per_scene=24, width=320),
@@ -28,6 +29,9 @@ TINY = BenchConfig(
     train_warmup_logs=1,
     train_workers=(0,),
     psnr_clips=2,
+    codec_grid=codec.QUICK_GRID,
+    codec_clips=2,
+    codec_seconds=0.05,
 )
 
 
@@ -48,9 +52,39 @@ def test_bench_sections_report_finite_positive_ratios(tmp_path):
     results, failed = run_bench(TINY, "test", work=tmp_path)
 
     assert failed == [], [results[name]["error"] for name in failed]
-    assert {"loader", "ingest", "storage", "training", "scaling", "machine", "goals"} <= results.keys()
+    assert {
+        "loader",
+        "codec",
+        "ingest",
+        "storage",
+        "training",
+        "scaling",
+        "machine",
+        "goals",
+    } <= results.keys()
     loaders = {row["loader"] for row in results["loader"]["rows"]}
-    assert loaders == {"shards_decord", "shards_pyav", "naive_devkit_jpeg", "resized_jpeg"}
+    installed = {f"shards_{name}" for name in available_decoders()}
+    assert (
+        loaders
+        == {"shards_pyav_i420", "shards_pyav_i420_repeat_aug", "naive_devkit_jpeg", "resized_jpeg"}
+        | installed
+    )
+    rows = {row["loader"]: row for row in results["loader"]["rows"]}
+    # Repeated sampling decodes each clip once for two rows: more rows/s than clips/s, at most 2x.
+    assert (
+        1.0
+        < rows["shards_pyav_i420_repeat_aug"]["clips_per_s"] / rows["shards_pyav_i420"]["clips_per_s"]
+        < 2.5
+    )
+    assert [row["setting"] for row in results["codec"]["rows"]] == [s.label for s in codec.QUICK_GRID]
+    assert {f"decode_ms_{name}_rgb" for name in available_decoders()} <= results["codec"]["rows"][0].keys()
+    assert [step["step"] for step in results["ingest"]["profile"]] == [
+        "decode",
+        "resize",
+        "rgb_to_yuv",
+        "encode",
+        "tar",
+    ]
     assert results["loader"]["clip_len"] == 8 and results["loader"]["size"] == [64, 112]
     assert [row["workers"] for row in results["training"]["rows"]] == [0]
     assert [row["scenes"] for row in results["scaling"]["ingest"]["rows"]] == [1, 2]
@@ -59,14 +93,21 @@ def test_bench_sections_report_finite_positive_ratios(tmp_path):
     assert results["storage"]["mean_psnr_db"] > 20
     assert results["machine"]["cores"] >= 1 and results["machine"]["libraries"]["av"]
 
-    for section in ("loader", "ingest", "storage", "training", "scaling"):
+    for section in ("loader", "codec", "ingest", "storage", "training", "scaling"):
         for path, value in floats(results[section], section):
-            if path.endswith("startup_cpu_s"):
-                continue  # an extrapolated intercept: may be negative on a noisy machine
+            if path.endswith("startup_cpu_s") or ".profile[1]" in path:
+                continue  # an extrapolated intercept / a difference of two timings: may be <= 0 when noisy
             assert math.isfinite(value) and value > 0, f"{path} = {value}"
     names = {goal["name"] for goal in results["goals"]}
-    assert {"loader_vs_naive", "loader_vs_resized", "ingest_vs_reduced_decode", "psnr"} <= names
+    assert {
+        "loader_vs_naive",
+        "loader_vs_resized",
+        "ingest_vs_reduced_decode",
+        "psnr",
+        "storage_vs_resized",
+    } <= names
 
     markdown = report.markdown(results)
     assert "| (c) devkit full-size JPEGs + resize |" in markdown
+    assert "| crf 14, superfast, fast-decode |" in markdown
     json.dumps(results)

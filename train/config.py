@@ -24,6 +24,9 @@ from pathlib import Path
 
 from ingest.shards import PATCH_SIZE
 
+DECODERS = ("auto", "pyav-i420", "pyav", "decord", "torchcodec")
+"""DataConfig.decoder values (train/data.py: hands_over_i420, rgb_decoder)."""
+
 
 @dataclass
 class ModelConfig:
@@ -71,8 +74,18 @@ class DataConfig:
     """DataLoader worker processes per rank (0 = decode in the training process)."""
     shuffle_buffer: int = 256
     """Samples held by each worker's seeded shuffle buffer (raw mp4 bytes, before decode)."""
-    decoder: str = "decord"
-    """Video decoder: "decord" (default, fast) or "pyav"."""
+    decoder: str = "auto"
+    """Video decoder of the workers. "pyav-i420": PyAV hands over I420 planes (1.5 bytes/pixel, no
+    colour conversion in the worker) and the batch is converted to RGB on the training device;
+    "pyav", "decord", "torchcodec": RGB from that decoder (a missing one falls back to PyAV with a
+    warning); "auto": "pyav-i420" when CUDA is available, else "pyav" (the fastest, measured in
+    bench/results.md)."""
+    repeat_aug: int = 1
+    """Repeated sampling (MAE-ST's repeat_aug): each decoded clip fills K consecutive rows of the
+    batch, each with its own mask. batch_size stays the rows per step (model cost per step is
+    unchanged) and must be a multiple of K; a step reads batch_size / K clips, so decode cost per
+    training sample falls K-fold and an epoch takes K times the steps. Data order is the K=1 order
+    with each clip repeated; resume stays exact (positions count clips read, not rows)."""
     on_bad_sample: str = "error"
     """"error": stop with a message naming the shard and key; "skip": skip, count and log the sample."""
 
@@ -274,6 +287,7 @@ BOUNDS: dict[str, tuple[float | None, float | None, bool]] = {
     "model.stem_channels": (1, None, False),
     "model.mlp_ratio": (0, None, True),
     "data.batch_size": (1, None, False),
+    "data.repeat_aug": (1, None, False),
     "data.workers": (0, None, False),
     "data.shuffle_buffer": (1, None, False),
     "optim.lr": (0, None, True),
@@ -288,7 +302,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "device": ("auto", "cpu", "cuda"),
     "precision": ("auto", "bf16", "fp32"),
     "model.mask_type": ("tube", "random"),
-    "data.decoder": ("decord", "pyav"),
+    "data.decoder": DECODERS,
     "data.on_bad_sample": ("error", "skip"),
 }
 """Accepted values of the string fields that have a fixed set."""
@@ -329,6 +343,10 @@ def validate(config: TrainConfig) -> None:
         or config.model.decoder_dim % config.model.decoder_heads
     ):
         raise ValueError("model.embed_dim / decoder_dim must be divisible by num_heads / decoder_heads")
+    if config.data.batch_size % config.data.repeat_aug:
+        raise ValueError(
+            f"data.batch_size {config.data.batch_size} must be a multiple of data.repeat_aug {config.data.repeat_aug}"
+        )
     if config.probe_every > 0 and not config.probe_shards:
         raise ValueError("probe_every > 0 needs probe_shards (--probe-shards)")
 

@@ -3,7 +3,8 @@
 Pipeline of one rank, per epoch (train.split decides who reads what):
     shard list -> this rank's slots -> this worker's slot -> raw samples (tar members grouped by key,
     filtered by epoch index) -> seeded shuffle buffer -> skip already consumed (resume) -> decode
-    -> main process: round robin over workers -> batches of uint8 clips -> float (B, T, 3, H, W).
+    (I420 planes or RGB, `hands_over_i420`) -> main process: round robin over workers -> batches of
+    uint8 clips (each repeated `repeat_aug` times) -> on the training device: float (B, T, 3, H, W).
 Seeds come from (seed, epoch, rank, worker). Shards are read only through ingest.shards: every
 shard must be listed in its folder's manifest (names validated, never outside the folder) and is
 checked against the manifest's sha256 the first time a process opens it.
@@ -27,7 +28,7 @@ from ingest.shards import clip_shape as manifest_clip_shape
 # The one sample reader: raw samples {"key", "url", "index", "<ext>": bytes} of a listed shard,
 # its sha256 checked against the manifest on first open in this process.
 from ingest.shards import iter_verified as iter_samples
-from ingest.video import decode_clip
+from ingest.video import decode_clip, decode_i420
 from train.split import SlotPlan, consumed_per_worker
 
 
@@ -78,9 +79,14 @@ def clip_shape(urls: list[str]) -> tuple[int, tuple[int, int]]:
 
 
 def decode_sample(
-    sample: dict, decoder: str, shape: tuple[int, int, int, int] | None
+    sample: dict, decoder: str, shape: tuple[int, int, int, int] | None, i420: bool = False
 ) -> tuple[np.ndarray, dict]:
-    """mp4 + json of a raw sample -> (frames uint8 (T, H, W, 3), metadata); ShardError naming shard and key."""
+    """mp4 + json of a raw sample -> (frames, metadata); ShardError naming shard and key.
+
+    frames: uint8 (T, H, W, 3) RGB from `decoder` (a DataConfig.decoder or an ingest.video decoder
+    name), or with i420=True uint8 (T, 3H/2, W) I420 planes
+    from PyAV (ingest.video.decode_i420). shape: the expected RGB (T, H, W, 3), checked either way.
+    """
     where = f"shard {sample['url']}, sample {sample['key']}"
     if "mp4" not in sample or "json" not in sample:
         raise ShardError(
@@ -88,19 +94,44 @@ def decode_sample(
         )
     try:
         meta = json.loads(sample["json"])
-        frames = decode_clip(sample["mp4"], backend=decoder)
-    except Exception as error:  # decord and PyAV raise their own types for broken streams
+        frames = (
+            decode_i420(sample["mp4"]) if i420 else decode_clip(sample["mp4"], backend=rgb_decoder(decoder))
+        )
+    except Exception as error:  # decord, PyAV and torchcodec raise their own types for broken streams
         raise ShardError(f"{where}: cannot decode: {error}") from error
-    if shape is not None and frames.shape != shape:
-        raise ShardError(f"{where}: decoded shape {frames.shape}, expected {shape}")
+    if shape is not None:
+        clip_len, height, width, _ = shape
+        expected = (clip_len, height * 3 // 2, width) if i420 else tuple(shape)
+        if frames.shape != expected:
+            raise ShardError(f"{where}: decoded shape {frames.shape}, expected {expected}")
     return frames, meta
 
 
-def iter_clips(urls: list[str], decoder: str = "decord") -> Iterator[tuple[str, np.ndarray, dict]]:
-    """(key, frames uint8 (T, H, W, 3), metadata) for every clip, in file then sample order (single process)."""
+def hands_over_i420(decoder: str) -> bool:
+    """Whether the trainer's workers hand over I420 planes for DataConfig.decoder `decoder`.
+
+    "pyav-i420": always; "auto": when CUDA is available (the batch is converted on the GPU, where it
+    costs nothing; on a CPU the conversion in the training process costs more than the workers'
+    RGB decode saves); a named RGB decoder: never. Called in the main process, before workers fork.
+    """
+    return decoder == "pyav-i420" or (decoder == "auto" and torch.cuda.is_available())
+
+
+def rgb_decoder(decoder: str) -> str:
+    """The ingest.video decoder name behind a DataConfig.decoder ("pyav-i420" decodes with PyAV)."""
+    return "pyav" if decoder == "pyav-i420" else decoder
+
+
+def iter_clips(
+    urls: list[str], decoder: str = "auto", i420: bool = False
+) -> Iterator[tuple[str, np.ndarray, dict]]:
+    """(key, frames, metadata) for every clip, in file then sample order (single process).
+
+    frames: uint8 (T, H, W, 3) RGB, or uint8 (T, 3H/2, W) I420 planes with i420=True.
+    """
     for url in urls:
         for sample in iter_samples(url):
-            frames, meta = decode_sample(sample, decoder, None)
+            frames, meta = decode_sample(sample, decoder, None, i420)
             yield sample["key"], frames, meta
 
 
@@ -140,13 +171,16 @@ def skipped(samples: Iterator[dict], count: int) -> Iterator[dict]:
             yield sample
 
 
-def decoded(samples: Iterator[dict], decoder: str, shape, on_bad_sample: str) -> Iterator[dict]:
-    """{"key", "frames" uint8 (T, H, W, 3)} per sample; with on_bad_sample="skip" a bad one becomes {"key", "bad"}."""
+def decoded(samples: Iterator[dict], decoder: str, i420: bool, shape, on_bad_sample: str) -> Iterator[dict]:
+    """{"key", "frames"} per sample; with on_bad_sample="skip" a bad one becomes {"key", "bad"}.
+
+    frames: uint8 (T, 3H/2, W) I420 planes with i420, else uint8 (T, H, W, 3) RGB from `decoder`.
+    """
     for sample in samples:
         try:
             if "error" in sample:
                 raise ShardError(sample["error"])
-            frames, _ = decode_sample(sample, decoder, shape)
+            frames, _ = decode_sample(sample, decoder, shape, i420)
         except ShardError as error:
             if on_bad_sample != "skip":
                 raise
@@ -164,6 +198,7 @@ class RankStream(IterableDataset):
         self.urls, self.slots, self.cfg, self.shape = urls, slots, cfg, shape
         self.seed, self.epoch, self.rank = seed, epoch, rank
         self.skip, self.phase = consumed_per_worker([slot.clips for slot in slots], consumed)
+        self.i420 = hands_over_i420(cfg.decoder)
 
     def __iter__(self):
         info = get_worker_info()
@@ -174,7 +209,11 @@ class RankStream(IterableDataset):
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch, self.rank, worker]))
         samples = shuffled(slot_samples(self.urls, self.slots[worker]), self.cfg.shuffle_buffer, rng)
         return decoded(
-            skipped(samples, self.skip[worker]), self.cfg.decoder, self.shape, self.cfg.on_bad_sample
+            skipped(samples, self.skip[worker]),
+            self.cfg.decoder,
+            self.i420,
+            self.shape,
+            self.cfg.on_bad_sample,
         )
 
 
@@ -202,12 +241,17 @@ def epoch_samples(urls, slots, consumed, cfg, seed, epoch, rank, shape) -> Itera
 
 
 def batches(
-    samples: Iterator[dict], batch_size: int
+    samples: Iterator[dict], batch_size: int, repeat_aug: int = 1
 ) -> Iterator[tuple[list[str], torch.Tensor, int, list[str]]]:
-    """Group good samples: (keys, frames uint8 (B, T, H, W, 3), stream positions used, bad-sample reasons).
+    """Group good samples: (keys, frames (B, ...) uint8, stream positions used, bad-sample reasons).
 
-    Bad samples (skip mode) use a stream position but no batch slot; a short final batch is dropped.
+    frames: (B, T, H, W, 3) RGB or (B, T, 3H/2, W) I420, as the workers hand them over. With
+    repeat_aug K (MAE-ST's repeated sampling) a batch holds batch_size / K decoded clips, each
+    repeated K times in a row (keys too); the masks are drawn per batch row, so each repeat gets
+    its own. Bad samples (skip mode) use a stream position but no batch slot; a short final batch
+    is dropped.
     """
+    clips_per_batch = batch_size // repeat_aug
     keys, frames, bad, used = [], [], [], 0
     for sample in samples:
         used += 1
@@ -216,11 +260,49 @@ def batches(
             continue
         keys.append(sample["key"])
         frames.append(sample["frames"])
-        if len(keys) == batch_size:
-            yield keys, torch.stack(frames), used, bad
+        if len(keys) == clips_per_batch:
+            stacked = torch.stack(frames)
+            if repeat_aug > 1:
+                stacked = stacked.repeat_interleave(repeat_aug, dim=0)
+            yield [key for key in keys for _ in range(repeat_aug)], stacked, used, bad
             keys, frames, bad, used = [], [], [], 0
 
 
+YUV_TO_RGB = np.linalg.inv(np.array([[66, 129, 25], [-38, -74, 112], [112, -94, -18]]) / 256.0).tolist()
+"""Rows R, G, B of the inverse of ingest.video.rgb_to_yuv420's integer BT.601 matrix (Y-16, U-128, V-128)."""
+
+
+def i420_to_rgb(planes: torch.Tensor) -> torch.Tensor:
+    """uint8 (..., 3H/2, W) I420 planes -> float (..., 3, H, W) RGB in [0, 1], on planes' device.
+
+    The inverse of ingest.video.rgb_to_yuv420 (BT.601 limited range; its integer matrix inverted
+    exactly, chroma repeated over its 2x2 block). FFmpeg's own RGB conversion rounds about one
+    level low; the two differ by at most 3/255 (tests/test_train_data.py).
+    """
+    rows, width = planes.shape[-2:]
+    height = rows * 2 // 3
+    lead = planes.shape[:-2]
+    flat = planes.reshape(*lead, rows * width)  # the planes one after the other (H need not be 4k)
+    luma = (
+        flat[..., : height * width].reshape(*lead, 1, height, width).float().sub_(16.0).mul_(YUV_TO_RGB[0][0])
+    )
+    u, v = (
+        flat[..., height * width :].reshape(*lead, 2, height // 2, width // 2).float().sub_(128.0).unbind(-3)
+    )
+    # Chroma terms of R, G, B at chroma resolution, then each repeated over its 2x2 block.
+    chroma = torch.stack([YUV_TO_RGB[row][1] * u + YUV_TO_RGB[row][2] * v for row in range(3)], dim=-3)
+    chroma = chroma[..., :, None, :, None].expand(*lead, 3, height // 2, 2, width // 2, 2)
+    rgb = luma + chroma.reshape(*lead, 3, height, width)
+    return rgb.div_(255.0).clamp_(0.0, 1.0)
+
+
 def to_video(frames: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 (B, T, H, W, 3) -> float (B, T, 3, H, W) in [0, 1] on `device` (converted after the copy)."""
-    return frames.to(device, non_blocking=True).permute(0, 1, 4, 2, 3).float().div_(255.0)
+    """A batch as the workers hand it over -> float (B, T, 3, H, W) in [0, 1] on `device`.
+
+    frames: uint8 (B, T, H, W, 3) RGB, or uint8 (B, T, 3H/2, W) I420 planes (converted after the
+    copy, on `device`: half the bytes to move and, on a GPU, a conversion that costs nothing).
+    """
+    frames = frames.to(device, non_blocking=True)
+    if frames.ndim == 4:
+        return i420_to_rgb(frames)
+    return frames.permute(0, 1, 4, 2, 3).float().div_(255.0)

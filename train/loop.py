@@ -98,13 +98,14 @@ def data_stream(
     epoch, epoch_steps, consumed = start.epoch, start.epoch_steps, start.consumed
     while True:
         plan = plan_epoch(counts, world, cfg_d.workers, config.seed, epoch)
-        epoch_total = steps_per_epoch(plan, cfg_d.batch_size)
+        # With repeat_aug K a step reads batch_size / K clips (each fills K rows of the batch).
+        epoch_total = steps_per_epoch(plan, cfg_d.batch_size // cfg_d.repeat_aug)
         if epoch_total == 0:
             raise ShardError(
                 f"{sum(counts)} clips are fewer than world {world} x batch {cfg_d.batch_size} per step"
             )
         samples = epoch_samples(urls, plan[rank], consumed, cfg_d, config.seed, epoch, rank, frame_shape)
-        batch_iter = batches(samples, cfg_d.batch_size)
+        batch_iter = batches(samples, cfg_d.batch_size, cfg_d.repeat_aug)
         while epoch_steps < epoch_total:
             item = next(batch_iter, None)
             if world > 1 and cfg_d.on_bad_sample == "skip":
