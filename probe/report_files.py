@@ -197,7 +197,8 @@ def markdown(result: ProbeResult, report: dict) -> str:
         lines += _controls_markdown(result)
     lines += ["## Pooling grid (grouped-CV score on the training scenes)", ""]
     pooling = result.pooling
-    names = sorted(next(iter(pooling.cv_scores.values())))
+    names = [row.source.name for row in result.rows if row.view == INGESTED and row.source.kind != MAJORITY]
+    names += sorted(set(next(iter(pooling.cv_scores.values()))) - set(names))  # pixels when controls are off
     lines += [
         markdown_table(
             ["grid", *names, "kind-balanced mean"],
