@@ -292,7 +292,9 @@ def plot_controls(result: ProbeResult, path: Path) -> None:
     axis.axhline(majority, color="grey", linestyle="--", linewidth=1, label="majority / mean")
     axis.set_xticks(range(len(sources)), [source.name for source in sources], rotation=20)
     axis.set_ylabel(f"{metric} (95% CI)")
-    axis.legend(fontsize=8)
+    top = max(1.0, float(np.nanmax([row.ci[1] for row in result.rows if np.isfinite(row.ci[1])] or [1.0])))
+    axis.set_ylim(min(0.0, axis.get_ylim()[0]), top * 1.15)  # headroom for the legend above the bars
+    axis.legend(fontsize=8, loc="upper center", ncol=4)
     axis.set_title(f"gate {result.verdict.gate}, strength {result.strength}", fontsize=10)
     if classification:
         rows = [row for row in result.rows if row.source.kind != MAJORITY]
