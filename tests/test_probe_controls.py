@@ -168,3 +168,20 @@ def test_model_token_grid_matches_the_global_features():
     tokens = model.token_grid(video)
     assert tokens.shape == (2, 4, 2, 3, 8)
     torch.testing.assert_close(pool(tokens, (1, 1)), model.features(video))
+
+
+def test_row_space_projection_is_exact_for_l2_heads():
+    """Ridge on the projected features predicts exactly what ridge on the full features does (F > N)."""
+    from sklearn.linear_model import Ridge
+
+    from probe.linear import RowSpace
+
+    rng = np.random.default_rng(0)
+    train, test, y = rng.normal(size=(30, 400)), rng.normal(size=(10, 400)), rng.normal(size=30)
+    span = RowSpace().fit(train)
+    assert span.basis_.shape == (400, 30)
+    np.testing.assert_allclose(span.basis_.T @ span.basis_, np.eye(30), atol=1e-8)
+    full = Ridge(alpha=3.0).fit(train, y).predict(test)
+    projected = Ridge(alpha=3.0).fit(span.transform(train), y).predict(span.transform(test))
+    np.testing.assert_allclose(projected, full, atol=1e-8)
+    assert RowSpace().fit(train[:, :20]).transform(test[:, :20]).shape == (10, 20)  # F <= N: identity
