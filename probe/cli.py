@@ -48,7 +48,7 @@ Exit codes:
     "--out",
     required=True,
     type=click.Path(file_okay=False, path_type=Path),
-    help="Output folder: report.json, report.md, confusion.png or speed.png.",
+    help="Output folder: report.json, report.md, confusion.png or speed.png, and controls.png with the controls.",
 )
 @click.option(
     "--task",
