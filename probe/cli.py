@@ -8,21 +8,26 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from ingest.atomic import OutputError
 from ingest.motion import MotionThresholds
+from probe.gate import PASS, STRONG
 from probe.run import ProbeConfig, SceneOverlapError, run_probe
 from probe.tasks import TASKS
 
-EXIT_PASS, EXIT_USAGE, EXIT_FAIL = 0, 2, 3
+EXIT_PASS, EXIT_ERROR, EXIT_USAGE, EXIT_FAIL = 0, 1, 2, 3
 
 
 @click.command(
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
     epilog="""\b
 Exit codes:
-  0  gate passed: pretrained beats the best random encoder, 95% CI of the difference above 0
-  2  usage error: bad option, missing shards or checkpoint, train/val sharing a scene
-  3  gate failed (the report is still written)
-  1  any other error""",
+  0  the requirement holds: with --require pass (default) the gate passed (pretrained beats the
+     best random encoder, 95% CI of the difference above 0); with --require strong the gate
+     passed AND strength is strong
+  2  usage error: bad option, missing shards or checkpoint, train/val sharing a scene,
+     --require strong with --controls none
+  3  gate failed, or strength below a --require strong (the report is still written)
+  1  any other error (e.g. the output folder cannot be written)""",
 )
 @click.option(
     "--checkpoint",
@@ -43,7 +48,7 @@ Exit codes:
     "--out",
     required=True,
     type=click.Path(file_okay=False, path_type=Path),
-    help="Output folder: report.json, report.md, confusion.png or speed.png.",
+    help="Output folder: report.json, report.md, confusion.png or speed.png, and controls.png with the controls.",
 )
 @click.option(
     "--task",
@@ -104,7 +109,29 @@ Exit codes:
     show_default=True,
     help="Bootstrap replicates; each resamples validation scenes (not clips) with replacement.",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap resampling.")
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of the bootstrap resampling and of the shuffled view's frame permutations.",
+)
+@click.option(
+    "--controls",
+    type=click.Choice(["all", "none"]),
+    default="all",
+    show_default=True,
+    help="all: also probe the no-learning pixels baseline and the shuffled-frames and first-frame-only "
+    "views of every source, with per-class recall, controls.png and `strength`; none: the gate only.",
+)
+@click.option(
+    "--require",
+    type=click.Choice([PASS, STRONG]),
+    default=PASS,
+    show_default=True,
+    help="What exit code 0 needs: pass = the gate passed; strong = the gate passed and strength is "
+    "strong (pretrained also beats pixels and drops when frames are shuffled, both CIs above 0).",
+)
 def main(
     checkpoint,
     train_shards,
@@ -120,20 +147,34 @@ def main(
     max_clips,
     bootstrap,
     seed,
+    controls,
+    require,
 ):
     """Freeze the encoder of CHECKPOINT, fit a linear probe on --train-shards, score it on
     --val-shards, and compare with the same architecture randomly initialised and with the
     majority-class (or mean) predictor, on identical clips and splits.
 
-    Features: the encoder on unmasked clips, pooled by MaskedVideoModel.features (per-frame token
-    means, summarised by their time mean, second-half minus first-half change and mean absolute
-    frame-to-frame change), standardized on the training clips. Heads: logistic regression
-    (balanced class weights) or ridge, regularization chosen by cross-validation grouped by
-    training scene. Uncertainty: percentile bootstrap over validation scenes.
+    Features (probe/features.py): the encoder on unmasked clips, its tokens averaged over a grid
+    of cells per frame, summarised over time by their mean, second-half minus first-half change
+    and mean absolute frame-to-frame change. The grid (1x1, 2x2 or the full token layout) is
+    chosen by scene-grouped CV on the training scenes only and used for every source. Heads:
+    logistic regression (balanced class weights) or ridge, regularization chosen by
+    cross-validation grouped by training scene. Uncertainty: percentile bootstrap over
+    validation scenes.
 
-    Verdict: pass when the pretrained primary metric exceeds the best random encoder's and the 95%
+    Gate: pass when the pretrained primary metric exceeds the best random encoder's and the 95%
     CI of the paired difference (pretrained minus the best random encoder of each replicate) lies
     above zero.
+
+    Controls (on by default): `pixels`, RGB thumbnails at the same grid through the same pooling
+    and heads (no learning: the floor to beat); views `shuffled` (each clip's frames in a seeded
+    random order) and `static` (frame 0 repeated) of every source; per-class recall of every row.
+    Strength: strong when the gate passed AND pretrained beats pixels AND pretrained drops on
+    shuffled frames, each with the 95% CI of the paired difference above zero; weak when the gate
+    passed without both; none when the gate failed.
+
+    Example: mvm-probe --checkpoint demo/run --train-shards demo/shards/train
+    --val-shards demo/shards/val --out demo/probe
     """
     console = Console(stderr=True)
     config = ProbeConfig(
@@ -150,13 +191,28 @@ def main(
         max_clips=max_clips,
         bootstrap=bootstrap,
         seed=seed,
+        controls=controls == "all",
     )
+    if require == STRONG and not config.controls:
+        console.print("[red]mvm-probe: --require strong needs the controls; drop --controls none[/red]")
+        sys.exit(EXIT_USAGE)
     try:
         result = run_probe(config)
+    except OutputError as error:
+        console.print(f"[red]mvm-probe: {error}[/red]")
+        sys.exit(EXIT_ERROR)
     except (SceneOverlapError, FileNotFoundError, ValueError) as error:
         console.print(f"[red]mvm-probe: {error}[/red]")
         sys.exit(EXIT_USAGE)
-    color = "green" if result["gate"] == "pass" else "red"
-    console.print(f"[{color}]gate {result['gate'].upper()}[/{color}]: {result['reason']}")
+    passed = result.verdict.gate == PASS
+    console.print(
+        f"[{'green' if passed else 'red'}]gate {result.verdict.gate.upper()}[/]: {result.verdict.reason}"
+    )
+    if result.strength is not None:
+        strong = result.strength == STRONG
+        console.print(
+            f"[{'green' if strong else 'yellow'}]strength {result.strength.upper()}[/]: {result.strength_reason}"
+        )
     console.print(f"report: {out / 'report.md'}")
-    sys.exit(EXIT_PASS if result["gate"] == "pass" else EXIT_FAIL)
+    met = passed and (require == PASS or result.strength == STRONG)
+    sys.exit(EXIT_PASS if met else EXIT_FAIL)

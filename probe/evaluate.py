@@ -1,21 +1,29 @@
-"""Compare encoders on identical splits: linear heads, baselines, bootstrap intervals, verdict.
+"""Compare feature sources on identical splits: linear heads, controls, bootstrap intervals, verdict.
 
 Pure computation on already-extracted features, so it is tested on planted feature sets and
-reused unchanged by the CLI. Encoder names: "pretrained" and "random-<seed>" (any number of
-random seeds, at least one).
+reused unchanged by the CLI. Sources (`Source`): the pretrained encoder, one or more random
+encoders (seeds), and the no-learning `pixels` baseline; each seen through views (probe.features:
+`ingested`, and for the controls `shuffled` and `static`). Every (source, view) row gets its own
+head (regularization by scene-grouped CV on the training scenes), fitted on the training clips
+of that view and scored on the validation clips of that view.
+
+The gate (probe.gate.decide) compares the `ingested` rows only: pretrained vs the best random
+encoder. The controls add two conditions for `strength` (probe.gate.strength): pretrained vs
+pixels, and pretrained as ingested vs pretrained on shuffled frames.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from probe.gate import decide
-from probe.linear import fit_head, predict
+from probe.features import INGESTED, SHUFFLED, STATIC, Grid
+from probe.gate import Comparison, Verdict, compare, decide, strength
+from probe.linear import FittedHead, fit_head, predict
+from probe.pooling import PoolingChoice, select_grid
 from probe.stats import (
-    CI_LEVEL,
     bootstrap_scores,
     paired_difference,
     percentile_interval,
@@ -23,27 +31,117 @@ from probe.stats import (
     scene_resamples,
     task_metrics,
 )
-from probe.tasks import Task, class_counts
+from probe.tasks import Task
 
-PRETRAINED = "pretrained"
-MAJORITY = "majority"
+PRETRAINED, RANDOM, PIXELS, MAJORITY = "pretrained", "random", "pixels", "majority"
+KINDS = (PRETRAINED, RANDOM, PIXELS, MAJORITY)
 
 
-def random_name(seed: int) -> str:
-    """Encoder name of the random initialisation with this seed."""
-    return f"random-{seed}"
+@dataclass(frozen=True)
+class Source:
+    """One feature source the probe compares."""
+
+    kind: str
+    """PRETRAINED, RANDOM, PIXELS or MAJORITY (the constant predictor; it has no features)."""
+    seed: int | None = None
+    """The initialisation seed of a RANDOM encoder; None for the others."""
+
+    @classmethod
+    def pretrained(cls) -> Source:
+        return cls(PRETRAINED)
+
+    @classmethod
+    def random(cls, seed: int) -> Source:
+        return cls(RANDOM, seed)
+
+    @classmethod
+    def pixels(cls) -> Source:
+        return cls(PIXELS)
+
+    @property
+    def name(self) -> str:
+        """Display name: "pretrained", "random seed 3", "pixels", "majority"."""
+        return f"random seed {self.seed}" if self.kind == RANDOM else self.kind
+
+    def order(self) -> tuple[int, int]:
+        """Report order: pretrained, random seeds ascending, pixels, majority."""
+        return KINDS.index(self.kind), -1 if self.seed is None else self.seed
 
 
 @dataclass
 class Split:
-    """Features of every encoder on one set of clips, with targets and scenes (same clip order)."""
+    """Features of every (source, view, grid) on one set of clips, with targets and scenes (same clip order)."""
 
-    features: dict[str, np.ndarray]
-    """Encoder name -> (N, F) float32 pooled features."""
+    features: dict[tuple[Source, str, Grid], np.ndarray]
+    """(source, view, grid) -> (N, F) float32 pooled features."""
     targets: np.ndarray
     """(N,) class names or speeds."""
     scenes: np.ndarray
     """(N,) scene name of each clip."""
+
+
+@dataclass
+class ProbeRow:
+    """One (source, view) of the probe, scored on the validation clips."""
+
+    source: Source
+    view: str
+    metrics: dict[str, float]
+    """The task's metrics: balanced_accuracy, macro_f1, accuracy | r2, mae."""
+    predictions: np.ndarray
+    """(N_val,) predicted class names or speeds."""
+    per_class_recall: dict[str, float]
+    """Class -> recall on the validation clips (NaN for a class absent there); empty for regression."""
+    ci: tuple[float, float] = (float("nan"), float("nan"))
+    """95% scene-bootstrap interval of the primary metric."""
+    drop: float | None = None
+    """Views other than ingested: the primary metric as ingested minus this view's (how much needs motion)."""
+    drop_ci: tuple[float, float] | None = None
+    """95% scene-bootstrap interval of `drop` (paired replicates)."""
+    regularization: float | None = None
+    """The head's C or alpha; None for the majority predictor."""
+    cv_score: float | None = None
+    """The head's grouped-CV score on the training scenes."""
+    feature_dim: int | None = None
+
+
+@dataclass
+class ProbeResult:
+    """Everything one probe evaluation found; probe/report_files.py turns it into files."""
+
+    task: Task
+    rows: list[ProbeRow]
+    """Every (source, view) row in report order (sources first, then views), majority last."""
+    pooling: PoolingChoice
+    verdict: Verdict
+    """The gate: pretrained vs the best random encoder on the ingested view."""
+    conditions: list[Comparison]
+    """beats_random (the gate's comparison), then with controls beats_pixels and needs_order."""
+    strength: str | None
+    """"strong", "weak" or "none" (probe.gate.strength); None when the controls were off."""
+    strength_reason: str
+    best_random: Source
+    difference_ci_vs_best_seed: tuple[float, float]
+    """Informational: pretrained − the one seed best on the full set (less strict than the gate's)."""
+    controls: bool
+    n_boot: int
+    seed: int
+    train_targets: np.ndarray
+    val_targets: np.ndarray
+    train_scenes: np.ndarray = field(repr=False, default_factory=lambda: np.array([]))
+    val_scenes: np.ndarray = field(repr=False, default_factory=lambda: np.array([]))
+
+    def row(self, source: Source, view: str = INGESTED) -> ProbeRow:
+        """The row of (source, view); KeyError if absent."""
+        for row in self.rows:
+            if row.source == source and row.view == view:
+                return row
+        raise KeyError(f"no row for {source.name} / {view}")
+
+    @property
+    def randoms(self) -> list[ProbeRow]:
+        """The random encoders' ingested rows, by seed."""
+        return [row for row in self.rows if row.source.kind == RANDOM and row.view == INGESTED]
 
 
 def shared_scenes(train_scenes, val_scenes) -> list[str]:
@@ -61,101 +159,144 @@ def majority_predictions(task: Task, train_targets: np.ndarray, n_val: int) -> n
     return np.full(n_val, float(np.mean(train_targets)))
 
 
-def evaluate_encoders(task: Task, train: Split, val: Split, n_boot: int = 1000, seed: int = 0) -> dict:
-    """Fit one head per encoder on `train`, score on `val`, bootstrap over val scenes, decide the gate.
+def per_class_recall(task: Task, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """Class -> share of its validation clips predicted as it (NaN when absent); {} for regression."""
+    recall = {}
+    for name in task.classes:
+        of_class = y_true == name
+        recall[name] = float(np.mean(y_pred[of_class] == name)) if of_class.any() else float("nan")
+    return recall
 
-    Returns a JSON-ready dict (see probe/report_files.py for the fields) plus, under the key
-    "_predictions", name -> (N_val,) predictions for plotting (not serialised).
+
+def _score(task: Task, source: Source, view: str, y_val: np.ndarray, y_pred: np.ndarray, head) -> ProbeRow:
+    return ProbeRow(
+        source=source,
+        view=view,
+        metrics=task_metrics(task, y_val, y_pred),
+        predictions=y_pred,
+        per_class_recall=per_class_recall(task, y_val, y_pred),
+        regularization=None if head is None else head.regularization,
+        cv_score=None if head is None else head.cv_score,
+    )
+
+
+def evaluate_encoders(
+    task: Task, train: Split, val: Split, n_boot: int = 1000, seed: int = 0, controls: bool = True
+) -> ProbeResult:
+    """Choose the pooling grid, fit one head per (source, view), score on `val`, bootstrap, decide.
+
+    train/val hold features of the pretrained source, at least one random source and the pixels
+    source, for the `ingested` view at every candidate grid, and (controls=True) the `shuffled`
+    and `static` views at least at the grid `select_grid` picks. Pixels always take part in the
+    grid choice (so the gate's features do not depend on `controls`); with controls=False the
+    pixel and view rows are neither fitted nor reported and `strength` is None.
     """
     overlap = shared_scenes(train.scenes, val.scenes)
     if overlap:
         raise ValueError(f"train and val share scenes {overlap}")
-    randoms = sorted(
-        (name for name in train.features if name != PRETRAINED), key=lambda n: int(n.split("-")[1])
+    sources = sorted({source for source, _, _ in train.features}, key=Source.order)
+    kinds = {source.kind for source in sources}
+    if not {PRETRAINED, RANDOM} <= kinds:
+        raise ValueError("need a pretrained source and at least one random source")
+    if controls and PIXELS not in kinds:
+        raise ValueError("the controls need the pixels source")
+
+    choice, heads = select_grid(
+        task,
+        {(s.name, g): x for (s, view, g), x in train.features.items() if view == INGESTED},
+        {source.name: source.kind for source in sources},
+        train.targets,
+        train.scenes,
     )
-    if PRETRAINED not in train.features or not randoms:
-        raise ValueError("need a 'pretrained' encoder and at least one 'random-<seed>' encoder")
+    grid = choice.grid
+    reported = [source for source in sources if controls or source.kind != PIXELS]
+    views = (INGESTED, SHUFFLED, STATIC) if controls else (INGESTED,)
+    rows: list[ProbeRow] = []
+    for view in views:
+        for source in reported:
+            head: FittedHead = (
+                heads[source.name]
+                if view == INGESTED
+                else fit_head(task, train.features[(source, view, grid)], train.targets, train.scenes)
+            )
+            row = _score(
+                task, source, view, val.targets, predict(head, val.features[(source, view, grid)]), head
+            )
+            row.feature_dim = int(train.features[(source, view, grid)].shape[1])
+            rows.append(row)
+    rows.sort(key=lambda row: (row.source.order(), views.index(row.view)))
+    majority = majority_predictions(task, train.targets, len(val.targets))
+    rows.append(_score(task, Source(MAJORITY), INGESTED, val.targets, majority, None))
 
     metric = primary_metric_fn(task)
-    predictions: dict[str, np.ndarray] = {}
-    encoders: dict[str, dict] = {}
-    for name in [PRETRAINED, *randoms]:
-        head = fit_head(task, train.features[name], train.targets, train.scenes)
-        predictions[name] = predict(head, val.features[name])
-        encoders[name] = {
-            **task_metrics(task, val.targets, predictions[name]),
-            "regularization": head.regularization,
-            "cv_score": head.cv_score,
-            "feature_dim": int(train.features[name].shape[1]),
-        }
-    predictions[MAJORITY] = majority_predictions(task, train.targets, len(val.targets))
-    encoders[MAJORITY] = task_metrics(task, val.targets, predictions[MAJORITY])
-
     resamples = scene_resamples(val.scenes, n_boot, seed)
-    boot = bootstrap_scores(metric, val.targets, predictions, resamples)
-    for name, values in boot.items():
-        encoders[name]["ci"] = list(percentile_interval(values))
-    difference = paired_difference(boot[PRETRAINED], [boot[name] for name in randoms])
+    boot = bootstrap_scores(metric, val.targets, {(r.source, r.view): r.predictions for r in rows}, resamples)
 
-    random_scores = {name: encoders[name][task.metric] for name in randoms}
-    best_random = max(randoms, key=lambda name: random_scores[name])
-    point_difference = encoders[PRETRAINED][task.metric] - random_scores[best_random]
-    difference_ci = percentile_interval(difference)
-    # Informational: against the one seed that is best on the full set (less strict than the gate's).
-    fixed_seed_ci = percentile_interval(boot[PRETRAINED] - boot[best_random])
-    verdict = decide(
-        encoders[PRETRAINED][task.metric],
-        random_scores[best_random],
-        difference_ci,
-        task.metric,
-        len(np.unique(val.scenes)),
+    def score(source: Source, view: str = INGESTED) -> float:
+        return next(r for r in rows if r.source == source and r.view == view).metrics[task.metric]
+
+    for row in rows:
+        row.ci = percentile_interval(boot[(row.source, row.view)])
+        if row.view != INGESTED:
+            row.drop = score(row.source) - row.metrics[task.metric]
+            row.drop_ci = percentile_interval(boot[(row.source, INGESTED)] - boot[(row.source, row.view)])
+
+    pretrained = Source.pretrained()
+    randoms = [source for source in reported if source.kind == RANDOM]
+    best_random = max(randoms, key=score)
+    difference = paired_difference(boot[(pretrained, INGESTED)], [boot[(s, INGESTED)] for s in randoms])
+    beats_random = compare(
+        "beats_random",
+        "the pretrained encoder beats the best random encoder",
+        score(pretrained),
+        score(best_random),
+        percentile_interval(difference),
     )
-    values = np.array(list(random_scores.values()))
-
-    result = {
-        "task": task.name,
-        "metric": task.metric,
-        "pretrained": encoders[PRETRAINED],
-        "random": {
-            "per_seed": {name.split("-")[1]: encoders[name] for name in randoms},
-            "summary": {
-                "mean": float(values.mean()),
-                "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-                "best": random_scores[best_random],
-                "best_seed": int(best_random.split("-")[1]),
-            },
-        },
-        "majority": encoders[MAJORITY],
-        "difference": float(point_difference),
-        "difference_ci": list(difference_ci),
-        "difference_ci_vs_best_seed": list(fixed_seed_ci),
-        "gate": verdict.gate,
-        "reason": verdict.reason,
-        "n_train_clips": len(train.targets),
-        "n_val_clips": len(val.targets),
-        "n_train_scenes": len(np.unique(train.scenes)),
-        "n_val_scenes": len(np.unique(val.scenes)),
-        "bootstrap": {"replicates": n_boot, "seed": seed, "unit": "validation scene", "level": CI_LEVEL},
-        "thresholds": {
-            "stopped_speed_mps": task.thresholds.stopped_speed_mps,
-            "turn_yaw_rate_rps": task.thresholds.turn_yaw_rate_rps,
-        },
-        "_predictions": predictions,
-    }
-    if task.kind == "classification":
-        result["classes"] = list(task.classes)
-        result["class_counts"] = {
-            "train": class_counts(task, train.targets),
-            "val": class_counts(task, val.targets),
-        }
+    verdict = decide(
+        score(pretrained), score(best_random), beats_random.ci, task.metric, len(np.unique(val.scenes))
+    )
+    conditions = [beats_random]
+    if controls:
+        pixels = Source.pixels()
+        conditions.append(
+            compare(
+                "beats_pixels",
+                "the pretrained encoder beats the no-learning pixels baseline",
+                score(pretrained),
+                score(pixels),
+                percentile_interval(boot[(pretrained, INGESTED)] - boot[(pixels, INGESTED)]),
+            )
+        )
+        conditions.append(
+            compare(
+                "needs_order",
+                "the pretrained encoder's score drops when each clip's frames are shuffled",
+                score(pretrained),
+                score(pretrained, SHUFFLED),
+                percentile_interval(boot[(pretrained, INGESTED)] - boot[(pretrained, SHUFFLED)]),
+            )
+        )
+        level, reason = strength(verdict, conditions[1:])
     else:
-        result["target_summary"] = {
-            split: {
-                "mean": float(np.mean(y)),
-                "std": float(np.std(y)),
-                "min": float(np.min(y)),
-                "max": float(np.max(y)),
-            }
-            for split, y in (("train", train.targets), ("val", val.targets))
-        }
-    return result
+        level, reason = None, "controls were off (--controls none)"
+
+    return ProbeResult(
+        task=task,
+        rows=rows,
+        pooling=choice,
+        verdict=verdict,
+        conditions=conditions,
+        strength=level,
+        strength_reason=reason,
+        best_random=best_random,
+        difference_ci_vs_best_seed=percentile_interval(
+            boot[(pretrained, INGESTED)] - boot[(best_random, INGESTED)]
+        ),
+        controls=controls,
+        n_boot=n_boot,
+        seed=seed,
+        train_targets=train.targets,
+        val_targets=val.targets,
+        train_scenes=train.scenes,
+        val_scenes=val.scenes,
+    )

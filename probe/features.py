@@ -1,61 +1,172 @@
-"""The encoders compared by the gate and their frozen features.
+"""Probe features: the one path from decoded clips to the vectors every probe fits a head on.
 
-- "pretrained": the checkpoint, loaded with train.checkpoint.load_for_eval.
-- "random-<seed>": the same architecture (the checkpoint's saved ModelConfig) built by
-  train.model.build_model right after torch.manual_seed(seed), for seed in 0..seeds-1.
+Both the online probe (train/online_probe.py, during training) and the `mvm-probe` gate use
+`extract_features`, so the number logged during training and the gate's verdict look at the same
+features. Per clip (T, H, W, 3) uint8, for every view, source and grid:
 
-Every encoder sees the same decoded clips in the same batches and goes through the same
-`train.online_probe.extract_features` (eval mode, no gradients, `MaskedVideoModel.features`
-pooling), so the comparison differs only in the weights.
+1. view (VIEWS): `ingested` as decoded; `shuffled` the frames in a seeded permutation of
+   (seed, clip index) that is never the identity (order destroyed, content kept); `static` frame 0
+   repeated T times (no motion at all).
+2. source: an encoder's token grid (`MaskedVideoModel.token_grid`, (B, T', R, C, d)) or the raw
+   pixels themselves (`PIXELS`: (B, T, H, W, 3) in [0, 1], a "token" per pixel, no learning).
+3. spatial pooling to a (gh, gw) grid of cell averages (adaptive average pooling), per time step:
+   (B, T', gh * gw * d). For pixels this is a gh x gw RGB thumbnail, so the pixel baseline never
+   gets more spatial detail than the encoders at the same grid.
+4. temporal pooling: [mean over time, mean of the second half − mean of the first half, mean
+   |step-to-step change|] -> (B, 3 * gh * gw * d). The signed half-difference keeps the direction
+   of change (left vs right) and the mean absolute step its magnitude (stopped vs moving).
+
+Every source sees the same decoded clips in the same batches; decoding happens once, whatever the
+number of sources, views and grids.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
+
 import numpy as np
 import torch
-from rich.progress import track
+import torch.nn.functional as F
 
-from probe.data import iter_selected_frames
-from probe.evaluate import PRETRAINED, random_name
-from train.checkpoint import load_for_eval
-from train.model import build_model
-from train.online_probe import extract_features
+INGESTED, SHUFFLED, STATIC = "ingested", "shuffled", "static"
+VIEWS = (INGESTED, SHUFFLED, STATIC)
+"""The clip views; the gate itself uses only `ingested`, the controls the others."""
 
-
-def resolve_device(device: str) -> torch.device:
-    """Device for "auto" (CUDA when available, else CPU), "cpu" or "cuda" (ValueError if CUDA is missing)."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda requested but no CUDA device is available")
-    return torch.device(device)
+Grid = tuple[int, int]
 
 
-def load_encoders(
-    checkpoint: str, seeds: int, device: torch.device
-) -> tuple[dict[str, torch.nn.Module], object]:
-    """(name -> model on `device` in eval mode, the checkpoint's TrainConfig)."""
-    pretrained, config = load_for_eval(checkpoint, device=device)
-    encoders = {PRETRAINED: pretrained}
-    for seed in range(seeds):
-        torch.manual_seed(seed)
-        encoders[random_name(seed)] = build_model(config.model).to(device)
-    for model in encoders.values():
-        model.eval()
-    return encoders, config
+class PixelSource:
+    """The no-learning source: the frames themselves as a (B, T, H, W, 3) "token grid"."""
+
+    def token_grid(self, video: torch.Tensor) -> torch.Tensor:
+        """video (B, T, 3, H, W) float [0, 1] -> (B, T, H, W, 3)."""
+        return video.permute(0, 1, 3, 4, 2)
 
 
-def encode_clips(
-    encoders: dict[str, torch.nn.Module],
-    urls: list[str],
-    keys: list[str],
-    decoder: str,
-    batch_size: int,
-    device: torch.device,
-    description: str = "features",
-) -> dict[str, np.ndarray]:
-    """name -> (len(keys), F) float32 features of the named clips, decoded once for all encoders."""
-    frames = track(
-        iter_selected_frames(urls, keys, decoder), total=len(keys), description=description, transient=True
-    )
-    return extract_features(encoders, frames, batch_size=batch_size, device=device)
+PIXELS = PixelSource()
+
+
+def shuffled_order(frames: int, seed: int, clip_index: int) -> np.ndarray:
+    """(frames,) permutation of range(frames) from PCG64 seeded with (seed, clip_index); never the identity.
+
+    A drawn identity (probability 1/frames!) is rotated by one, so every shuffled clip has its order
+    changed. Deterministic: the same (frames, seed, clip_index) always gives the same permutation.
+    """
+    order = np.random.default_rng((seed, clip_index)).permutation(frames)
+    if frames > 1 and np.array_equal(order, np.arange(frames)):
+        order = np.roll(order, 1)
+    return order
+
+
+def apply_view(clip: np.ndarray, view: str, seed: int, clip_index: int) -> np.ndarray:
+    """One view of a (T, H, W, 3) clip, same shape and dtype. ValueError for an unknown view."""
+    if view == INGESTED:
+        return clip
+    if view == SHUFFLED:
+        return clip[shuffled_order(len(clip), seed, clip_index)]
+    if view == STATIC:
+        return np.repeat(clip[:1], len(clip), axis=0)
+    raise ValueError(f"unknown view {view!r}; expected one of {VIEWS}")
+
+
+def frames_to_video(frames: np.ndarray) -> torch.Tensor:
+    """uint8 (B, T, H, W, 3) RGB -> float32 (B, T, 3, H, W) in [0, 1], the input of the encoders."""
+    video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 1, 4, 2, 3)
+    return video.float().div_(255.0)
+
+
+def batched(clips: Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
+    """Group (T, H, W, 3) clips into (B, T, H, W, 3) stacks of at most batch_size, in order."""
+    batch: list[np.ndarray] = []
+    for clip in clips:
+        batch.append(clip)
+        if len(batch) == batch_size:
+            yield np.stack(batch)
+            batch = []
+    if batch:
+        yield np.stack(batch)
+
+
+def grid_pool(tokens: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """(B, T', R, C, d) -> (B, T', gh * gw * d): the average of each of gh x gw cells, per time step.
+
+    ValueError when the grid is finer than the token layout (that would invent detail).
+    """
+    batch, steps, rows, cols, dim = tokens.shape
+    if grid[0] > rows or grid[1] > cols:
+        raise ValueError(f"grid {grid} is finer than the {rows}x{cols} token layout")
+    maps = tokens.reshape(batch * steps, rows, cols, dim).permute(0, 3, 1, 2)
+    cells = F.adaptive_avg_pool2d(maps, grid)  # (B * T', d, gh, gw)
+    return cells.permute(0, 2, 3, 1).reshape(batch, steps, -1)
+
+
+def temporal_pool(per_step: torch.Tensor) -> torch.Tensor:
+    """(B, T', F) -> (B, 3F): [mean over time, second-half mean − first-half mean, mean |step|]."""
+    half = per_step.shape[1] // 2
+    change = per_step[:, half:].mean(dim=1) - per_step[:, :half].mean(dim=1)
+    step = (per_step[:, 1:] - per_step[:, :-1]).abs().mean(dim=1)
+    return torch.cat([per_step.mean(dim=1), change, step], dim=1)
+
+
+def pool(tokens: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """(B, T', R, C, d) token grid -> (B, 3 * gh * gw * d) probe features (spatial, then temporal pooling)."""
+    return temporal_pool(grid_pool(tokens, grid))
+
+
+def token_layout(source, frames: int, size: tuple[int, int]) -> tuple[int, int]:
+    """(R, C) of a source's token grid for clips of `frames` frames of size (H, W)."""
+    probe = torch.zeros(1, frames, 3, *size)
+    with torch.no_grad():
+        shape = source.token_grid(probe.to(_device_of(source))).shape
+    return int(shape[2]), int(shape[3])
+
+
+def _device_of(source) -> torch.device:
+    parameters = getattr(source, "parameters", None)
+    return next(parameters()).device if parameters else torch.device("cpu")
+
+
+@torch.no_grad()
+def extract_features(
+    sources: dict[str, object],
+    clips: Iterable[np.ndarray],
+    grids: Sequence[Grid],
+    views: Sequence[str] = (INGESTED,),
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+) -> dict[tuple[str, str, Grid], np.ndarray]:
+    """Probe features of every clip for every (source, view, grid), in one pass over the clips.
+
+    sources: name -> an encoder with `.token_grid(video (B, T, 3, H, W)) -> (B, T', R, C, d)`, or
+    PIXELS; clips: (T, H, W, 3) uint8 arrays, consumed once (clip i of the stream is clip index i
+    of the shuffled view); every grid must be at most each source's (R, C) or PIXELS' (H, W).
+    Returns (name, view, grid) -> float32 (N, 3 * gh * gw * d) in clip order. nn.Module sources run
+    in eval mode without gradients; their train/eval mode is restored afterwards.
+    """
+    modules = {name: source for name, source in sources.items() if isinstance(source, torch.nn.Module)}
+    was_training = {name: module.training for name, module in modules.items()}
+    for module in modules.values():
+        module.eval()
+    chunks: dict[tuple[str, str, Grid], list[np.ndarray]] = {
+        (name, view, tuple(grid)): [] for name in sources for view in views for grid in grids
+    }
+    first = 0
+    try:
+        for frames in batched(clips, batch_size):
+            for view in views:
+                viewed = np.stack(
+                    [apply_view(clip, view, seed, first + offset) for offset, clip in enumerate(frames)]
+                )
+                video = frames_to_video(viewed).to(device)
+                for name, source in sources.items():
+                    tokens = source.token_grid(video).float()
+                    for grid in grids:
+                        chunks[(name, view, tuple(grid))].append(pool(tokens, grid).cpu().numpy())
+            first += len(frames)
+    finally:
+        for name, module in modules.items():
+            module.train(was_training[name])
+    return {
+        key: np.concatenate(parts) if parts else np.zeros((0, 0), np.float32) for key, parts in chunks.items()
+    }

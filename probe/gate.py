@@ -58,3 +58,46 @@ def decide(
         f"pretrained {metric} {pretrained:.3f} > best random {best_random:.3f}; 95% CI of the difference "
         f"[{low:+.3f}, {high:+.3f}] is above 0",
     )
+
+
+STRONG, WEAK, NONE = "strong", "weak", "none"
+"""Strength levels: strong = the gate passed and every control condition held; weak = the gate
+passed but a control condition did not hold; none = the gate failed."""
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One paired comparison of two scores on the same validation scenes: is `left` above `right`?"""
+
+    name: str
+    """"beats_random", "beats_pixels" or "needs_order"."""
+    statement: str
+    """What holds when it holds, in words ("the pretrained encoder beats ...")."""
+    left: float
+    """The score that should be higher (primary metric)."""
+    right: float
+    """The score it is compared with."""
+    difference: float
+    """left − right."""
+    ci: tuple[float, float]
+    """95% scene-bootstrap interval of the paired difference."""
+    held: bool
+    """difference > 0 and the interval's lower end > 0 (both finite)."""
+
+
+def compare(name: str, statement: str, left: float, right: float, ci: tuple[float, float]) -> Comparison:
+    """A Comparison; held iff left > right and the CI of left − right lies above zero."""
+    finite = all(math.isfinite(value) for value in (left, right, *ci))
+    return Comparison(name, statement, left, right, left - right, ci, finite and left > right and ci[0] > 0.0)
+
+
+def strength(verdict: Verdict, conditions: list[Comparison]) -> tuple[str, str]:
+    """(STRONG | WEAK | NONE, reason): STRONG only when the gate passed and every condition held."""
+    failed = [condition.name for condition in conditions if not condition.held]
+    if verdict.gate != PASS:
+        return NONE, "the gate failed"
+    if failed:
+        return WEAK, "the gate passed, but not: " + ", ".join(failed)
+    return STRONG, "the gate passed and every control condition held: " + ", ".join(
+        c.name for c in conditions
+    )

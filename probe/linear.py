@@ -6,6 +6,15 @@ no statistic of the validation clips ever reaches the head. Cross-validation fol
 training scenes (GroupKFold): clips of one scene are near-duplicates, so a clip-level split
 would reward memorising scenes and choose too little regularization.
 
+With more features than training clips (grid-pooled features: 3 x 28 cells x 128 channels for the
+tiny preset), the standardized features are projected onto the span of the fitting clips
+(`RowSpace`). For an L2-penalized linear model this is exact, not an approximation: the optimal
+weights lie in that span (representer theorem), and weights in the span see only the projection
+of any clip, so fits, CV scores and predictions are those of the full features (up to the
+solver's stopping tolerance: sklearn's default 1e-4, which moves a few borderline predictions;
+1e-6 doubles the cost and still moves some), at a cost that grows with the number of clips instead of the feature count.
+Each CV fold standardizes and projects once and reuses that for every regularization tried.
+
 Logistic regression uses class_weight="balanced" (the same for every encoder compared), so a
 head is not rewarded for predicting the ~74% `straight` class everywhere.
 """
@@ -16,9 +25,11 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, Ridge
-from sklearn.model_selection import GridSearchCV, GroupKFold
+from sklearn.metrics import get_scorer
+from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
@@ -33,28 +44,50 @@ MAX_CV_FOLDS = 5
 """Scene-grouped folds (fewer when there are fewer training scenes)."""
 
 
+class RowSpace(TransformerMixin, BaseEstimator):
+    """Project (N, F) features onto an orthonormal basis of the rows seen by `fit`, when F > N.
+
+    fit(X (N, F)) keeps V (F, r), r <= N, the directions of the rows: from the eigenvectors U and
+    eigenvalues s² of the Gram matrix X Xᵀ (N x N, far cheaper than an SVD of X when F >> N),
+    V = Xᵀ U / s for the eigenvalues above RANK_TOLERANCE x the largest. transform(X' (M, F)) ->
+    X' V (M, r). With F <= N it is the identity.
+    """
+
+    RANK_TOLERANCE = 1e-10
+
+    def fit(self, features, targets=None):
+        features = np.asarray(features, dtype=np.float64)
+        self.basis_ = None
+        if features.shape[1] > features.shape[0]:
+            eigenvalues, vectors = np.linalg.eigh(features @ features.T)
+            keep = eigenvalues > eigenvalues[-1] * self.RANK_TOLERANCE
+            self.basis_ = features.T @ (vectors[:, keep] / np.sqrt(eigenvalues[keep]))
+        return self
+
+    def transform(self, features):
+        features = np.asarray(features, dtype=np.float64)
+        return features if self.basis_ is None else features @ self.basis_
+
+
 @dataclass(frozen=True)
 class FittedHead:
     """A fitted linear head and how its regularization was chosen."""
 
     pipeline: Pipeline
-    """StandardScaler -> LogisticRegression | Ridge, fitted on all training clips."""
+    """StandardScaler -> RowSpace -> LogisticRegression | Ridge, fitted on all training clips."""
     regularization: float
     """The chosen C (logistic) or alpha (ridge)."""
     cv_score: float
     """Mean grouped-CV score of the chosen setting (balanced accuracy or R²); NaN if no CV ran."""
 
 
-def _pipeline(task: Task) -> tuple[Pipeline, str, tuple[float, ...], str]:
+def _parts(task: Task) -> tuple[Pipeline, object, str, tuple[float, ...], str]:
+    """(preprocessing, head, its regularization parameter, the grid, the CV scoring)."""
+    preprocess = Pipeline([("scale", StandardScaler()), ("span", RowSpace())])
     if task.kind == "classification":
         head = LogisticRegression(class_weight="balanced", max_iter=5000)
-        return (
-            Pipeline([("scale", StandardScaler()), ("head", head)]),
-            "head__C",
-            LOGISTIC_C_GRID,
-            "balanced_accuracy",
-        )
-    return Pipeline([("scale", StandardScaler()), ("head", Ridge())]), "head__alpha", RIDGE_ALPHA_GRID, "r2"
+        return preprocess, head, "C", LOGISTIC_C_GRID, "balanced_accuracy"
+    return preprocess, Ridge(), "alpha", RIDGE_ALPHA_GRID, "r2"
 
 
 def fit_head(task: Task, features: np.ndarray, targets: np.ndarray, scenes: np.ndarray) -> FittedHead:
@@ -62,14 +95,16 @@ def fit_head(task: Task, features: np.ndarray, targets: np.ndarray, scenes: np.n
 
     features: (N, F) float; targets: (N,) class names or floats; scenes: (N,) scene names (CV groups).
     Classification needs at least two classes in the training clips (ValueError otherwise). With
-    fewer than two training scenes no CV is possible and the middle of the grid is used.
+    fewer than two training scenes no CV is possible and the middle of the grid is used. The chosen
+    value has the best mean score over the folds (ties: the first, i.e. the stronger penalty).
     """
-    pipeline, param, grid, scoring = _pipeline(task)
+    preprocess, head, param, grid, scoring = _parts(task)
     if task.kind == "classification" and len(np.unique(targets)) < 2:
         raise ValueError(
             f"the training clips hold a single class {np.unique(targets).tolist()}: nothing to probe"
         )
     n_folds = min(MAX_CV_FOLDS, len(np.unique(scenes)))
+    scorer = get_scorer(scoring)
     # One BLAS thread: these fits are small, so threads only add overhead (3x slower on 2 shared
     # cores) and make float sums depend on the thread count.
     with warnings.catch_warnings(), threadpool_limits(limits=1):
@@ -77,12 +112,25 @@ def fit_head(task: Task, features: np.ndarray, targets: np.ndarray, scenes: np.n
         warnings.simplefilter("ignore", UserWarning)
         warnings.simplefilter("ignore", ConvergenceWarning)
         if n_folds < 2:
-            chosen = grid[len(grid) // 2]
-            pipeline.set_params(**{param: chosen}).fit(features, targets)
-            return FittedHead(pipeline, chosen, float("nan"))
-        search = GridSearchCV(pipeline, {param: list(grid)}, scoring=scoring, cv=GroupKFold(n_splits=n_folds))
-        search.fit(features, targets, groups=scenes)
-    return FittedHead(search.best_estimator_, float(search.best_params_[param]), float(search.best_score_))
+            chosen, cv_score = grid[len(grid) // 2], float("nan")
+        else:
+            scores = np.zeros((n_folds, len(grid)))
+            folds = GroupKFold(n_splits=n_folds).split(features, targets, scenes)
+            for fold, (fit_rows, held_rows) in enumerate(folds):
+                fold_prep = clone(preprocess).fit(features[fit_rows])
+                fit_x, held_x = (
+                    fold_prep.transform(features[fit_rows]),
+                    fold_prep.transform(features[held_rows]),
+                )
+                for index, value in enumerate(grid):
+                    fitted = clone(head).set_params(**{param: value}).fit(fit_x, targets[fit_rows])
+                    scores[fold, index] = scorer(fitted, held_x, targets[held_rows])
+            mean = scores.mean(axis=0)
+            best = int(np.argmax(mean))
+            chosen, cv_score = grid[best], float(mean[best])
+        pipeline = Pipeline([*preprocess.steps, ("head", clone(head).set_params(**{param: chosen}))])
+        pipeline.fit(features, targets)
+    return FittedHead(pipeline, chosen, cv_score)
 
 
 def predict(head: FittedHead, features: np.ndarray) -> np.ndarray:

@@ -1,165 +1,292 @@
-"""Write the probe's outputs: DIR/report.json, DIR/report.md and DIR/confusion.png or DIR/speed.png."""
+"""Write the probe's outputs: DIR/report.json, DIR/report.md, DIR/confusion.png or DIR/speed.png,
+and with the controls DIR/controls.png (probe/plots.py). Every file goes through ingest.atomic;
+numbers and tables through ingest.report_format."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.metrics import confusion_matrix  # noqa: E402
-
-from probe.evaluate import MAJORITY, PRETRAINED, random_name  # noqa: E402
-
-
-def _json_ready(value):
-    """NaN/inf -> None (strict JSON), numpy scalars -> Python."""
-    if isinstance(value, dict):
-        return {key: _json_ready(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_ready(item) for item in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
+from ingest.atomic import ensure_dir, write_atomic
+from ingest.report_format import dumps_json, fmt, fmt_ci, markdown_table
+from probe.evaluate import MAJORITY, ProbeResult, ProbeRow, Source
+from probe.features import INGESTED, VIEWS
+from probe.gate import Comparison
+from probe.plots import plot_confusions, plot_controls, plot_speed
+from probe.stats import CI_LEVEL
+from probe.tasks import class_counts
 
 
-def write_json(result: dict, path: Path) -> None:
-    """report.json: every key of `result` except the private "_..." ones, sorted, strict JSON."""
-    public = {key: value for key, value in result.items() if not key.startswith("_")}
-    path.write_text(json.dumps(_json_ready(public), indent=2, sort_keys=True, allow_nan=False) + "\n")
+def grid_name(grid) -> str:
+    return f"{grid[0]}x{grid[1]}"
 
 
-def _fmt(value) -> str:
-    return "n/a" if value is None or not np.isfinite(value) else f"{value:.3f}"
+def _row_json(row: ProbeRow) -> dict:
+    """The legacy per-encoder entry: metrics at the top level, then ci and the head's settings."""
+    entry = {**row.metrics, "ci": list(row.ci), "per_class_recall": row.per_class_recall}
+    if row.regularization is not None:
+        entry.update(regularization=row.regularization, cv_score=row.cv_score, feature_dim=row.feature_dim)
+    return entry
 
 
-def _ci(ci) -> str:
-    return f"[{_fmt(ci[0])}, {_fmt(ci[1])}]"
+def _control_json(row: ProbeRow) -> dict:
+    return {
+        "encoder": row.source.name,
+        "kind": row.source.kind,
+        "seed": row.source.seed,
+        "view": row.view,
+        "metrics": row.metrics,
+        "ci": list(row.ci),
+        "per_class_recall": row.per_class_recall,
+        "drop": row.drop,
+        "drop_ci": None if row.drop_ci is None else list(row.drop_ci),
+        "regularization": row.regularization,
+        "cv_score": row.cv_score,
+        "feature_dim": row.feature_dim,
+    }
 
 
-def markdown(result: dict) -> str:
-    """A human-readable report.md of the result dict."""
-    metric = result["metric"]
-    columns = (
-        ["balanced_accuracy", "macro_f1", "accuracy"] if metric == "balanced_accuracy" else ["r2", "mae"]
+def _condition_json(condition: Comparison) -> dict:
+    return {
+        "name": condition.name,
+        "statement": condition.statement,
+        "held": condition.held,
+        "left": condition.left,
+        "right": condition.right,
+        "difference": condition.difference,
+        "ci": list(condition.ci),
+    }
+
+
+def report_dict(result: ProbeResult, extra: dict | None = None) -> dict:
+    """The JSON-ready report: gate fields as before, plus strength, conditions, pooling, controls."""
+    task = result.task
+    randoms = result.randoms
+    values = np.array([row.metrics[task.metric] for row in randoms])
+    beats_random = result.conditions[0]
+    pooling = result.pooling
+    report = {
+        "task": task.name,
+        "metric": task.metric,
+        "pretrained": _row_json(result.row(Source.pretrained())),
+        "random": {
+            "per_seed": {str(row.source.seed): _row_json(row) for row in randoms},
+            "summary": {
+                "mean": float(values.mean()),
+                "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                "best": beats_random.right,
+                "best_seed": result.best_random.seed,
+            },
+        },
+        "majority": _row_json(result.row(Source(MAJORITY))),
+        "difference": beats_random.difference,
+        "difference_ci": list(beats_random.ci),
+        "difference_ci_vs_best_seed": list(result.difference_ci_vs_best_seed),
+        "gate": result.verdict.gate,
+        "reason": result.verdict.reason,
+        "strength": result.strength,
+        "strength_reason": result.strength_reason,
+        "conditions": [_condition_json(condition) for condition in result.conditions],
+        "pooling": {
+            "grid": list(pooling.grid),
+            "candidates": [list(grid) for grid in pooling.candidates],
+            "cv_scores": {grid_name(g): scores for g, scores in pooling.cv_scores.items()},
+            "criterion": {grid_name(g): value for g, value in pooling.criterion.items()},
+            "rule": "highest kind-balanced mean grouped-CV score on the training scenes "
+            "(mean of pretrained, mean of random encoders, pixels); ties to the coarser grid",
+        },
+        "n_train_clips": len(result.train_targets),
+        "n_val_clips": len(result.val_targets),
+        "n_train_scenes": len(np.unique(result.train_scenes)),
+        "n_val_scenes": len(np.unique(result.val_scenes)),
+        "bootstrap": {
+            "replicates": result.n_boot,
+            "seed": result.seed,
+            "unit": "validation scene",
+            "level": CI_LEVEL,
+        },
+        "thresholds": {
+            "stopped_speed_mps": task.thresholds.stopped_speed_mps,
+            "turn_yaw_rate_rps": task.thresholds.turn_yaw_rate_rps,
+        },
+    }
+    if result.controls:
+        report["controls"] = {
+            "views": list(VIEWS),
+            "rows": [_control_json(row) for row in result.rows if row.source.kind != MAJORITY],
+        }
+    if task.kind == "classification":
+        report["classes"] = list(task.classes)
+        report["class_counts"] = {
+            "train": class_counts(task, result.train_targets),
+            "val": class_counts(task, result.val_targets),
+        }
+    else:
+        report["target_summary"] = {
+            split: {
+                "mean": float(np.mean(y)),
+                "std": float(np.std(y)),
+                "min": float(np.min(y)),
+                "max": float(np.max(y)),
+            }
+            for split, y in (("train", result.train_targets), ("val", result.val_targets))
+        }
+    report.update(extra or {})
+    return report
+
+
+def condition_sentence(condition: Comparison, metric: str, right_label: str) -> str:
+    """One plain sentence: held or not, the two scores, the difference and its CI."""
+    return (
+        f"{'Held' if condition.held else 'Not held'}: {condition.statement} — {metric} "
+        f"{fmt(condition.left)} vs {fmt(condition.right)} {right_label}, difference "
+        f"{fmt(condition.difference)}, 95% CI {fmt_ci(condition.ci)}."
     )
-    rows = [("pretrained", result["pretrained"])]
-    rows += [(f"random seed {seed}", scores) for seed, scores in result["random"]["per_seed"].items()]
-    rows.append(("majority" if metric == "balanced_accuracy" else "mean", result["majority"]))
-    lines = [
-        f"# Probe gate: **{result['gate'].upper()}**",
-        "",
-        result["reason"] + ".",
-        "",
-        f"- task: `{result['task']}`, primary metric: `{metric}`",
-        f"- checkpoint: `{result.get('checkpoint', '?')}` (step {result.get('checkpoint_step', '?')})",
-        f"- train: {result['n_train_clips']} clips from {result['n_train_scenes']} scenes; "
-        f"val: {result['n_val_clips']} clips from {result['n_val_scenes']} scenes",
-        f"- difference pretrained − best random: {_fmt(result['difference'])}, "
-        f"95% CI {_ci(result['difference_ci'])} (bootstrap over validation scenes, "
-        f"{result['bootstrap']['replicates']} replicates, seed {result['bootstrap']['seed']}; "
-        "best random taken per replicate); against the seed best on the full set only: "
-        f"{_ci(result['difference_ci_vs_best_seed'])} (informational, not the gate)",
-        "",
-        "| encoder | " + " | ".join(columns) + f" | 95% CI of {metric} | regularization |",
-        "|---|" + "---|" * (len(columns) + 2),
-    ]
-    for name, scores in rows:
-        values = " | ".join(_fmt(scores[column]) for column in columns)
-        lines.append(f"| {name} | {values} | {_ci(scores['ci'])} | {scores.get('regularization', '—')} |")
-    if "class_counts" in result:
-        lines += ["", "| class | train clips | val clips |", "|---|---|---|"]
-        for name in result["classes"]:
-            lines.append(
-                f"| {name} | {result['class_counts']['train'][name]} | {result['class_counts']['val'][name]} |"
-            )
-    thresholds = result["thresholds"]
+
+
+def markdown(result: ProbeResult, report: dict) -> str:
+    """report.md: one sentence per condition first, then the tables."""
+    task, metric = result.task, result.task.metric
+    labels = {
+        "beats_random": f"({result.best_random.name})",
+        "beats_pixels": "(pixels)",
+        "needs_order": "(shuffled frames)",
+    }
+    strength = f", strength **{result.strength.upper()}**" if result.strength else ""
+    lines = [f"# Probe gate: **{result.verdict.gate.upper()}**{strength}", ""]
+    lines += [condition_sentence(c, metric, labels[c.name]) for c in result.conditions]
     lines += [
         "",
-        f"Ego-motion thresholds: stopped below {thresholds['stopped_speed_mps']} m/s; "
-        f"left/right beyond ±{thresholds['turn_yaw_rate_rps']} rad/s (positive = counter-clockwise = left).",
-        "Features: frozen encoder on unmasked clips, pooled by `MaskedVideoModel.features`, "
-        "standardized on the training clips; heads' regularization chosen by scene-grouped CV on "
-        "the training scenes only.",
+        f"- gate: {result.verdict.reason}.",
+        f"- strength: {result.strength or 'not computed'} ({result.strength_reason}).",
+        f"- task: `{task.name}`, primary metric: `{metric}`",
+        f"- checkpoint: `{report.get('checkpoint', '?')}` (step {report.get('checkpoint_step', '?')})",
+        f"- train: {report['n_train_clips']} clips from {report['n_train_scenes']} scenes; "
+        f"val: {report['n_val_clips']} clips from {report['n_val_scenes']} scenes",
+        f"- CIs: percentile bootstrap over validation scenes, {result.n_boot} replicates, seed "
+        f"{result.seed}, paired across rows; the gate takes the best random encoder per replicate. "
+        f"Against the seed best on the full set only: {fmt_ci(result.difference_ci_vs_best_seed)} "
+        "(informational, not the gate).",
+        f"- pooling: {grid_name(result.pooling.grid)} grid of token (or pixel) averages per time step, "
+        "then [mean, second-half − first-half, mean |step|] over time; grid chosen by scene-grouped CV "
+        "on the training scenes (table below).",
+        "",
+    ]
+    columns = (
+        ["balanced_accuracy", "macro_f1", "accuracy"] if task.kind == "classification" else ["r2", "mae"]
+    )
+    ingested = [row for row in result.rows if row.view == INGESTED]
+    lines += [
+        "## As ingested",
+        "",
+        markdown_table(
+            ["source", *columns, f"95% CI of {metric}", "regularization"],
+            [
+                [row.source.name, *(row.metrics[c] for c in columns), fmt_ci(row.ci), row.regularization]
+                for row in ingested
+            ],
+        ),
+        "",
+    ]
+    if result.controls:
+        lines += _controls_markdown(result)
+    lines += ["## Pooling grid (grouped-CV score on the training scenes)", ""]
+    pooling = result.pooling
+    names = [row.source.name for row in result.rows if row.view == INGESTED and row.source.kind != MAJORITY]
+    names += sorted(set(next(iter(pooling.cv_scores.values()))) - set(names))  # pixels when controls are off
+    lines += [
+        markdown_table(
+            ["grid", *names, "kind-balanced mean"],
+            [
+                [
+                    grid_name(g) + (" (chosen)" if g == pooling.grid else ""),
+                    *(pooling.cv_scores[g][n] for n in names),
+                ]
+                + [pooling.criterion[g]]
+                for g in pooling.candidates
+            ],
+        ),
+        "",
+    ]
+    if task.kind == "classification":
+        counts = report["class_counts"]
+        lines += [
+            markdown_table(
+                ["class", "train clips", "val clips"],
+                [[name, counts["train"][name], counts["val"][name]] for name in task.classes],
+            ),
+            "",
+        ]
+    thresholds = task.thresholds
+    lines += [
+        f"Ego-motion thresholds: stopped below {thresholds.stopped_speed_mps} m/s; left/right beyond "
+        f"±{thresholds.turn_yaw_rate_rps} rad/s (positive = counter-clockwise = left).",
         "",
     ]
     return "\n".join(lines)
 
 
-def plot_confusions(result: dict, val_targets: np.ndarray, path: Path) -> None:
-    """Row-normalized confusion matrices (pretrained, best random, majority) side by side."""
-    classes = result["classes"]
-    best = random_name(result["random"]["summary"]["best_seed"])
-    panels = [(PRETRAINED, "pretrained"), (best, f"best random ({best})"), (MAJORITY, "majority")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.0))
-    for axis, (name, title) in zip(axes, panels, strict=True):
-        matrix = confusion_matrix(val_targets, result["_predictions"][name], labels=classes).astype(float)
-        rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1.0)
-        axis.imshow(rates, vmin=0.0, vmax=1.0, cmap="Blues")
-        for row in range(len(classes)):
-            for col in range(len(classes)):
-                axis.text(
-                    col,
-                    row,
-                    f"{int(matrix[row, col])}",
-                    ha="center",
-                    va="center",
-                    color="white" if rates[row, col] > 0.5 else "black",
-                    fontsize=9,
-                )
-        axis.set_xticks(range(len(classes)), classes, rotation=45)
-        axis.set_yticks(range(len(classes)), classes)
-        axis.set_xlabel("predicted")
-        axis.set_ylabel("true")
-        score = (
-            result["pretrained"]
-            if name == PRETRAINED
-            else (
-                result["majority"] if name == MAJORITY else result["random"]["per_seed"][name.split("-")[1]]
-            )
-        )
-        axis.set_title(f"{title}\nbal. acc {score['balanced_accuracy']:.3f}", fontsize=10)
-    fig.suptitle(f"ego-motion probe on validation scenes: gate {result['gate']} (counts; colour = row rate)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+def _controls_markdown(result: ProbeResult) -> list[str]:
+    metric = result.task.metric
+    sources = [row.source for row in result.rows if row.view == INGESTED and row.source.kind != MAJORITY]
+    table = []
+    for source in sources:
+        cells = [source.name]
+        for view in VIEWS:
+            row = result.row(source, view)
+            cells.append(f"{fmt(row.metrics[metric])} {fmt_ci(row.ci)}")
+        for view in VIEWS[1:]:
+            row = result.row(source, view)
+            cells.append(f"{fmt(row.drop)} {fmt_ci(row.drop_ci)}")
+        table.append(cells)
+    lines = [
+        "## Controls",
+        "",
+        f"{metric} [95% CI] per view: `shuffled` = each clip's frames in a seeded random order, "
+        "`static` = frame 0 repeated; `pixels` = RGB thumbnails at the pooling grid, no encoder. "
+        "A drop is as ingested − the view (paired CI): how much of the score needs motion.",
+        "",
+        markdown_table(
+            ["source", *VIEWS, "drop when shuffled", "drop when static"],
+            table,
+        ),
+        "",
+    ]
+    if result.task.kind == "classification":
+        classes = result.task.classes
+        lines += [
+            "Per-class recall on the validation clips:",
+            "",
+            markdown_table(
+                ["source", "view", *classes],
+                [
+                    [row.source.name, row.view, *(row.per_class_recall[c] for c in classes)]
+                    for row in result.rows
+                ],
+            ),
+            "",
+        ]
+    return lines
 
 
-def plot_speed(result: dict, val_targets: np.ndarray, path: Path) -> None:
-    """Predicted vs true mean speed for the pretrained and the best random encoder."""
-    best = random_name(result["random"]["summary"]["best_seed"])
-    fig, axes = plt.subplots(1, 2, figsize=(9.0, 4.2), sharex=True, sharey=True)
-    limit = float(max(np.max(val_targets), 1e-3)) * 1.1
-    for axis, name in zip(axes, (PRETRAINED, best), strict=True):
-        axis.scatter(val_targets, result["_predictions"][name], s=8, alpha=0.6)
-        axis.plot([0, limit], [0, limit], color="grey", linewidth=1)
-        score = (
-            result["pretrained"] if name == PRETRAINED else result["random"]["per_seed"][name.split("-")[1]]
-        )
-        axis.set_title(f"{name}: R² {score['r2']:.3f}, MAE {score['mae']:.2f} m/s", fontsize=10)
-        axis.set_xlabel("true mean speed (m/s)")
-        axis.set_ylabel("predicted (m/s)")
-    fig.suptitle(f"speed probe on validation scenes: gate {result['gate']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+def write_outputs(result: ProbeResult, out: Path, extra: dict | None = None) -> list[Path]:
+    """Write report.json, report.md, the task's PNG and (controls) controls.png under `out`. Returns the paths.
 
-
-def write_outputs(result: dict, val_targets: np.ndarray, out: Path) -> list[Path]:
-    """Write report.json, report.md and the task's PNG under `out` (created). Returns the paths."""
-    out.mkdir(parents=True, exist_ok=True)
+    extra: more report.json fields (the checkpoint, the model shape, the requirement).
+    """
+    ensure_dir(out)
+    report = report_dict(result, extra)
     paths = [out / "report.json", out / "report.md"]
-    write_json(result, paths[0])
-    paths[1].write_text(markdown(result))
-    if "classes" in result:
+    write_atomic(paths[0], dumps_json(report))
+    write_atomic(paths[1], markdown(result, report))
+    if result.task.kind == "classification":
         paths.append(out / "confusion.png")
-        plot_confusions(result, val_targets, paths[-1])
+        plot_confusions(result, paths[-1])
     else:
         paths.append(out / "speed.png")
-        plot_speed(result, val_targets, paths[-1])
+        plot_speed(result, paths[-1])
+    if result.controls:
+        paths.append(out / "controls.png")
+        plot_controls(result, paths[-1])
     return paths

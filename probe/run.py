@@ -10,8 +10,10 @@ import numpy as np
 from ingest.motion import MotionThresholds
 from ingest.sampling import spread_subset
 from probe.data import read_metadata
-from probe.evaluate import Split, evaluate_encoders, shared_scenes
-from probe.features import encode_clips, load_encoders, resolve_device
+from probe.encoders import encode_clips, load_sources, resolve_device
+from probe.evaluate import PRETRAINED, ProbeResult, Split, evaluate_encoders, shared_scenes
+from probe.features import INGESTED, VIEWS, token_layout
+from probe.pooling import candidate_grids
 from probe.report_files import write_outputs
 from probe.tasks import make_task, targets
 from train.checkpoint import resolve
@@ -51,7 +53,9 @@ class ProbeConfig:
     bootstrap: int = 1000
     """Bootstrap replicates over validation scenes."""
     seed: int = 0
-    """Seed of the bootstrap resampling."""
+    """Seed of the bootstrap resampling and of the shuffled view's frame permutations."""
+    controls: bool = True
+    """Add the pixels baseline, the shuffled and static views and `strength` to the report."""
 
 
 def load_split_metadata(spec: str, max_clips: int | None) -> tuple[list[str], list[dict]]:
@@ -74,8 +78,8 @@ def check_clip_shape(model_config, metas: list[dict]) -> None:
         )
 
 
-def run_probe(config: ProbeConfig) -> dict:
-    """Run the gate; write the outputs; return the result dict (see probe/evaluate.py).
+def run_probe(config: ProbeConfig) -> ProbeResult:
+    """Run the gate and its controls; write the outputs; return the result.
 
     Raises SceneOverlapError before loading any model when the splits share scenes, ValueError on
     bad inputs.
@@ -92,30 +96,45 @@ def run_probe(config: ProbeConfig) -> dict:
 
     device = resolve_device(config.device)
     step_folder = resolve(config.checkpoint)
-    encoders, train_config = load_encoders(str(step_folder), config.seeds, device)
-    check_clip_shape(train_config.model, train_metas + val_metas)
+    sources, train_config = load_sources(str(step_folder), config.seeds, device)
+    model_config = train_config.model
+    check_clip_shape(model_config, train_metas + val_metas)
+    pretrained = next(model for source, model in sources.items() if source.kind == PRETRAINED)
+    grids = candidate_grids(token_layout(pretrained, model_config.clip_len, tuple(model_config.image_size)))
+    # Every view at every candidate grid in one decode pass: pooling is cheap next to the encoders.
+    views = VIEWS if config.controls else (INGESTED,)
     splits = {}
     for name, urls, metas in (("train", train_urls, train_metas), ("val", val_urls, val_metas)):
         features = encode_clips(
-            encoders,
+            sources,
             urls,
             [m["key"] for m in metas],
             config.decoder,
+            grids,
+            views,
             config.batch_size,
             device,
+            config.seed,
             f"{name} features",
         )
         splits[name] = Split(features, targets(task, metas), np.array([m["scene"] for m in metas]))
 
     result = evaluate_encoders(
-        task, splits["train"], splits["val"], n_boot=config.bootstrap, seed=config.seed
+        task,
+        splits["train"],
+        splits["val"],
+        n_boot=config.bootstrap,
+        seed=config.seed,
+        controls=config.controls,
     )
-    result["checkpoint"] = str(config.checkpoint)
-    result["checkpoint_step"] = int(step_folder.name.split("-")[1])
-    result["model"] = {
-        "preset": train_config.preset,
-        "image_size": list(train_config.model.image_size),
-        "clip_len": train_config.model.clip_len,
+    extra = {
+        "checkpoint": str(config.checkpoint),
+        "checkpoint_step": int(step_folder.name.split("-")[1]),
+        "model": {
+            "preset": train_config.preset,
+            "image_size": list(model_config.image_size),
+            "clip_len": model_config.clip_len,
+        },
     }
-    write_outputs(result, splits["val"].targets, config.out)
+    write_outputs(result, config.out, extra)
     return result

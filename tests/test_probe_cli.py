@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
+import probe.cli as probe_cli
 from ingest.cli import ingest_main
 from ingest.synth import generate
 from probe.cli import EXIT_FAIL, EXIT_USAGE, main
+from probe.evaluate import evaluate_encoders
+from probe.tasks import make_task
+from tests._probe_helpers import planted_split
 from train.checkpoint import save
 from train.config import apply_overrides, from_dict, preset
 from train.data import resolve_shards
@@ -91,6 +97,8 @@ def test_help_documents_options_and_exit_codes():
         "--bootstrap",
         "--turn-yaw-rate",
         "--max-clips",
+        "--controls",
+        "--require",
         "Exit codes",
         "3  gate failed",
     ):
@@ -112,6 +120,21 @@ def test_random_checkpoint_fails_the_gate_deterministically(shards, tmp_path):
     assert (tmp_path / "a" / "confusion.png").is_file() and "FAIL" in (
         tmp_path / "a" / "report.md"
     ).read_text()
+    # Controls are on by default: pixels and the two views for every source, per-class recall.
+    assert report["strength"] == "none" and (tmp_path / "a" / "controls.png").is_file()
+    rows = report["controls"]["rows"]
+    assert {(row["kind"], row["view"]) for row in rows} == {
+        (kind, view)
+        for kind in ("pretrained", "random", "pixels")
+        for view in ("ingested", "shuffled", "static")
+    }
+    assert len(rows) == 3 * (1 + 2 + 1) and all(
+        set(row["per_class_recall"]) == set(report["classes"]) for row in rows
+    )
+    assert [c["name"] for c in report["conditions"]] == ["beats_random", "beats_pixels", "needs_order"]
+    assert report["pooling"]["grid"] in report["pooling"]["candidates"]
+    markdown = (tmp_path / "a" / "report.md").read_text().splitlines()
+    assert markdown[2].startswith("Not held: the pretrained encoder beats the best random encoder")
 
     second = probe(run, shards["train"], shards["val"], tmp_path / "b", "--seeds", "2")
     assert second.exit_code == EXIT_FAIL
@@ -154,3 +177,59 @@ def test_speed_task_and_online_probe(shards, tmp_path):
     assert 0.0 <= scores["bal_acc"] <= 1.0 and scores["chance"] >= 0.25
     assert scores["train_clips"] + scores["test_clips"] == 20
     assert online.evaluate(model) == scores
+
+
+def test_controls_none_and_require_strong_need_each_other(shards, tmp_path):
+    run = random_checkpoint(tmp_path / "run", seed=3)
+    plain = probe(
+        run, shards["train"], shards["val"], tmp_path / "plain", "--seeds", "1", "--controls", "none"
+    )
+    assert plain.exit_code == EXIT_FAIL, plain.output
+    report = json.loads((tmp_path / "plain" / "report.json").read_text())
+    assert "controls" not in report and report["strength"] is None
+    assert [c["name"] for c in report["conditions"]] == ["beats_random"]
+    assert not (tmp_path / "plain" / "controls.png").exists()
+    refused = probe(
+        run, shards["train"], shards["val"], tmp_path / "no", "--controls", "none", "--require", "strong"
+    )
+    assert refused.exit_code == EXIT_USAGE and "--require strong" in refused.output
+    assert not (tmp_path / "no").exists()
+
+
+@functools.cache
+def planted_result(order_free: bool):
+    """A real evaluation of planted features whose gate passes; strength weak when `order_free`."""
+    rng = np.random.default_rng(1)
+    train = planted_split(rng, [f"t{i}" for i in range(8)], 10, 3.0, order_free=order_free, pixel_signal=0.3)
+    val = planted_split(rng, [f"v{i}" for i in range(5)], 10, 3.0, order_free=order_free, pixel_signal=0.3)
+    return evaluate_encoders(make_task("ego-motion"), train, val, n_boot=200)
+
+
+@pytest.mark.parametrize(
+    ("order_free", "require", "exit_code"),
+    [
+        (True, "pass", 0),
+        (True, "strong", EXIT_FAIL),
+        (False, "strong", 0),
+    ],
+)
+def test_require_strong_exit_codes(monkeypatch, tmp_path, order_free, require, exit_code):
+    """A passing gate with weak strength exits 3 only under --require strong (planted features, real evaluation)."""
+    result = planted_result(order_free)
+    assert result.verdict.gate == "pass" and result.strength == ("weak" if order_free else "strong")
+    monkeypatch.setattr(probe_cli, "run_probe", lambda config: result)
+    args = [
+        "--checkpoint",
+        "x",
+        "--train-shards",
+        "x",
+        "--val-shards",
+        "y",
+        "--out",
+        str(tmp_path),
+        "--require",
+        require,
+    ]
+    outcome = CliRunner().invoke(main, args)
+    assert outcome.exit_code == exit_code, outcome.output
+    assert f"strength {result.strength.upper()}" in outcome.output

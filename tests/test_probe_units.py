@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 
 from ingest.motion import MotionThresholds
-from probe.evaluate import PRETRAINED, Split, evaluate_encoders, majority_predictions, random_name
+from ingest.report_format import dumps_json
+from probe.evaluate import Source, Split, evaluate_encoders, majority_predictions
 from probe.gate import FAIL, PASS, decide
-from probe.report_files import write_outputs
+from probe.report_files import report_dict, write_outputs
 from probe.stats import paired_difference, percentile_interval, scene_resamples
 from probe.tasks import class_counts, clip_target, make_task, targets
+from tests._probe_helpers import planted_split
 from train.online_probe import split_scenes
 
 
@@ -94,20 +96,6 @@ def test_bootstrap_resamples_whole_scenes_and_is_seeded():
     assert percentile_interval(np.linspace(0, 1, 1001)) == pytest.approx((0.025, 0.975))
 
 
-def planted_split(rng: np.random.Generator, scenes: list[str], clips_per_scene: int, signal: float) -> Split:
-    """Features of a pretrained encoder that carry the class with strength `signal`, randoms that carry none."""
-    classes = np.array(["stopped", "straight", "left", "right"])
-    labels = classes[rng.integers(0, 4, len(scenes) * clips_per_scene)]
-    onehot = (labels[:, None] == classes[None, :]).astype(np.float32)
-    class_means = np.random.default_rng(99).normal(size=(4, 24))  # the same directions in train and val
-    features = {PRETRAINED: signal * onehot @ class_means + rng.normal(size=(len(labels), 24))}
-    for seed in range(3):
-        features[random_name(seed)] = rng.normal(size=(len(labels), 24))
-    return Split(
-        {k: v.astype(np.float32) for k, v in features.items()}, labels, np.repeat(scenes, clips_per_scene)
-    )
-
-
 def test_planted_separable_features_pass_and_noise_fails(tmp_path):
     task = make_task("ego-motion")
     rng = np.random.default_rng(0)
@@ -115,20 +103,21 @@ def test_planted_separable_features_pass_and_noise_fails(tmp_path):
     val_scenes = [f"scene-{i:04d}" for i in range(100, 106)]
     train, val = planted_split(rng, train_scenes, 20, 3.0), planted_split(rng, val_scenes, 20, 3.0)
     result = evaluate_encoders(task, train, val, n_boot=300, seed=0)
-    assert result["gate"] == PASS, result["reason"]
-    assert result["pretrained"]["balanced_accuracy"] > 0.8
-    assert result["difference_ci"][0] > 0
-    assert result["random"]["summary"]["best"] < 0.45
-    assert result["n_val_scenes"] == 6 and result["n_val_clips"] == 120
+    assert result.verdict.gate == PASS, result.verdict.reason
+    assert result.row(Source.pretrained()).metrics["balanced_accuracy"] > 0.8
+    assert result.conditions[0].ci[0] > 0
+    assert max(row.metrics["balanced_accuracy"] for row in result.randoms) < 0.45
+    assert [row.source.seed for row in result.randoms] == [0, 1, 2]
 
     # The "pretrained" encoder is as uninformative as the randoms: the gate must refuse.
     train0, val0 = planted_split(rng, train_scenes, 20, 0.0), planted_split(rng, val_scenes, 20, 0.0)
     null = evaluate_encoders(task, train0, val0, n_boot=300, seed=0)
-    assert null["gate"] == FAIL
-    assert null["difference_ci"][0] <= 0
+    assert null.verdict.gate == FAIL and null.strength == "none"
+    assert null.conditions[0].ci[0] <= 0
 
-    paths = write_outputs(result, val.targets, tmp_path)
+    paths = write_outputs(result, tmp_path)
     report = json.loads(paths[0].read_text())
+    assert report["n_val_scenes"] == 6 and report["n_val_clips"] == 120
     for field in (
         "task",
         "metric",
@@ -141,6 +130,10 @@ def test_planted_separable_features_pass_and_noise_fails(tmp_path):
         "n_val_clips",
         "n_val_scenes",
         "class_counts",
+        "strength",
+        "conditions",
+        "controls",
+        "pooling",
     ):
         assert field in report
     assert set(report["random"]["per_seed"]) == {"0", "1", "2"}
@@ -155,8 +148,7 @@ def test_evaluation_is_deterministic_and_refuses_shared_scenes():
     val = planted_split(np.random.default_rng(4), [f"v{i}" for i in range(5)], 10, 1.0)
     first = evaluate_encoders(task, train, val, n_boot=200, seed=5)
     second = evaluate_encoders(task, make(), val, n_boot=200, seed=5)
-    strip = lambda r: {k: v for k, v in r.items() if not k.startswith("_")}  # noqa: E731
-    assert json.dumps(strip(first), sort_keys=True) == json.dumps(strip(second), sort_keys=True)
+    assert dumps_json(report_dict(first)) == dumps_json(report_dict(second))
     with pytest.raises(ValueError, match="share scenes"):
         evaluate_encoders(task, train, train, n_boot=100)
 
@@ -170,15 +162,21 @@ def test_speed_regression_and_majority_baseline(tmp_path):
         pretrained = np.concatenate(
             [speed[:, None] + rng.normal(0, 1, (len(speed), 1)), rng.normal(size=(len(speed), 7))], 1
         )
-        features = {PRETRAINED: pretrained, random_name(0): rng.normal(size=(len(speed), 8))}
-        return Split({k: v.astype(np.float32) for k, v in features.items()}, speed, np.repeat(names, 10))
+        features = {Source.pretrained(): pretrained, Source.random(0): rng.normal(size=(len(speed), 8))}
+        return Split(
+            {(k, "ingested", (1, 1)): v.astype(np.float32) for k, v in features.items()},
+            speed,
+            np.repeat(names, 10),
+        )
 
-    result = evaluate_encoders(
-        task, split([f"t{i}" for i in range(10)]), val := split([f"v{i}" for i in range(6)]), n_boot=200
-    )
-    assert result["metric"] == "r2" and result["pretrained"]["r2"] > 0.8 and result["gate"] == PASS
-    assert result["majority"]["r2"] <= 0.0
-    assert (tmp_path / "speed.png") in write_outputs(result, val.targets, tmp_path)
+    train, val = split([f"t{i}" for i in range(10)]), split([f"v{i}" for i in range(6)])
+    result = evaluate_encoders(task, train, val, n_boot=200, controls=False)
+    assert result.row(Source.pretrained()).metrics["r2"] > 0.8 and result.verdict.gate == PASS
+    assert result.row(Source("majority")).metrics["r2"] <= 0.0
+    assert result.strength is None and not result.row(Source.pretrained()).per_class_recall
+    paths = write_outputs(result, tmp_path)
+    assert (tmp_path / "speed.png") in paths and (tmp_path / "controls.png") not in paths
+    assert "controls" not in json.loads(paths[0].read_text())
     counts = majority_predictions(make_task("ego-motion"), np.array(["left", "straight", "straight"]), 2)
     assert counts.tolist() == ["straight", "straight"]
 

@@ -191,19 +191,30 @@ class MaskedVideoModel(nn.Module):
         return {"loss": masked_mse(pred, target, mask), "pred": pred, "pooled": latent.float().mean(dim=1)}
 
     @torch.no_grad()
-    def features(self, video: torch.Tensor) -> torch.Tensor:
-        """Frozen-encoder features of unmasked clips, the one pooling every probe uses.
+    def token_grid(self, video: torch.Tensor) -> torch.Tensor:
+        """Frozen-encoder token features of unmasked clips laid out in space and time.
 
-        video (B, T, 3, H, W) float in [0, 1] -> (B, 3 * embed_dim). The encoder sees all tokens;
-        its token features are averaged over space per frame, giving f (B, T, d). Returned:
-        [mean_t f, mean of the second half of the frames - mean of the first half, mean_t |f_t+1 - f_t|].
-        The signed half-difference keeps the direction of change (left vs right turn) and the
-        mean absolute step keeps its magnitude (stopped vs moving), both reachable by a linear probe.
+        video (B, T, 3, H, W) float in [0, 1] -> (B, T', H / p, W / p, embed_dim) float32, with T'
+        token time steps (T for one-frame tokens). The probes pool this (probe/features.py).
         """
         patches = patchify(video, self.cfg.patch_size)
         tokens = self.encode(patches, None).float()
-        per_frame = tokens.reshape(video.shape[0], self.frames, self.patches_per_frame, -1).mean(dim=2)
-        half = self.frames // 2
+        rows, cols = (
+            self.cfg.image_size[0] // self.cfg.patch_size,
+            self.cfg.image_size[1] // self.cfg.patch_size,
+        )
+        return tokens.reshape(video.shape[0], -1, rows, cols, tokens.shape[-1])
+
+    @torch.no_grad()
+    def features(self, video: torch.Tensor) -> torch.Tensor:
+        """Globally pooled frozen-encoder features of unmasked clips (probes use probe/features.py).
+
+        video (B, T, 3, H, W) float in [0, 1] -> (B, 3 * embed_dim). The token grid is averaged over
+        space per time step, giving f (B, T', d). Returned: [mean_t f, mean of the second half of
+        the time steps - mean of the first half, mean_t |f_t+1 - f_t|].
+        """
+        per_frame = self.token_grid(video).mean(dim=(2, 3))
+        half = per_frame.shape[1] // 2
         change = per_frame[:, half:].mean(dim=1) - per_frame[:, :half].mean(dim=1)
         speed = (per_frame[:, 1:] - per_frame[:, :-1]).abs().mean(dim=1)
         return torch.cat([per_frame.mean(dim=1), change, speed], dim=1)

@@ -1,8 +1,8 @@
-"""Frozen-encoder feature extraction and a cheap ego-motion probe to run during training.
+"""A cheap ego-motion probe to run during training.
 
-`extract_features` is the one feature path shared by this online probe and the `mvm-probe`
-gate (probe/features.py imports it), so the number logged during training and the gate's
-verdict look at the same features.
+Its features come from `probe.features.extract_features`, the one feature path it shares with
+the `mvm-probe` gate (same grid pooling, same temporal summary), so the number logged during
+training and the gate's verdict look at the same kind of features.
 
 `OnlineProbe` is a cheap version of the gate: it caches up to `max_clips` clips from the given
 shards once, splits them by scene (a stable hash of the scene name, so the split never changes
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -24,63 +24,10 @@ from sklearn.metrics import balanced_accuracy_score
 from sklearn.preprocessing import StandardScaler
 
 from ingest.motion import clip_motion, ego_motion_label
+from probe.features import INGESTED, Grid, extract_features
 
-
-def frames_to_video(frames: np.ndarray) -> torch.Tensor:
-    """uint8 (B, T, H, W, 3) RGB -> float32 (B, T, 3, H, W) in [0, 1], the input of `model.features`."""
-    video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 1, 4, 2, 3)
-    return video.float().div_(255.0)
-
-
-def batched(clips: Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
-    """Group (T, H, W, 3) clips into (B, T, H, W, 3) stacks of at most batch_size, in order."""
-    batch: list[np.ndarray] = []
-    for clip in clips:
-        batch.append(clip)
-        if len(batch) == batch_size:
-            yield np.stack(batch)
-            batch = []
-    if batch:
-        yield np.stack(batch)
-
-
-@torch.no_grad()
-def extract_features(
-    models: dict[str, torch.nn.Module],
-    clips: Iterable[np.ndarray],
-    batch_size: int = 16,
-    device: str | torch.device = "cpu",
-) -> dict[str, np.ndarray]:
-    """Pooled frozen-encoder features of every clip, for several encoders in one pass over the clips.
-
-    models: name -> model with `.features(video (B, T, 3, H, W) float [0, 1]) -> (B, F)`;
-    clips: (T, H, W, 3) uint8 arrays, consumed once (each batch goes through every model, so a
-    stream of clips is decoded once however many encoders are compared).
-    Returns name -> float32 (N, F) in clip order. Models run in eval mode without gradients;
-    each model's train/eval mode is restored afterwards.
-    """
-    was_training = {name: model.training for name, model in models.items()}
-    for model in models.values():
-        model.eval()
-    chunks: dict[str, list[np.ndarray]] = {name: [] for name in models}
-    try:
-        for frames in batched(clips, batch_size):
-            video = frames_to_video(frames).to(device)
-            for name, model in models.items():
-                pooled = model.features(video)
-                chunks[name].append(pooled.float().cpu().numpy())
-    finally:
-        for name, model in models.items():
-            model.train(was_training[name])
-    return {
-        name: np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
-        for name, parts in chunks.items()
-    }
-
-
-def scene_bucket(scene: str, buckets: int) -> int:
-    """Stable bucket of a scene name in [0, buckets): sha1, never Python's salted hash()."""
-    return int.from_bytes(hashlib.sha1(scene.encode()).digest()[:8], "big") % buckets
+ONLINE_GRID: Grid = (2, 2)
+"""The online probe's fixed pooling grid (the gate chooses among 1x1, 2x2 and the token layout)."""
 
 
 def split_scenes(scenes: Iterable[str], test_fraction: float = 0.3) -> tuple[set[str], set[str]]:
@@ -97,7 +44,9 @@ class OnlineProbe:
     """Ego-motion linear probe on a fixed, cached set of clips, evaluated on a model in training.
 
     urls: shard URLs (as from `train.data.resolve_shards`); max_clips: how many clips (the first
-    ones in shard order) are decoded and cached, once, at construction; decoder: "decord"|"pyav".
+    ones in shard order) are decoded and cached, once, at construction; decoder: "decord"|"pyav";
+    grid: the (gh, gw) grid the tokens are averaged over per frame (probe/features.py); the gate
+    chooses its grid by CV, this trend line keeps a fixed one so its numbers stay comparable.
     """
 
     def __init__(
@@ -107,6 +56,7 @@ class OnlineProbe:
         decoder: str = "decord",
         batch_size: int = 16,
         regularization: float = 1.0,
+        grid: Grid = ONLINE_GRID,
     ):
         from train.data import iter_clips
 
@@ -126,6 +76,7 @@ class OnlineProbe:
         self.is_test = np.array([scene in test_scenes for scene in scenes])
         self.batch_size = batch_size
         self.regularization = regularization
+        self.grid = grid
 
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
         """Fit on the training scenes' features, score on the held-out scenes.
@@ -136,7 +87,9 @@ class OnlineProbe:
         """
         model = getattr(model, "module", model)
         device = next(model.parameters()).device
-        features = extract_features({"model": model}, self.clips, self.batch_size, device)["model"]
+        features = extract_features(
+            {"model": model}, self.clips, [self.grid], batch_size=self.batch_size, device=device
+        )[("model", INGESTED, self.grid)]
         train, test = ~self.is_test, self.is_test
         y_train, y_test = self.labels[train], self.labels[test]
         if len(np.unique(y_train)) < 2:

@@ -1,0 +1,76 @@
+"""The sources the gate compares, and their features on a clip set.
+
+- "pretrained": the checkpoint, loaded with train.checkpoint.load_for_eval.
+- "random-<seed>": the same architecture (the checkpoint's saved ModelConfig) built by
+  train.model.build_model right after torch.manual_seed(seed), for seed in 0..seeds-1.
+- "pixels": no encoder at all (probe.features.PIXELS), the floor a representation must beat.
+
+Every source sees the same decoded clips in the same batches and goes through the same
+`probe.features.extract_features` (eval mode, no gradients, the same pooling), so the comparison
+differs only in the weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from rich.progress import track
+
+from probe.data import iter_selected_frames
+from probe.evaluate import Source
+from probe.features import PIXELS, Grid, extract_features
+from train.checkpoint import load_for_eval
+from train.model import build_model
+
+
+def resolve_device(device: str) -> torch.device:
+    """Device for "auto" (CUDA when available, else CPU), "cpu" or "cuda" (ValueError if CUDA is missing)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but no CUDA device is available")
+    return torch.device(device)
+
+
+def load_sources(checkpoint: str, seeds: int, device: torch.device) -> tuple[dict[Source, object], object]:
+    """(Source -> model on `device` in eval mode, or PIXELS; the checkpoint's TrainConfig)."""
+    pretrained, config = load_for_eval(checkpoint, device=device)
+    sources: dict[Source, object] = {Source.pretrained(): pretrained}
+    for seed in range(seeds):
+        torch.manual_seed(seed)
+        sources[Source.random(seed)] = build_model(config.model).to(device)
+    for model in sources.values():
+        model.eval()
+    sources[Source.pixels()] = PIXELS
+    return sources, config
+
+
+def encode_clips(
+    sources: dict[Source, object],
+    urls: list[str],
+    keys: list[str],
+    decoder: str,
+    grids: Sequence[Grid],
+    views: Sequence[str],
+    batch_size: int,
+    device: torch.device,
+    seed: int,
+    description: str = "features",
+) -> dict[tuple[Source, str, Grid], np.ndarray]:
+    """(source, view, grid) -> (len(keys), F) float32 features of the named clips, decoded once."""
+    frames = track(
+        iter_selected_frames(urls, keys, decoder), total=len(keys), description=description, transient=True
+    )
+    by_name = {source.name: source for source in sources}
+    features = extract_features(
+        {source.name: model for source, model in sources.items()},
+        frames,
+        grids,
+        views,
+        batch_size=batch_size,
+        device=device,
+        seed=seed,
+    )
+    return {(by_name[name], view, grid): values for (name, view, grid), values in features.items()}
