@@ -10,6 +10,7 @@ from rich.console import Console
 
 from ingest.atomic import OutputError
 from ingest.motion import MotionThresholds
+from ingest.video import DECODERS
 from probe.gate import PASS, STRONG
 from probe.run import ProbeConfig, SceneOverlapError, run_probe
 from probe.tasks import TASKS
@@ -91,10 +92,10 @@ Exit codes:
 )
 @click.option(
     "--decoder",
-    type=click.Choice(["decord", "pyav"]),
-    default="decord",
+    type=click.Choice(["auto", *DECODERS]),
+    default="auto",
     show_default=True,
-    help="Video decoder.",
+    help="RGB video decoder (auto: PyAV, the fastest measured in bench/results.md; a missing one falls back to PyAV).",
 )
 @click.option(
     "--max-clips",

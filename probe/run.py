@@ -46,8 +46,8 @@ class ProbeConfig:
     """Clips per forward pass during feature extraction."""
     device: str = "auto"
     """Where encoders run: "auto", "cpu" or "cuda"."""
-    decoder: str = "decord"
-    """Video decoder: "decord" or "pyav"."""
+    decoder: str = "auto"
+    """RGB video decoder (ingest.video.DECODERS or "auto" = the fastest measured, PyAV)."""
     max_clips: int | None = None
     """Cap per split (evenly spread over the split); None = all clips."""
     bootstrap: int = 1000
