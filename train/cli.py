@@ -46,6 +46,7 @@ from train.data import (
     shard_clip_counts,
     to_video,
 )
+from train.diagnostics import collapse_reasons, collapse_signals, copy_loss, fixed_mask
 from train.engine import build_optimizer, lr_at, train_step
 from train.metrics import MetricsLog, peak_mem_mb, plot_curves, read_jsonl, summary_rows, truncate_after
 from train.model import build_model, make_mask
@@ -55,7 +56,7 @@ from train.viz import render
 EXIT_DATA, EXIT_NONFINITE = 1, 3
 RUN_CONTROL_FIELDS = (
     "steps", "device", "compile", "log_every", "viz_every", "ckpt_every", "keep_ckpts", "max_nonfinite",
-    "collapse_std", "starvation_frac", "probe_every", "probe_shards", "probe_clips", "debug_nan_at_step",
+    "collapse_rankme", "collapse_time_spread", "starvation_frac", "probe_every", "probe_shards", "probe_clips", "debug_nan_at_step",
 )  # fmt: skip
 """Fields a resumed run takes from the command line; everything else comes from the checkpoint."""
 
@@ -214,6 +215,8 @@ def train(
                      "rng": checkpoint.rng_state()}  # fmt: skip
             checkpoint.save(run, step, state, config, config.keep_ckpts)
 
+    # One mask for every clip of the batch the collapse signals are computed on (train/diagnostics.py).
+    shared_mask_ids = fixed_mask(cfg_m, model.patches_per_frame, 1, config.seed)[0][0]
     window: dict[str, float] = {}
     nonfinite_run, exit_code = 0, 0
     video = mask = stats = None
@@ -256,7 +259,7 @@ def train(
                 video = to_video(frames, device)
                 ids_keep, mask = make_mask(
                     video.shape[0], cfg_m.clip_len, model.patches_per_frame, cfg_m.mask_ratio, cfg_m.mask_type,
-                    mask_generator(config.seed, step, rank),
+                    mask_generator(config.seed, step, rank), cfg_m.mask_tubelet,
                 )  # fmt: skip
                 stats = train_step(
                     step_model, optimizer, video, ids_keep.to(device), mask.to(device),
@@ -269,7 +272,8 @@ def train(
                 if stats.finite:
                     nonfinite_run = 0
                     for name, value in (("loss", stats.loss), ("grad_norm", stats.grad_norm),
-                                        ("emb_std", stats.emb_std), ("emb_norm", stats.emb_norm)):  # fmt: skip
+                                        ("emb_std", stats.emb_std), ("emb_norm", stats.emb_norm),
+                                        ("copy_loss", copy_loss(video, mask, cfg_m.patch_size, cfg_m.norm_pix_loss))):  # fmt: skip
                         window[name] = window.get(name, 0.0) + value
                     window["finite_steps"] = window.get("finite_steps", 0) + 1
                 else:
@@ -295,6 +299,7 @@ def train(
                         device,
                     )
                     if log and record:
+                        record.update(collapse_signals(model, video, shared_mask_ids))
                         log.write(record)
                         warn_if_unhealthy(record, config, log, console)
                         progress.update(
@@ -378,6 +383,7 @@ def log_window(
         "grad_norm": window["grad_norm"] / finite,
         "emb_std": window["emb_std"] / finite,
         "emb_norm": window["emb_norm"] / finite,
+        "copy_loss": window["copy_loss"] / finite,
         "clips_per_s": steps * batch_size * world / step_s,
         "data_wait_frac": window["data_s"] / step_s,
         "step_time_s": step_s / steps,
@@ -390,11 +396,11 @@ def log_window(
 
 def warn_if_unhealthy(record: dict, config: TrainConfig, log: MetricsLog, console: Console) -> None:
     """Collapse and starvation events (their own metrics.jsonl lines and a console warning)."""
-    if record["emb_std"] < config.collapse_std:
-        log.write({"event": "collapse", "step": record["step"], "emb_std": record["emb_std"]})
-        console.print(
-            f"[yellow]step {record['step']}: emb_std {record['emb_std']:.2e} < {config.collapse_std}: collapse?"
-        )
+    reasons = collapse_reasons(record, config.collapse_rankme, config.collapse_time_spread)
+    if reasons:
+        log.write({"event": "collapse", "step": record["step"], "rankme": record["rankme"],
+                   "time_spread": record["time_spread"]})  # fmt: skip
+        console.print(f"[yellow]step {record['step']}: encoder collapse? {'; '.join(reasons)}")
     if record["data_wait_frac"] > config.starvation_frac:
         log.write({"event": "starvation", "step": record["step"], "data_wait_frac": record["data_wait_frac"]})
         console.print(
@@ -436,8 +442,9 @@ def warn_if_unhealthy(record: dict, config: TrainConfig, log: MetricsLog, consol
 )
 @click.option(
     "--mask-type",
-    type=click.Choice(["tube", "random"]),
-    help="Tube (same patches every frame) or random space-time.  [default: preset's]",
+    type=click.Choice(["tube", "tubelet", "random"]),
+    help="Tube (same patches every frame), tubelet (same patches for mask_tubelet frames) or random "
+    "space-time.  [default: preset's]",
 )
 @click.option(
     "--norm-pix-loss/--raw-pix-loss",

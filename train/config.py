@@ -41,7 +41,10 @@ class ModelConfig:
     mlp_ratio: float = 4.0
     """Hidden width of each block's MLP relative to the token width."""
     mask_type: str = "tube"
-    """"tube": the same spatial patches masked in every frame (VideoMAE); "random": independent per space-time patch."""
+    """"tube": the same spatial patches masked in every frame (VideoMAE); "tubelet": the same patch masked
+    through `mask_tubelet` consecutive frames; "random": independent per space-time patch."""
+    mask_tubelet: int = 2
+    """Frames per masking unit when mask_type is "tubelet" (must divide clip_len)."""
     mask_ratio: float = 0.9
     """Share of tokens hidden from the encoder."""
     norm_pix_loss: bool = True
@@ -114,8 +117,11 @@ class TrainConfig:
     """Complete checkpoints kept; older ones are deleted."""
     max_nonfinite: int = 5
     """Stop (with a checkpoint) after this many non-finite steps in a row."""
-    collapse_std: float = 1e-3
-    """Warn when emb_std (per-dimension std of pooled embeddings over the batch) falls below this."""
+    collapse_rankme: float = 2.0
+    """Warn (console, metrics.jsonl event, mark on loss.png) when the effective rank of pooled embeddings
+    under one shared mask (train/diagnostics.py) falls below this."""
+    collapse_time_spread: float = 0.02
+    """Warn when the within-clip token spread over time, relative to the token std, falls below this."""
     starvation_frac: float = 0.5
     """Warn when data_wait_frac stays above this (the input pipeline, not the model, sets the pace)."""
     probe_every: int = 0
@@ -195,11 +201,18 @@ def preset(name: str) -> TrainConfig:
     return PRESETS[name]()
 
 
+RETIRED_FIELDS = {"collapse_std"}
+"""Fields older versions saved in config.json and checkpoints; ignored when read back (issue 10.5
+replaced the emb_std threshold with collapse_rankme / collapse_time_spread)."""
+
+
 def _apply(target, overrides: dict, where: str):
     """Return a copy of dataclass `target` with `overrides` applied (nested dicts for nested dataclasses)."""
     names = {f.name: f for f in dataclasses.fields(target)}
     changes = {}
     for key, value in overrides.items():
+        if not where and key in RETIRED_FIELDS:
+            continue
         if key not in names:
             raise ValueError(f"unknown config field {where}{key!r}; known: {', '.join(names)}")
         current = getattr(target, key)
