@@ -51,11 +51,11 @@ from train.engine import build_optimizer, lr_at, train_step
 from train.metrics import MetricsLog, peak_mem_mb, plot_curves, read_jsonl, summary_rows, truncate_after
 from train.model import build_model, make_mask
 from train.split import plan_epoch, steps_per_epoch
-from train.viz import render
+from train.viz import fixed_viz_inputs, render
 
 EXIT_DATA, EXIT_NONFINITE = 1, 3
 RUN_CONTROL_FIELDS = (
-    "steps", "device", "compile", "log_every", "viz_every", "ckpt_every", "keep_ckpts", "max_nonfinite",
+    "steps", "device", "compile", "log_every", "viz_every", "viz_shards", "viz_clips", "ckpt_every", "keep_ckpts", "max_nonfinite",
     "collapse_rankme", "collapse_time_spread", "starvation_frac", "probe_every", "probe_shards", "probe_clips", "debug_nan_at_step",
 )  # fmt: skip
 """Fields a resumed run takes from the command line; everything else comes from the checkpoint."""
@@ -69,6 +69,7 @@ def resolve_config(options: dict) -> TrainConfig:
     flags = {
         "steps": options["steps"], "seed": options["seed"], "device": options["device"],
         "compile": options["compile"], "log_every": options["log_every"], "viz_every": options["viz_every"],
+        "viz_shards": options["viz_shards"],
         "ckpt_every": options["ckpt_every"], "keep_ckpts": options["keep_ckpts"],
         "max_nonfinite": options["max_nonfinite"], "probe_every": options["probe_every"],
         "probe_shards": options["probe_shards"], "probe_clips": options["probe_clips"],
@@ -216,6 +217,7 @@ def train(
             checkpoint.save(run, step, state, config, config.keep_ckpts)
 
     # One mask for every clip of the batch the collapse signals are computed on (train/diagnostics.py).
+    viz_inputs = fixed_viz_inputs(config, model.patches_per_frame) if lead else None
     shared_mask_ids = fixed_mask(cfg_m, model.patches_per_frame, 1, config.seed)[0][0]
     window: dict[str, float] = {}
     nonfinite_run, exit_code = 0, 0
@@ -331,7 +333,7 @@ def train(
                     model.train()
                     log.write({"step": step, **{f"probe_{name}": value for name, value in result.items()}})
                 if lead and step % config.viz_every == 0:
-                    render(video, mask, stats.pred, cfg_m, step, run / "viz" / f"step-{step:06d}.png")
+                    render(model, *viz_inputs, step, run / "viz" / f"step-{step:06d}.png")
                 if step % config.ckpt_every == 0:
                     save_checkpoint()
                 if stop_after is not None and step >= stop_after:
@@ -350,7 +352,7 @@ def train(
         if step % config.ckpt_every:
             save_checkpoint()
         if lead and video is not None and step % config.viz_every:
-            render(video, mask, stats.pred, cfg_m, step, run / "viz" / f"step-{step:06d}.png")
+            render(model, *viz_inputs, step, run / "viz" / f"step-{step:06d}.png")
     keys_log.close()
     if lead:
         log.close()
@@ -477,6 +479,10 @@ def warn_if_unhealthy(record: dict, config: TrainConfig, log: MetricsLog, consol
 )
 @click.option("--log-every", type=int, help="Steps per metrics.jsonl line.  [default: preset's]")
 @click.option("--viz-every", type=int, help="Steps between RUN/viz pictures.  [default: preset's]")
+@click.option(
+    "--viz-shards",
+    help="Validation shards whose clips RUN/viz draws (fixed per run).  [default: --probe-shards, else --shards]",
+)
 @click.option("--ckpt-every", type=int, help="Steps between checkpoints.  [default: preset's]")
 @click.option("--keep-ckpts", type=int, help="Complete checkpoints kept.  [default: 3]")
 @click.option(

@@ -111,16 +111,20 @@ class TrainConfig:
     """Steps between metrics.jsonl lines."""
     viz_every: int = 500
     """Steps between RUN/viz/step-NNNNNN.png pictures (and one at the end)."""
+    viz_shards: str = ""
+    """Shard spec of the validation clips drawn in RUN/viz (chosen once per run); empty = probe_shards, else the training shards."""
+    viz_clips: int = 2
+    """Clips per RUN/viz picture."""
     ckpt_every: int = 500
     """Steps between checkpoints (and one at the end)."""
     keep_ckpts: int = 3
     """Complete checkpoints kept; older ones are deleted."""
     max_nonfinite: int = 5
     """Stop (with a checkpoint) after this many non-finite steps in a row."""
-    collapse_rankme: float = 2.0
+    collapse_rankme: float = 1.1
     """Warn (console, metrics.jsonl event, mark on loss.png) when the effective rank of pooled embeddings
     under one shared mask (train/diagnostics.py) falls below this."""
-    collapse_time_spread: float = 0.02
+    collapse_time_spread: float = 0.005
     """Warn when the within-clip token spread over time, relative to the token std, falls below this."""
     starvation_frac: float = 0.5
     """Warn when data_wait_frac stays above this (the input pipeline, not the model, sets the pace)."""
