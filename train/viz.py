@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ingest.atomic import atomic_path
 from ingest.sampling import spread_subset
-from train.data import iter_clips
+from train.data import ShardError, iter_clips
 from train.model import normalize_patches, patchify, unpatchify
 
 MASKED_GREY = 0.5
@@ -55,15 +55,21 @@ def pick_viz_clips(
 ) -> list[np.ndarray]:
     """`count` clips (T, H, W, 3) uint8 from distinct scenes, the same every call for the same shards.
 
-    Reads at most `max_read` clips in shard order; scenes are taken in the order of the sha1 of
+    Reads at most `max_read` clips in shard order, skipping shards that do not decode; scenes are taken in the order of the sha1 of
     their names (the online probe's held-out order, train/online_probe.py), one clip per scene
     from the middle of that scene's clips.
     """
     by_scene: dict[str, list[np.ndarray]] = {}
-    for index, (_key, frames, meta) in enumerate(iter_clips(urls, decoder)):
-        if index >= max_read:
-            break
-        by_scene.setdefault(meta["scene"], []).append(frames)
+    read = 0
+    for url in urls:
+        try:  # pictures are best effort: a shard that does not decode is skipped, training decides about it
+            for _key, frames, meta in iter_clips([url], decoder):
+                if read >= max_read:
+                    break
+                by_scene.setdefault(meta["scene"], []).append(frames)
+                read += 1
+        except ShardError:
+            continue
     scenes = sorted(by_scene, key=lambda name: (hashlib.sha1(name.encode()).hexdigest(), name))
     picked = [by_scene[name][len(by_scene[name]) // 2] for name in scenes[:count]]
     if len(picked) < count:  # fewer scenes than clips wanted: fill from the first scene's clips
@@ -189,6 +195,8 @@ def fixed_viz_inputs(config, patches_per_frame: int) -> tuple[torch.Tensor, torc
 
     spec = config.viz_shards or config.probe_shards or config.data.shards
     clips = pick_viz_clips(resolve_shards(spec), config.viz_clips, decoder=config.data.decoder)
+    if not clips:
+        raise ShardError(f"no readable clips for the RUN/viz pictures in {spec}")
     ids_keep, mask = fixed_mask(config.model, patches_per_frame, len(clips), config.seed)
     return clips_to_video(clips), ids_keep, mask
 
