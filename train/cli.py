@@ -46,7 +46,7 @@ from train.data import (
     shard_clip_counts,
     to_video,
 )
-from train.diagnostics import collapse_reasons, collapse_signals, copy_loss, fixed_mask
+from train.diagnostics import collapse_reasons, fixed_mask, logged_step_diagnostics
 from train.engine import build_optimizer, lr_at, train_step
 from train.metrics import MetricsLog, peak_mem_mb, plot_curves, read_jsonl, summary_rows, truncate_after
 from train.model import build_model, make_mask
@@ -274,8 +274,7 @@ def train(
                 if stats.finite:
                     nonfinite_run = 0
                     for name, value in (("loss", stats.loss), ("grad_norm", stats.grad_norm),
-                                        ("emb_std", stats.emb_std), ("emb_norm", stats.emb_norm),
-                                        ("copy_loss", copy_loss(video, mask, cfg_m.patch_size, cfg_m.norm_pix_loss))):  # fmt: skip
+                                        ("emb_std", stats.emb_std), ("emb_norm", stats.emb_norm)):  # fmt: skip
                         window[name] = window.get(name, 0.0) + value
                     window["finite_steps"] = window.get("finite_steps", 0) + 1
                 else:
@@ -301,7 +300,7 @@ def train(
                         device,
                     )
                     if log and record:
-                        record.update(collapse_signals(model, video, shared_mask_ids))
+                        record.update(logged_step_diagnostics(model, video, mask, shared_mask_ids))
                         log.write(record)
                         warn_if_unhealthy(record, config, log, console)
                         progress.update(
@@ -385,7 +384,6 @@ def log_window(
         "grad_norm": window["grad_norm"] / finite,
         "emb_std": window["emb_std"] / finite,
         "emb_norm": window["emb_norm"] / finite,
-        "copy_loss": window["copy_loss"] / finite,
         "clips_per_s": steps * batch_size * world / step_s,
         "data_wait_frac": window["data_s"] / step_s,
         "step_time_s": step_s / steps,

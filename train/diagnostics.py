@@ -125,6 +125,22 @@ def collapse_signals(model: torch.nn.Module, video: torch.Tensor, ids_keep: torc
     return {"rankme": rankme, "time_spread": float(spread / scale)}
 
 
+def logged_step_diagnostics(
+    model: torch.nn.Module, video: torch.Tensor, mask: torch.Tensor, shared_ids_keep: torch.Tensor
+) -> dict[str, float]:
+    """What mvm-train adds to each metrics.jsonl step line, from that step's batch (not a window mean).
+
+    video (B, T, 3, H, W) in [0, 1]; mask (B, L) the step's training masks; shared_ids_keep (L_vis,)
+    the run's one shared mask. Returns {"copy_loss", "rankme", "time_spread"}. Computed on logged
+    steps only: copy_loss alone costs ~15% of a tiny-preset CPU step, so every step would be too much.
+    """
+    cfg = model.cfg
+    return {
+        "copy_loss": copy_loss(video, mask, cfg.patch_size, cfg.norm_pix_loss),
+        **collapse_signals(model, video, shared_ids_keep),
+    }
+
+
 def collapse_reasons(signals: dict[str, float], min_rankme: float, min_time_spread: float) -> list[str]:
     """Human-readable reasons the signals indicate a collapsed encoder (empty when healthy)."""
     reasons = []

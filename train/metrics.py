@@ -2,7 +2,8 @@
 
 Step lines: {"step", "loss", "lr", "grad_norm", "emb_std", "emb_norm", "copy_loss", "clips_per_s",
 "data_wait_frac", "step_time_s", "peak_mem_mb", "rankme", "time_spread", ["comm_frac"], ["probe_*"]}; values are means
-over the steps since the previous line (clips_per_s over all ranks). Event lines carry "event"
+over the steps since the previous line (clips_per_s over all ranks), except copy_loss, rankme and
+time_spread, which come from the logged step's batch (train/diagnostics.py). Event lines carry "event"
 (`nonfinite`, `collapse`, `starvation`, `bad_sample`, `resume`, `stopped`) and "step".
 """
 
