@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from _train_helpers import write_shards
 from PIL import Image
 
-from tests._train_helpers import write_shards
 from train.config import ModelConfig
 from train.data import resolve_shards
 from train.diagnostics import fixed_mask
