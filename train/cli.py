@@ -216,8 +216,9 @@ def train(
                      "rng": checkpoint.rng_state()}  # fmt: skip
             checkpoint.save(run, step, state, config, config.keep_ckpts)
 
-    # One mask for every clip of the batch the collapse signals are computed on (train/diagnostics.py).
+    # The same validation clips and masks in every RUN/viz picture (train/viz.py).
     viz_inputs = fixed_viz_inputs(config, model.patches_per_frame) if lead else None
+    # One mask for every clip of the batch the collapse signals are computed on (train/diagnostics.py).
     shared_mask_ids = fixed_mask(cfg_m, model.patches_per_frame, 1, config.seed)[0][0]
     window: dict[str, float] = {}
     nonfinite_run, exit_code = 0, 0
