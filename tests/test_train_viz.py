@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import torch
 from _train_helpers import write_shards
@@ -18,6 +20,7 @@ from train.viz import (
     clips_to_video,
     pick_viz_clips,
     picture_rows,
+    png_bytes,
     render,
 )
 
@@ -55,6 +58,14 @@ def test_reconstruction_row_keeps_visible_input_and_shows_prediction_elsewhere()
     assert torch.equal(rows["masked"][hidden], torch.full_like(video[hidden], 0.5))
     error = rows["error"]  # NaN exactly on visible pixels, finite and >= 0 on masked ones
     assert torch.isnan(error[~hidden[:, :, :1]]).all() and (error[hidden[:, :, :1]] >= 0).all()
+
+
+def test_large_pictures_fall_back_to_a_palette_under_the_size_limit():
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (700, 700, 3), dtype=np.uint8))
+    data = png_bytes(noise, limit=500_000)
+    assert len(data) < 500_000  # full-colour noise would take ~1.5 MB
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.mode == "P" and image.size == (700, 700)
 
 
 def test_render_writes_a_readable_png_atomically(tmp_path):

@@ -7,7 +7,7 @@
 Per clip, at most 4 frames spread over the clip (nearest-neighbour upscaled to >= 256 px wide),
 one labelled row each:
   original | masked input | reconstruction (MAE's drawing: prediction on the masked patches, the
-  input on the visible ones) | prediction only (masked patches; visible ones grey) | upper bound
+  input on the visible ones) | prediction only (masked patches; visible ones white) | upper bound
   (like reconstruction, but de-normalized per patch with the hidden target's own mean/std) |
   error (per-patch MSE in the loss's target space on masked patches, with its colour scale).
 
@@ -20,31 +20,36 @@ model never had, shown only so the gap between the two rows is visible.
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from ingest.atomic import atomic_path
+from ingest.atomic import write_atomic
 from ingest.sampling import spread_subset
 from train.data import ShardError, iter_clips
 from train.model import normalize_patches, patchify, unpatchify
 
 MASKED_GREY = 0.5
-"""Fill value of hidden patches in the 'masked input' row and of visible ones in 'prediction only'."""
+"""Fill value of hidden patches in the 'masked input' row."""
+VISIBLE_WHITE = 1.0
+"""Fill value of visible patches in the 'prediction only' row (white, as in the error row)."""
 MIN_FRAME_WIDTH = 256
 """Frames are upscaled by an integer factor to at least this many pixels wide."""
 MAX_FRAMES = 4
 """Frames drawn per clip, spread over the clip."""
 ERROR_MAX = 2.0
 """Top of the error colour scale (MSE in target space; predicting the mean patch scores ~1 with normalized targets)."""
+MAX_PNG_BYTES = 1_000_000
+"""Pictures above this size as full-colour PNG are written with a 256-colour palette."""
 LABEL_WIDTH = 200
 ROW_LABELS = {
     "original": "original",
     "masked": "masked input",
     "reconstruction": "reconstruction\n(visible-pixel stats)",
-    "prediction": "prediction only\n(masked patches)",
+    "prediction": "prediction only\n(visible: white)",
     "upper_bound": "UPPER BOUND:\nhidden target stats",
     "error": "error on masked\npatches (MSE)",
 }
@@ -115,7 +120,7 @@ def picture_rows(
         "original": patches,
         "masked": torch.where(hidden, grey, patches),
         "reconstruction": torch.where(hidden, honest.clamp(0, 1), patches),
-        "prediction": torch.where(hidden, honest.clamp(0, 1), grey),
+        "prediction": torch.where(hidden, honest.clamp(0, 1), torch.full_like(patches, VISIBLE_WHITE)),
         "upper_bound": torch.where(hidden, upper.clamp(0, 1), patches),
         "error": error,
     }
@@ -236,6 +241,16 @@ def render(
     else:
         caption = f"raw pixel targets, prediction shown as is. Fixed validation clips and masks, eval mode; {cfg.mask_type} mask {cfg.mask_ratio:.0%}."
     image = compose(rows, f"step {step}: masked-video reconstruction", caption)
-    with atomic_path(out) as temporary:
-        image.save(temporary, format="PNG", optimize=True)
+    write_atomic(out, png_bytes(image))
     return Path(out)
+
+
+def png_bytes(image: Image.Image, limit: int = MAX_PNG_BYTES) -> bytes:
+    """PNG of `image`; when the full-colour PNG exceeds `limit` bytes (large photographic frames),
+    a 256-colour adaptive palette version instead (about 3x smaller, still readable)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True)
+    if buffer.tell() > limit:
+        buffer = io.BytesIO()
+        image.quantize(256, method=Image.Quantize.MEDIANCUT).save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
