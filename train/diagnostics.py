@@ -20,13 +20,14 @@ per-clip mask nor position embeddings can make identical clips look different):
     signals = collapse_signals(model, video, shared_mask_ids)   # {"rankme": ..., "time_spread": ...}
     reasons = collapse_reasons(signals, config.collapse_rankme, config.collapse_time_spread)
 
-Thresholds (TrainConfig: rankme < 1.1 or time_spread < 0.005 warns). A constant or position-only
-encoder gives exactly 0 for both. Measured with the tiny preset on the seed-1 development data
-(batches of 16 training clips, every 50 steps of 600): at initialisation RankMe 1.4-1.5 and
-spread 0.03; random or tubelet-2 masking 0.75 ends at RankMe 4.5-4.9, spread 0.05-0.06 (lowest
-on the way 1.37 / 0.017); tube masking 0.75 ends at 2.5 / 0.010 but spends steps 100-250 at
-spread 0.003-0.005, where the detector fires: its tokens barely change over time then. Tube
-0.9 (the preset) dips to 0.0044 at step 250 of 1000 (one warning) and ends at 3.3 / 0.047.
+Thresholds (TrainConfig: rankme < 1.05 or time_spread < 0.001 warns). A constant or
+position-only encoder gives 0 for both (below 1e-5 in floating point). Measured with the tiny
+preset on the seed-1 development data (batches of 16 training clips): at initialisation RankMe
+1.4-1.5 and spread 0.03; random or tubelet-2 masking 0.75 ends at RankMe 4.5-4.9, spread
+0.05-0.06 (lowest on the way 1.37 / 0.017); tube masking ends at RankMe 2.5-3.7, spread
+0.008-0.047, after a loss plateau (steps ~70-350) with RankMe down to 1.13 and spread down to 0.0022;
+an earlier threshold of 0.005 fired 6 times in 300 steps of a healthy tube-0.9 mvm-train run
+there, so the thresholds sit between that plateau and a real collapse.
 """
 
 from __future__ import annotations
