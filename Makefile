@@ -38,7 +38,7 @@ demo: setup
 	$(BIN)/mvm-audit $(DEMO_DIR)/shards/train --against $(DEMO_DIR)/shards/val
 	$(BIN)/mvm-audit $(DEMO_DIR)/shards/val --against $(DEMO_DIR)/shards/train
 	$(BIN)/mvm-train --shards $(DEMO_DIR)/shards/train --out $(DEMO_DIR)/run --model tiny \
-	  --steps $(DEMO_STEPS) --resume auto
+	  --steps $(DEMO_STEPS) --resume auto --viz-shards $(DEMO_DIR)/shards/val
 	@# The gate's verdict is the demo's result: a fail (exit 3) fails the demo.
 	$(BIN)/mvm-probe --checkpoint $(DEMO_DIR)/run --train-shards $(DEMO_DIR)/shards/train \
 	  --val-shards $(DEMO_DIR)/shards/val --out $(DEMO_DIR)/probe

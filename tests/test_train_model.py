@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from train.config import ModelConfig
-from train.model import build_model, make_mask, masked_mse, patchify, unpatchify
+from train.config import PRESETS, ModelConfig
+from train.model import MASK_TYPES, build_model, make_mask, masked_mse, patchify, unpatchify
 
 torch.set_num_threads(1)
 
@@ -32,7 +32,7 @@ def test_patchify_unpatchify_are_exact_inverses():
     assert torch.equal(patchify(unpatchify(random_patches, 4, (32, 48), 16), 16), random_patches)
 
 
-@pytest.mark.parametrize("kind", ["tube", "random"])
+@pytest.mark.parametrize("kind", MASK_TYPES)
 @pytest.mark.parametrize("ratio", [0.5, 0.75, 0.9])
 def test_mask_invariants(kind, ratio):
     frames, per_frame = 4, 28
@@ -45,9 +45,12 @@ def test_mask_invariants(kind, ratio):
         assert torch.equal(~mask[clip], torch.zeros(tokens, dtype=torch.bool).index_fill(0, kept, True))
     masked_share = mask.float().mean().item()
     assert abs(masked_share - ratio) < 0.05
+    per_frame_masks = mask.reshape(3, frames, per_frame)
     if kind == "tube":
-        per_frame_masks = mask.reshape(3, frames, per_frame)
         assert torch.equal(per_frame_masks, per_frame_masks[:, :1].expand_as(per_frame_masks))
+    if kind == "tubelet":  # frames 2k and 2k+1 share their mask; consecutive tubelets differ
+        assert torch.equal(per_frame_masks[:, 0::2], per_frame_masks[:, 1::2])
+        assert not torch.equal(per_frame_masks[:, 0], per_frame_masks[:, 2])
     again, _ = make_mask(3, frames, per_frame, ratio, kind, torch.Generator().manual_seed(0))
     other, _ = make_mask(3, frames, per_frame, ratio, kind, torch.Generator().manual_seed(1))
     assert torch.equal(again, ids_keep) and not torch.equal(other, ids_keep)
@@ -59,11 +62,16 @@ def test_random_masks_differ_across_frames():
     assert not torch.equal(per_frame, per_frame[:, :1].expand_as(per_frame))
 
 
-def test_encoder_output_has_exactly_zero_gradient_wrt_masked_pixels():
+def test_presets_use_only_mask_types_the_leak_test_covers():
+    assert {factory().model.mask_type for factory in PRESETS.values()} <= set(MASK_TYPES)
+
+
+@pytest.mark.parametrize("kind", MASK_TYPES)
+def test_encoder_output_has_exactly_zero_gradient_wrt_masked_pixels(kind):
     torch.manual_seed(0)
     model = build_model(CFG)
     video = torch.rand(2, 4, 3, 32, 48, requires_grad=True)
-    ids_keep, mask = make_mask(2, 4, PATCHES_PER_FRAME, 0.75, "random", torch.Generator().manual_seed(3))
+    ids_keep, mask = make_mask(2, 4, PATCHES_PER_FRAME, 0.75, kind, torch.Generator().manual_seed(3))
     latent = model.encode(patchify(video, 16), ids_keep)
     (latent * torch.randn_like(latent)).sum().backward()
     pixel_masked = unpatchify(mask.unsqueeze(-1).expand(-1, -1, 768).float(), 4, (32, 48), 16).bool()
@@ -112,3 +120,5 @@ def test_shape_errors_are_clear():
         build_model(ModelConfig(clip_len=4, image_size=(30, 48), patch_size=16))
     with pytest.raises(ValueError, match="unknown mask type"):
         make_mask(1, 2, 4, 0.5, "blocks", torch.Generator())
+    with pytest.raises(ValueError, match="not divisible by the tubelet"):
+        make_mask(1, 5, 4, 0.5, "tubelet", torch.Generator(), tubelet=2)

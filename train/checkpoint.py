@@ -165,8 +165,9 @@ def load_for_eval(
 
 
 RUN_CONTROL_FIELDS = (
-    "steps", "device", "compile", "precision", "log_every", "viz_every", "ckpt_every", "keep_ckpts",
-    "max_nonfinite", "collapse_std", "starvation_frac", "probe_every", "probe_shards", "probe_clips",
+    "steps", "device", "compile", "precision", "log_every", "viz_every", "viz_shards", "viz_clips",
+    "ckpt_every", "keep_ckpts", "max_nonfinite", "collapse_rankme", "collapse_time_spread",
+    "starvation_frac", "probe_every", "probe_shards", "probe_clips",
 )  # fmt: skip
 """Fields a resumed run takes from the command line; everything else comes from the checkpoint."""
 

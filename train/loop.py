@@ -34,6 +34,7 @@ from ingest.atomic import ensure_dir, write_atomic
 from train import checkpoint
 from train.config import TrainConfig, to_dict
 from train.data import ShardError, batches, epoch_samples, resolve_shards, shard_clip_counts, to_video
+from train.diagnostics import collapse_reasons, fixed_mask, logged_step_diagnostics
 from train.engine import STAT_NAMES, build_optimizer, lr_at, train_step, wrap_model
 from train.metrics import (
     MetricsLog,
@@ -46,7 +47,7 @@ from train.metrics import (
 )
 from train.model import build_model, make_mask
 from train.split import plan_epoch, steps_per_epoch
-from train.viz import render
+from train.viz import fixed_viz_inputs, render
 
 EXIT_NONFINITE = 3
 """Exit code after too many non-finite steps in a row (a checkpoint is written first)."""
@@ -248,11 +249,16 @@ def _train(config, run, resume_state, console, rank, world, device) -> int:
                      "data": data, "rng": checkpoint.rng_state()}  # fmt: skip
             checkpoint.save(run, step, state, config, config.keep_ckpts)
 
-    def draw(video, mask, pred) -> None:
-        """RUN/viz/step-NNNNNN.png of the current batch (rank 0), mirrored to TensorBoard."""
-        path = render(video, mask, pred, cfg_m, step, run / "viz" / f"step-{step:06d}.png")
+    # The same validation clips and masks in every RUN/viz picture, so pictures compare over training
+    # (train/viz.py); one mask shared by every clip of the batch the collapse signals are computed on
+    # (train/diagnostics.py: with per-clip masks, embeddings would differ by their masks alone).
+    viz_inputs = fixed_viz_inputs(config, model.patches_per_frame) if lead else None
+    shared_ids_keep = fixed_mask(cfg_m, model.patches_per_frame, 1, config.seed)[0][0]
+
+    def draw() -> None:
+        """RUN/viz/step-NNNNNN.png of the fixed validation clips (rank 0), mirrored to TensorBoard."""
+        path = render(model, *viz_inputs, step, run / "viz" / f"step-{step:06d}.png")
         log.image("viz", path, step)
-        # Fixed validation pictures (the same clips every time) would be drawn here.
 
     # ---- the step loop ---------------------------------------------------------------------------
     stream = data_stream(urls, counts, config, rank, world, position)
@@ -280,7 +286,7 @@ def _train(config, run, resume_state, console, rank, world, device) -> int:
                 video = to_video(frames, device)  # (B, T, 3, H, W) float in [0, 1]
                 ids_keep, mask = make_mask(
                     video.shape[0], cfg_m.clip_len, model.patches_per_frame, cfg_m.mask_ratio, cfg_m.mask_type,
-                    mask_generator(config.seed, step, rank),
+                    mask_generator(config.seed, step, rank), cfg_m.mask_tubelet,
                 )  # fmt: skip  # ids_keep (B, L_vis), mask (B, L) bool, True = hidden
                 stats = train_step(
                     step_model, optimizer, video, ids_keep.to(device, non_blocking=True),
@@ -303,7 +309,10 @@ def _train(config, run, resume_state, console, rank, world, device) -> int:
                                   "peak_mem_mb": peak_mem_mb(device)}  # fmt: skip
                         if world > 1:
                             record["comm_frac"] = comm_s / elapsed
-                        # Extra per-window metrics (from the model's output) would be added to `record` here.
+                        if lead:
+                            # copy_loss (what copying the nearest visible patch in time scores) and the
+                            # collapse signals, from this step's batch: logged steps only (they sync).
+                            record.update(logged_step_diagnostics(model, video, mask, shared_ids_keep))
                     if log:
                         for event in events:
                             log.write(event)
@@ -338,7 +347,7 @@ def _train(config, run, resume_state, console, rank, world, device) -> int:
                     model.train()
                     log.write({"step": step, **{f"probe_{name}": value for name, value in result.items()}})
                 if lead and step % config.viz_every == 0:
-                    draw(video, mask, stats.pred)
+                    draw()
                 if step % config.ckpt_every == 0:
                     save_checkpoint()
                 paused_s += time.perf_counter() - pause
@@ -350,7 +359,7 @@ def _train(config, run, resume_state, console, rank, world, device) -> int:
             if step % config.ckpt_every:
                 save_checkpoint()
             if lead and video is not None and step % config.viz_every:
-                draw(video, mask, stats.pred)
+                draw()
     finally:
         stream.close()  # stops the DataLoader workers, also on an exception
         keys_log.close()
@@ -380,11 +389,11 @@ def json_text(value: dict) -> str:
 
 def warn_if_unhealthy(record: dict, config: TrainConfig, log: MetricsLog, console: Console) -> None:
     """Collapse and starvation events (their own metrics.jsonl lines and a console warning)."""
-    if record["emb_std"] < config.collapse_std:
-        log.write({"event": "collapse", "step": record["step"], "emb_std": record["emb_std"]})
-        console.print(
-            f"[yellow]step {record['step']}: emb_std {record['emb_std']:.2e} < {config.collapse_std}: collapse?"
-        )
+    reasons = collapse_reasons(record, config.collapse_rankme, config.collapse_time_spread)
+    if reasons:
+        log.write({"event": "collapse", "step": record["step"], "rankme": record["rankme"],
+                   "time_spread": record["time_spread"]})  # fmt: skip
+        console.print(f"[yellow]step {record['step']}: encoder collapse? {'; '.join(reasons)}")
     if record["data_wait_frac"] > config.starvation_frac:
         log.write({"event": "starvation", "step": record["step"], "data_wait_frac": record["data_wait_frac"]})
         console.print(

@@ -1,9 +1,11 @@
 """RUN/metrics.jsonl (one JSON object per logged step or event), RUN/loss.png and the end-of-run table.
 
-Step lines: {"step", "loss", "lr", "grad_norm", "emb_std", "emb_norm", "clips_per_s",
-"data_wait_frac", "step_time_s", "peak_mem_mb", ["comm_frac"], ["probe_*"]}; values are means
-over the steps since the previous line (clips_per_s over all ranks; loss and the norms over its
-finite steps; comm_frac: all-reduce time in flight over the window's wall time, see train/engine.py). Event lines carry "event"
+Step lines: {"step", "loss", "lr", "grad_norm", "emb_std", "emb_norm", "copy_loss", "clips_per_s",
+"data_wait_frac", "step_time_s", "peak_mem_mb", "rankme", "time_spread", ["comm_frac"], ["probe_*"]};
+values are means over the steps since the previous line (clips_per_s over all ranks; loss and the
+norms over its finite steps; comm_frac: all-reduce time in flight over the window's wall time, see
+train/engine.py), except copy_loss, rankme and time_spread, which come from the logged step's batch
+(train/diagnostics.py). Event lines carry "event"
 (`nonfinite`, `collapse`, `starvation`, `bad_sample`, `resume`, `stopped`) and "step".
 
 metrics.jsonl is the source of truth. When the optional `tensorboard` package is installed
@@ -95,7 +97,7 @@ class MetricsLog:
 
 
 def plot_curves(records: list[dict], out: Path) -> bool:
-    """RUN/loss.png: loss and grad-norm against step (log scale for the grad norm).
+    """RUN/loss.png: loss (with copy_loss and collapse warnings marked) and grad-norm against step.
 
     False (and no picture) where matplotlib is not installed, as on a bare GPU image.
     """
@@ -109,7 +111,17 @@ def plot_curves(records: list[dict], out: Path) -> bool:
 
     steps = [r for r in records if "loss" in r and "event" not in r]
     fig, (ax_loss, ax_grad) = plt.subplots(1, 2, figsize=(10, 3.5))
-    ax_loss.plot([r["step"] for r in steps], [r["loss"] for r in steps])
+    ax_loss.plot([r["step"] for r in steps], [r["loss"] for r in steps], label="loss")
+    copied = [r for r in steps if "copy_loss" in r]
+    if copied:  # what copying the nearest visible patch in time would score (train/diagnostics.py)
+        ax_loss.plot([r["step"] for r in copied], [r["copy_loss"] for r in copied], "--", color="grey",
+                     label="copy_loss (copy nearest visible)")  # fmt: skip
+    collapses = [r["step"] for r in records if r.get("event") == "collapse"]
+    if collapses and steps:
+        at = {r["step"]: r["loss"] for r in steps}
+        ax_loss.scatter(collapses, [at.get(s, steps[-1]["loss"]) for s in collapses], marker="x", color="red",
+                        zorder=3, label="collapse warning")  # fmt: skip
+    ax_loss.legend(fontsize=8)
     ax_loss.set(xlabel="step", ylabel="masked-patch MSE", title="loss")
     ax_grad.plot([r["step"] for r in steps], [r["grad_norm"] for r in steps], color="tab:orange")
     ax_grad.set(xlabel="step", ylabel="grad norm (before clipping)", title="gradient norm", yscale="log")

@@ -40,30 +40,43 @@ def unpatchify(
     return x.reshape(batch, frames, channels, height, width)
 
 
+MASK_TYPES = ("tube", "tubelet", "random")
+"""Masking units: tube = one spatial patch through all T frames (VideoMAE); tubelet = one spatial
+patch through `tubelet` consecutive frames; random = one token (one patch of one frame)."""
+
+
 def make_mask(
-    batch: int, frames: int, patches_per_frame: int, ratio: float, kind: str, generator: torch.Generator
+    batch: int,
+    frames: int,
+    patches_per_frame: int,
+    ratio: float,
+    kind: str,
+    generator: torch.Generator,
+    tubelet: int = 2,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample which tokens the encoder sees.
 
     Returns ids_keep (B, L_vis) int64 sorted token indices and mask (B, L) bool, True = masked,
-    with L = T * N. Every clip keeps the same number of tokens (so the batch stays rectangular):
-    tube keeps round(N * (1 - ratio)) spatial positions in every frame; random keeps
-    round(L * (1 - ratio)) tokens anywhere. At least one token is always kept and one masked.
+    with L = T * N. Masking works on units of `block` consecutive frames at one spatial position
+    (block = T for tube, `tubelet` for tubelet, 1 for random): round(U * (1 - ratio)) of the
+    U = (T / block) * N units are kept, so every clip keeps the same number of tokens (the batch
+    stays rectangular). At least one unit is always kept and one masked.
     """
-    tokens = frames * patches_per_frame
-    if kind == "tube":
-        keep_per_frame = min(max(1, round(patches_per_frame * (1 - ratio))), patches_per_frame - 1)
-        scores = torch.rand(batch, patches_per_frame, generator=generator)
-        spatial = scores.argsort(dim=1)[:, :keep_per_frame]
-        offsets = torch.arange(frames).view(1, frames, 1) * patches_per_frame
-        ids_keep = (spatial.unsqueeze(1) + offsets).reshape(batch, -1)
-    elif kind == "random":
-        keep = min(max(1, round(tokens * (1 - ratio))), tokens - 1)
-        ids_keep = torch.rand(batch, tokens, generator=generator).argsort(dim=1)[:, :keep]
-    else:
-        raise ValueError(f"unknown mask type {kind!r}; use 'tube' or 'random'")
-    ids_keep = ids_keep.sort(dim=1).values
-    mask = torch.ones(batch, tokens, dtype=torch.bool)
+    if kind not in MASK_TYPES:
+        raise ValueError(f"unknown mask type {kind!r}; use one of {', '.join(MASK_TYPES)}")
+    block = {"tube": frames, "tubelet": tubelet, "random": 1}[kind]
+    if block < 1 or frames % block:
+        raise ValueError(f"clip length {frames} is not divisible by the tubelet length {block}")
+    units = (frames // block) * patches_per_frame
+    keep = min(max(1, round(units * (1 - ratio))), units - 1)
+    kept_units = torch.rand(batch, units, generator=generator).argsort(dim=1)[:, :keep]  # (B, K)
+    # unit u = time block tb * N + position n covers tokens (tb * block + j) * N + n, j < block
+    first_token = (
+        kept_units // patches_per_frame
+    ) * block * patches_per_frame + kept_units % patches_per_frame
+    offsets = torch.arange(block) * patches_per_frame  # (block,)
+    ids_keep = (first_token.unsqueeze(-1) + offsets).reshape(batch, -1).sort(dim=1).values
+    mask = torch.ones(batch, frames * patches_per_frame, dtype=torch.bool)
     mask.scatter_(1, ids_keep, False)
     return ids_keep, mask
 
