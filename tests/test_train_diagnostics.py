@@ -112,7 +112,7 @@ def test_detector_stays_quiet_on_a_trained_encoder():
     for step in range(15):
         video = torch.rand(8, 4, 3, 32, 48, generator=torch.Generator().manual_seed(100 + step))
         ids_keep, mask = make_mask(8, 4, PER_FRAME, 0.75, "tube", torch.Generator().manual_seed(step))
-        train_step(model, optimizer, video, ids_keep, mask, lr=1e-3, grad_clip=1.0, world=1, autocast=False)
+        train_step(model, optimizer, video, ids_keep, mask, lr=1e-3, grad_clip=1.0, bf16=False)
     assert model.training
     assert _reasons(model) == []
     assert model.training  # the signals ran in eval mode and restored the mode
