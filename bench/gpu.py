@@ -33,7 +33,6 @@ tests/test_bench_gpu.py checks it against torch.utils.flop_counter on the real m
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import signal
@@ -46,9 +45,10 @@ from pathlib import Path
 
 import torch
 
+from ingest.atomic import write_atomic
 from train.config import ModelConfig, TrainConfig, apply_overrides, preset
 from train.engine import build_optimizer, train_step, wrap_model
-from train.model import build_model, make_mask
+from train.model import build_model, make_mask, mask_units
 
 SIZE, CLIP_LEN = (144, 256), 8
 RESULTS_JSON = Path(__file__).resolve().parent / "results-gpu.json"
@@ -73,10 +73,8 @@ def forward_flops(cfg: ModelConfig) -> float:
     p, (height, width), frames = cfg.patch_size, cfg.image_size, cfg.clip_len
     per_frame = (height // p) * (width // p)
     tokens = frames * per_frame
-    if cfg.mask_type == "tube":
-        visible = min(max(1, round(per_frame * (1 - cfg.mask_ratio))), per_frame - 1) * frames
-    else:
-        visible = min(max(1, round(tokens * (1 - cfg.mask_ratio))), tokens - 1)
+    block, _, kept = mask_units(frames, per_frame, cfg.mask_ratio, cfg.mask_type, cfg.mask_tubelet)
+    visible = kept * block  # the same count make_mask keeps
     d, dd, r, c, half = cfg.embed_dim, cfg.decoder_dim, cfg.mlp_ratio, cfg.stem_channels, (p // 2) ** 2
     stem = visible * (2 * half * c * 27 + 2 * d * c * half)
     encoder = cfg.depth * (visible * (8 * d * d + 4 * r * d * d) + 4 * visible * visible * d)
@@ -155,13 +153,13 @@ def synthetic_steps(
 
 def loader_steps(config: TrainConfig, shards: str, device: torch.device, *, warmup: int, steps: int) -> dict:
     """The real input pipeline feeding train_step (bf16 on CUDA): data_wait_frac, step time, clips/s."""
-    from train.data import resolve_shards, shard_clip_counts, to_video
+    from train.data import hands_over_i420, resolve_shards, shard_clip_counts, to_video
     from train.loop import Position, data_stream, mask_generator
 
     urls = resolve_shards(shards)
-    # decord is optional on a GPU image (13.6 MB more to carry); PyAV is always there (ingest.video).
-    decoder = config.data.decoder if importlib.util.find_spec(config.data.decoder) else "pyav"
-    config = replace(config, data=replace(config.data, shards=shards, decoder=decoder))
+    # The preset's decoder ("auto": I420 planes converted on the GPU), as the trainer runs it; a
+    # decoder that is not installed falls back to PyAV in train.data (decord is optional to carry).
+    config = replace(config, data=replace(config.data, shards=shards))
     cfg_m = config.model
     torch.manual_seed(config.seed)
     model = build_model(cfg_m).to(device)
@@ -185,7 +183,8 @@ def loader_steps(config: TrainConfig, shards: str, device: torch.device, *, warm
         elapsed = time.perf_counter() - started
     finally:
         stream.close()
-    return {"workers": config.data.workers, "decoder": config.data.decoder, "batch": config.data.batch_size,
+    decoder = config.data.decoder + (" (I420 on the device)" if hands_over_i420(config.data.decoder) else "")
+    return {"workers": config.data.workers, "decoder": decoder, "batch": config.data.batch_size,
             "data_wait_frac": waited / elapsed, "step_time_s": elapsed / steps,
             "clips_per_s": steps * config.data.batch_size / elapsed}  # fmt: skip
 
@@ -205,7 +204,7 @@ def _ddp_worker(
         result = synthetic_steps(config, device, bf16=device.type == "cuda", compile_model=False, warmup=3,
                                  steps=steps, world=world)  # fmt: skip
         if rank == 0:
-            Path(out).write_text(json.dumps(result))
+            write_atomic(out, json.dumps(result))
     finally:
         dist.destroy_process_group()
 
@@ -427,7 +426,6 @@ def main(argv: list[str] | None = None) -> int:
                     "torch": torch.__version__, "cuda": torch.version.cuda, "python": sys.version.split()[0],
                     "date": time.strftime("%Y-%m-%d"), "size": f"{SIZE[0]}x{SIZE[1]}", "clip_len": CLIP_LEN,
                     "shards": shards, "flops_formula": "bench/gpu.py module docstring"})  # fmt: skip
-    from ingest.atomic import write_atomic
 
     write_atomic(RESULTS_JSON, json.dumps(results, indent=2, default=str) + "\n")
     table = markdown(results)

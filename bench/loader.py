@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ingest.atomic import atomic_path
 from ingest.shards import iter_samples, listed_shards, read_manifest
 
 RESIZED_JPEG_QUALITY = 90
@@ -116,12 +117,10 @@ def write_resized_folder(
         for token, frame_index in zip(clip.sample_data_tokens, clip.frame_indices, strict=True):
             path = resized_frame_path(root, clip.scene, frame_index)
             if not path.exists():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                partial = path.with_suffix(".partial")
-                Image.fromarray(resize(source_path(token))).save(
-                    partial, format="JPEG", quality=RESIZED_JPEG_QUALITY
-                )
-                partial.rename(path)
+                with atomic_path(path) as partial:
+                    Image.fromarray(resize(source_path(token))).save(
+                        partial, format="JPEG", quality=RESIZED_JPEG_QUALITY
+                    )
     return root
 
 

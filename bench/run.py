@@ -36,6 +36,7 @@ import numpy as np
 
 from bench import codec, cost_scaling, ingest_speed, loader, machine, report, storage, training
 from bench.workspace import WORK_DIR, DatarootSpec, cached_dataroot, scene_names
+from ingest.atomic import write_atomic
 from ingest.config import IngestConfig
 
 TRAIN_SIZE = IngestConfig.size
@@ -262,9 +263,8 @@ def main(quick: bool, out: Path, only: tuple[str, ...]) -> None:
     """
     config = QUICK if quick else FULL
     results, failed = run_bench(config, "quick" if quick else "full", only=frozenset(only) if only else None)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2, sort_keys=True))
-    out.with_suffix(".md").write_text(report.markdown(results))
+    write_atomic(out, json.dumps(results, indent=2, sort_keys=True))
+    write_atomic(out.with_suffix(".md"), report.markdown(results))
     report.print_tables(results)
     click.echo(f"results: {out} and {out.with_suffix('.md')}")
     if failed:

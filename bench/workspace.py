@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ingest.atomic import open_append, write_atomic
+
 WORK_DIR = Path(__file__).resolve().parent / "work"
 
 
@@ -72,7 +74,7 @@ def cached_dataroot(
     ).resolve()
     partial.rename(final)
     dataroot = final / dataroot.relative_to(partial.resolve())
-    (final / "READY").write_text(str(dataroot))
+    write_atomic(final / "READY", str(dataroot))
     return dataroot
 
 
@@ -111,10 +113,10 @@ class ChildRun:
 
 def run_child(args: list[str], log: Path) -> ChildRun:
     """Run `args` to completion, output to `log`, and measure it with os.wait4."""
-    log.parent.mkdir(parents=True, exist_ok=True)
     # A fixed width keeps the children's rich output readable in the log file.
     child_env = {**os.environ, "COLUMNS": "120"}
-    with open(log, "wb") as out:
+    log.unlink(missing_ok=True)  # a fresh log per run (unlinking a planted symlink removes only the link)
+    with open_append(log, binary=True) as out:
         start = time.perf_counter()
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=child_env)
         _, status, usage = os.wait4(proc.pid, 0)

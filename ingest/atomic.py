@@ -11,6 +11,8 @@ is removed, so failed writes leave nothing behind.
     with atomic_path(out / "loss.png") as tmp:        # for writers that need a path
         fig.savefig(tmp, format="png")
     ensure_dir(out)                                   # refuses symlinked / non-folder outputs
+    with open_append(out / "ingest.log") as log:      # logs: appended, never through a symlink
+        log.write("line\n")
 """
 
 from __future__ import annotations
@@ -94,6 +96,23 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def open_append(path: str | Path, binary: bool = False):
+    """Open log file `path` for appending (created 0644 if missing), refusing a symlink at its name.
+
+    Logs grow line by line, so they cannot be renamed into place; O_NOFOLLOW makes a link planted
+    at the name an error instead of a write through it. The folder is checked like ensure_dir.
+    """
+    path = Path(path)
+    ensure_dir(path.parent)
+    try:
+        handle = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise OutputError(f"refusing to append to {path}: it is a symlink") from None
+        raise OutputError(_describe(error, path)) from None
+    return os.fdopen(handle, "ab" if binary else "a")
 
 
 def write_atomic(path: str | Path, data: bytes | str) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ingest.atomic import OutputError, ensure_dir
+from ingest.atomic import ensure_dir, open_append
 from ingest.config import IngestConfig
 from ingest.plan import part_scenes, write_ledger
 from ingest.stage import stage_scene, verified_sidecar
@@ -32,14 +32,9 @@ PR_SET_PDEATHSIG = 1
 def log_line(out: Path, text: str) -> None:
     """Append a timestamped line to DIR/ingest.log (the only place wall-clock times go).
 
-    Opened with O_NOFOLLOW: a symlink planted at DIR/ingest.log is refused, never written through.
+    A symlink planted at DIR/ingest.log is refused, never written through (atomic.open_append).
     """
-    path = out / "ingest.log"
-    try:
-        handle = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-    except OSError as error:
-        raise OutputError(f"cannot append to {path} (a symlink, or not writable): {error.strerror}") from None
-    with os.fdopen(handle, "a") as log:
+    with open_append(out / "ingest.log") as log:
         log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {text}\n")
 
 

@@ -13,6 +13,7 @@ differs only in the weights.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,9 +35,11 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def load_sources(checkpoint: str, seeds: int, device: torch.device) -> tuple[dict[Source, object], object]:
-    """(Source -> model on `device` in eval mode, or PIXELS; the checkpoint's TrainConfig)."""
-    pretrained, config = load_for_eval(checkpoint, device=device)
+def load_sources(
+    checkpoint: str, seeds: int, device: torch.device
+) -> tuple[dict[Source, object], object, Path]:
+    """(Source -> model on `device` in eval mode, or PIXELS; the checkpoint's TrainConfig; its step folder)."""
+    pretrained, config, folder = load_for_eval(checkpoint, device=device)
     sources: dict[Source, object] = {Source.pretrained(): pretrained}
     for seed in range(seeds):
         torch.manual_seed(seed)
@@ -44,7 +47,7 @@ def load_sources(checkpoint: str, seeds: int, device: torch.device) -> tuple[dic
     for model in sources.values():
         model.eval()
     sources[Source.pixels()] = PIXELS
-    return sources, config
+    return sources, config, folder
 
 
 def encode_clips(

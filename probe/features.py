@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from train.data import to_video
+
 INGESTED, SHUFFLED, STATIC = "ingested", "shuffled", "static"
 VIEWS = (INGESTED, SHUFFLED, STATIC)
 """The clip views; the gate itself uses only `ingested`, the controls the others."""
@@ -71,8 +73,7 @@ def apply_view(clip: np.ndarray, view: str, seed: int, clip_index: int) -> np.nd
 
 def frames_to_video(frames: np.ndarray) -> torch.Tensor:
     """uint8 (B, T, H, W, 3) RGB -> float32 (B, T, 3, H, W) in [0, 1], the input of the encoders."""
-    video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 1, 4, 2, 3)
-    return video.float().div_(255.0)
+    return to_video(torch.from_numpy(np.ascontiguousarray(frames)), torch.device("cpu"))
 
 
 def batched(clips: Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:

@@ -16,7 +16,6 @@ from probe.features import INGESTED, VIEWS, token_layout
 from probe.pooling import candidate_grids
 from probe.report_files import write_outputs
 from probe.tasks import make_task, targets
-from train.checkpoint import resolve
 from train.data import resolve_shards
 
 
@@ -95,8 +94,7 @@ def run_probe(config: ProbeConfig) -> ProbeResult:
         )
 
     device = resolve_device(config.device)
-    step_folder = resolve(config.checkpoint)
-    sources, train_config = load_sources(str(step_folder), config.seeds, device)
+    sources, train_config, step_folder = load_sources(str(config.checkpoint), config.seeds, device)
     model_config = train_config.model
     check_clip_shape(model_config, train_metas + val_metas)
     pretrained = next(model for source, model in sources.items() if source.kind == PRETRAINED)

@@ -88,7 +88,7 @@ def test_run_outputs_and_kill_resume_reproduce_the_stream(shard_dir, tmp_path):
         assert field in record, field
     saved = json.loads((whole / "config.json").read_text())
     assert "debug_nan_at_step" not in saved and saved["model"]["patch_size"] == 16
-    model, cfg = load_for_eval(whole)
+    model, cfg, _ = load_for_eval(whole)
     assert cfg.model.image_size == (32, 64) and cfg.model.clip_len == 8
     assert model.features(torch.rand(2, 8, 3, 32, 64)).shape == (2, 3 * cfg.model.embed_dim)
     refused = run_train([*common, "--out", str(whole), "--resume", "never"])
@@ -140,7 +140,7 @@ def test_nan_injection_triggers_the_guard(shard_dir, tmp_path):
     records = read_jsonl(tmp_path / "ok" / "metrics.jsonl")
     assert [r["step"] for r in records if r.get("event") == "nonfinite"] == [3]
     assert all(r["loss"] == r["loss"] for r in records if "loss" in r and "event" not in r)  # no NaN logged
-    model, _ = load_for_eval(tmp_path / "ok")
+    model, _, _ = load_for_eval(tmp_path / "ok")
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
@@ -161,7 +161,7 @@ def test_nan_guard_stops_every_rank_with_a_checkpoint(shard_dir, tmp_path):
     assert [p.name for p in complete_checkpoints(run)] == ["step-000003"]
     assert [len(read_keys(run, rank)) for rank in (0, 1)] == [3, 3]
     assert read_jsonl(run / "metrics.jsonl")[-1]["event"] == "stopped"
-    model, _ = load_for_eval(run)
+    model, _, _ = load_for_eval(run)
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 

@@ -12,7 +12,6 @@ step and the saved config (train.engine.lr_at), so restoring the step restores t
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import shutil
@@ -25,7 +24,8 @@ import numpy as np
 import torch
 
 from ingest.atomic import atomic_path, ensure_dir, write_atomic
-from train.config import TrainConfig, apply_overrides, from_dict, get_field, to_dict
+from ingest.report_format import dumps_json
+from train.config import TrainConfig, apply_overrides, from_dict, to_dict
 from train.model import MaskedVideoModel, build_model
 
 MARKER = "COMPLETE"
@@ -71,7 +71,7 @@ def save(run: Path, step: int, state: dict, config: TrainConfig, keep: int) -> P
     try:
         with atomic_path(tmp / "state.pt") as path:
             torch.save({**state, "config": to_dict(config)}, path)
-        write_atomic(tmp / "config.json", json.dumps(to_dict(config), indent=2, sort_keys=True) + "\n")
+        write_atomic(tmp / "config.json", dumps_json(to_dict(config)))
         write_atomic(tmp / MARKER, f"step {step}\n")
         # Re-saving a step (after a resume): move the old copy aside first, so a crash at any point
         # leaves a complete folder under the final name or the previous checkpoints untouched.
@@ -137,20 +137,11 @@ def load_newest(
     raise CheckpointError(f"no loadable checkpoint under {path} (tried {', '.join(tried)})")
 
 
-def resolve(path: str | Path) -> Path:
-    """The step folder `load_newest` would use for a run folder or step folder."""
-    return load_newest(path)[1]
-
-
-def load_state(path: str | Path, device: str | torch.device = "cpu") -> dict:
-    """The state dict of the newest loadable checkpoint (run folder or step folder)."""
-    return load_newest(path, device)[0]
-
-
 def load_for_eval(
     path: str | Path, device: str | torch.device = "cpu"
-) -> tuple[MaskedVideoModel, TrainConfig]:
-    """(model in eval mode on `device`, its TrainConfig) from a run folder or a step-NNNNNN folder.
+) -> tuple[MaskedVideoModel, TrainConfig, Path]:
+    """(model in eval mode on `device`, its TrainConfig, the step folder it came from) from a run
+    folder or a step-NNNNNN folder, loading the checkpoint once.
 
     Says on stderr which step it used when it had to skip a damaged newer checkpoint.
     """
@@ -161,7 +152,7 @@ def load_for_eval(
     config = from_dict(state["config"])
     model = build_model(config.model)
     model.load_state_dict(state["model"])
-    return model.to(device).eval(), config
+    return model.to(device).eval(), config, folder
 
 
 RUN_CONTROL_FIELDS = (
@@ -212,9 +203,10 @@ def resumed_config(requested: TrainConfig, saved: dict) -> tuple[TrainConfig, li
     config = apply_overrides(TrainConfig(), saved)
     wanted = to_dict(requested)
     changed = [] if same_shards(requested.data.shards, config.data.shards) else ["data.shards"]
-    for name in ("model.clip_len", "model.image_size"):
-        if to_dict_value(get_field(requested, name)) != to_dict_value(get_field(config, name)):
-            changed.append(name)
+    saved_fields = to_dict(config)
+    changed += [
+        f"model.{k}" for k in ("clip_len", "image_size") if wanted["model"][k] != saved_fields["model"][k]
+    ]
     if changed:
         raise ValueError(
             f"this run folder was trained on other data ({', '.join(changed)} differ from its checkpoint); "
@@ -229,8 +221,3 @@ def resumed_config(requested: TrainConfig, saved: dict) -> tuple[TrainConfig, li
             if f"{section}.{k}" not in DATA_FIELDS and v != saved[section].get(k)
         ]
     return config, ignored
-
-
-def to_dict_value(value):
-    """A config value as it appears in JSON (tuples as lists), for comparisons with saved configs."""
-    return json.loads(json.dumps(value))

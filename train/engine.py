@@ -127,8 +127,6 @@ class StepStats:
 
     values: torch.Tensor
     """float32 (5,): [finite (1/0, the same on every rank), loss, grad_norm, emb_std, emb_norm]."""
-    pred: torch.Tensor
-    """Predicted patches (B, L, p * p * 3), detached, for visualisation."""
 
 
 STAT_NAMES = ("finite", "loss", "grad_norm", "emb_std", "emb_norm")
@@ -177,4 +175,4 @@ def train_step(
     pooled = out["pooled"].detach().float()
     emb_std = pooled.std(dim=0).mean() if pooled.shape[0] > 1 else pooled.new_zeros(())
     values = torch.stack([flag[0], loss.detach(), grad_norm.float(), emb_std, pooled.norm(dim=1).mean()])
-    return StepStats(values=values, pred=out["pred"].detach())
+    return StepStats(values=values)

@@ -16,7 +16,6 @@ keys are identical to an uninterrupted run).
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ingest.atomic import ensure_dir, write_atomic
+from ingest.report_format import dumps_json
 from train import checkpoint
 from train.config import TrainConfig, to_dict
 from train.data import ShardError, batches, epoch_samples, resolve_shards, shard_clip_counts, to_video
@@ -216,7 +216,7 @@ def _train(config, run, resume_state, console, rank, world, device) -> int:
     log = None
     if lead:
         truncate_after(run / "metrics.jsonl", step)
-        write_atomic(run / "config.json", json_text(to_dict(config)))
+        write_atomic(run / "config.json", dumps_json(to_dict(config)))
         log = MetricsLog(run / "metrics.jsonl", mirror=tensorboard_writer(run))
         if resume_state is not None:
             log.write(
@@ -264,7 +264,7 @@ def _train(config, run, resume_state, console, rank, world, device) -> int:
     stream = data_stream(urls, counts, config, rank, world, position)
     window: list[torch.Tensor] = []  # StepStats.values of the steps since the last log line
     window_start, data_s, paused_s, in_a_row = time.perf_counter(), 0.0, 0.0, 0
-    video = mask = stats = None
+    video = mask = None
     exit_code = 0
     progress = Progress(
         TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -380,11 +380,6 @@ def _train(config, run, resume_state, console, rank, world, device) -> int:
     if world > 1:
         dist.barrier()  # no rank leaves (and tears the group down) while rank 0 still writes
     return exit_code
-
-
-def json_text(value: dict) -> str:
-    """Indented, key-sorted JSON with a final newline (config.json)."""
-    return json.dumps(value, indent=2, sort_keys=True) + "\n"
 
 
 def warn_if_unhealthy(record: dict, config: TrainConfig, log: MetricsLog, console: Console) -> None:

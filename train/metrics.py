@@ -16,14 +16,13 @@ same names (`tensorboard --logdir RUN/tensorboard`), together with the viz pictu
 from __future__ import annotations
 
 import json
-import os
 import resource
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ingest.atomic import atomic_path, ensure_dir, write_atomic
+from ingest.atomic import atomic_path, ensure_dir, open_append, write_atomic
 
 
 def peak_mem_mb(device: torch.device) -> float:
@@ -67,10 +66,7 @@ class MetricsLog:
 
     def __init__(self, path: Path, mirror=None):
         self.path = Path(path)
-        ensure_dir(self.path.parent)
-        # O_NOFOLLOW: never append through a symlink planted at the log's name.
-        handle = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-        self.file = os.fdopen(handle, "a")
+        self.file = open_append(self.path)  # never through a symlink planted at the log's name
         self.mirror = mirror
 
     def write(self, record: dict) -> None:

@@ -45,6 +45,22 @@ MASK_TYPES = ("tube", "tubelet", "random")
 patch through `tubelet` consecutive frames; random = one token (one patch of one frame)."""
 
 
+def mask_units(
+    frames: int, patches_per_frame: int, ratio: float, kind: str, tubelet: int = 2
+) -> tuple[int, int, int]:
+    """(block, units, kept units) of a mask: units of `block` consecutive frames at one position
+    (block = T for tube, `tubelet` for tubelet, 1 for random), U = (T / block) * N of them, of which
+    round(U * (1 - ratio)) are kept (at least one kept and one masked). Visible tokens = kept * block.
+    """
+    if kind not in MASK_TYPES:
+        raise ValueError(f"unknown mask type {kind!r}; use one of {', '.join(MASK_TYPES)}")
+    block = {"tube": frames, "tubelet": tubelet, "random": 1}[kind]
+    if block < 1 or frames % block:
+        raise ValueError(f"clip length {frames} is not divisible by the tubelet length {block}")
+    units = (frames // block) * patches_per_frame
+    return block, units, min(max(1, round(units * (1 - ratio))), units - 1)
+
+
 def make_mask(
     batch: int,
     frames: int,
@@ -62,13 +78,7 @@ def make_mask(
     U = (T / block) * N units are kept, so every clip keeps the same number of tokens (the batch
     stays rectangular). At least one unit is always kept and one masked.
     """
-    if kind not in MASK_TYPES:
-        raise ValueError(f"unknown mask type {kind!r}; use one of {', '.join(MASK_TYPES)}")
-    block = {"tube": frames, "tubelet": tubelet, "random": 1}[kind]
-    if block < 1 or frames % block:
-        raise ValueError(f"clip length {frames} is not divisible by the tubelet length {block}")
-    units = (frames // block) * patches_per_frame
-    keep = min(max(1, round(units * (1 - ratio))), units - 1)
+    block, units, keep = mask_units(frames, patches_per_frame, ratio, kind, tubelet)
     kept_units = torch.rand(batch, units, generator=generator).argsort(dim=1)[:, :keep]  # (B, K)
     # unit u = time block tb * N + position n covers tokens (tb * block + j) * N + n, j < block
     first_token = (

@@ -29,6 +29,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ingest.atomic import write_atomic
 from ingest.sampling import spread_subset
+from probe.features import frames_to_video
 from train.data import ShardError, iter_clips
 from train.model import normalize_patches, patchify, unpatchify
 
@@ -67,6 +68,8 @@ def pick_viz_clips(
     by_scene: dict[str, list[np.ndarray]] = {}
     read = 0
     for url in urls:
+        if read >= max_read:
+            break
         try:  # pictures are best effort: a shard that does not decode is skipped, training decides about it
             for _key, frames, meta in iter_clips([url], decoder):
                 if read >= max_read:
@@ -85,7 +88,7 @@ def pick_viz_clips(
 
 def clips_to_video(clips: list[np.ndarray]) -> torch.Tensor:
     """list of (T, H, W, 3) uint8 -> (K, T, 3, H, W) float in [0, 1]."""
-    return torch.from_numpy(np.stack(clips)).permute(0, 1, 4, 2, 3).float().div(255.0)
+    return frames_to_video(np.stack(clips))
 
 
 def picture_rows(

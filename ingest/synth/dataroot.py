@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ingest.atomic import atomic_path, write_atomic
 from ingest.motion import yaw_from_quaternion
 from ingest.synth.camera import Camera
 from ingest.synth.plan import ScenePlan, plan_scene
@@ -80,7 +81,7 @@ def _marker_generator(marker: Path) -> str | None:
 
 
 def _write_json(path: Path, value) -> None:
-    path.write_text(json.dumps(value, indent=1, sort_keys=True) + "\n")
+    write_atomic(path, json.dumps(value, indent=1, sort_keys=True) + "\n")
 
 
 def generate(
@@ -159,9 +160,7 @@ def _render_scene(
         image = renderer.render(translation[:2], yaw)
         buffer = io.BytesIO()
         Image.fromarray(image).save(buffer, format="JPEG", quality=JPEG_QUALITY)
-        path = out / record["filename"]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(buffer.getvalue())
+        write_atomic(out / record["filename"], buffer.getvalue())
         if progress is not None:
             progress(1)
 
@@ -170,10 +169,7 @@ def _write_placeholders(out: Path, tables: dict[str, list[dict]]) -> None:
     """Empty point clouds for the lidar records and a small blank mask per map."""
     for record in tables["sample_data"]:
         if record["fileformat"] == "pcd":
-            path = out / record["filename"]
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(b"")
+            write_atomic(out / record["filename"], b"")
     for record in tables["map"]:
-        path = out / record["filename"]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.zeros((64, 64), dtype=np.uint8)).save(path, format="PNG")
+        with atomic_path(out / record["filename"]) as path:
+            Image.fromarray(np.zeros((64, 64), dtype=np.uint8)).save(path, format="PNG")
