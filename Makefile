@@ -23,7 +23,7 @@ setup: $(VENV)/.installed
 
 # The whole pipeline on the embedded default, in about 10 minutes on 2 CPU cores:
 # synth -> ingest (train and val scenes) -> audit -> train -> probe gate.
-DEMO_SCENES ?= 16
+DEMO_SCENES ?= 32
 DEMO_FRAMES ?= 160
 DEMO_WIDTH  ?= 480
 DEMO_SIZE   ?= 64x112

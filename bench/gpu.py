@@ -20,13 +20,14 @@ MFU (model FLOPs utilisation) = training FLOPs per clip x clips/s / the chip's d
 (`PEAK_BF16_TFLOPS`; fp32 rows are divided by the same bf16 peak, so they show what fp32 leaves
 unused). Training FLOPs = 3 x forward (backward ~ 2 x forward). Forward FLOPs per clip
 (`forward_flops`), counting multiply-adds as 2 and only matmuls/convolutions, with patch p,
-T frames, N = H W / p^2 patches per frame, L = T N tokens, V visible tokens (the mask keeps the
-same count in every clip), encoder width d, decoder width D, MLP ratio r, stem channels C:
-    stem (V tokens):      V [2 (p/2)^2 C 27 + 2 d C (p/2)^2]
+k frames per token, T' = T / k token steps, N = H W / p^2 patches per frame, L = T' N tokens,
+V visible tokens (the mask keeps the same count in every clip), encoder width d, decoder width D,
+MLP ratio r, stem channels C:
+    stem (V tokens):      V [2 (p/2)^2 C 27 k + 2 d C (p/2)^2]
     encoder (V tokens):   depth [V (8 d^2 + 4 r d^2) + 4 V^2 d]      (qkv+out, MLP, QK^T and AV)
     decoder embed:        2 V d D
     decoder (L tokens):   decoder_depth [L (8 D^2 + 4 r D^2) + 4 L^2 D]
-    head (L tokens):      2 L D 3 p^2
+    head (L tokens):      2 L D 3 k p^2
 tests/test_bench_gpu.py checks it against torch.utils.flop_counter on the real model.
 """
 
@@ -48,7 +49,7 @@ import torch
 from ingest.atomic import write_atomic
 from train.config import ModelConfig, TrainConfig, apply_overrides, preset
 from train.engine import build_optimizer, train_step, wrap_model
-from train.model import build_model, make_mask, mask_units
+from train.model import build_model, make_mask, mask_units, token_steps
 
 SIZE, CLIP_LEN = (144, 256), 8
 RESULTS_JSON = Path(__file__).resolve().parent / "results-gpu.json"
@@ -70,16 +71,16 @@ def log(message: str) -> None:
 
 def forward_flops(cfg: ModelConfig) -> float:
     """Forward FLOPs of one clip (formula in the module docstring)."""
-    p, (height, width), frames = cfg.patch_size, cfg.image_size, cfg.clip_len
+    p, (height, width), steps, k = cfg.patch_size, cfg.image_size, token_steps(cfg), cfg.token_frames
     per_frame = (height // p) * (width // p)
-    tokens = frames * per_frame
-    block, _, kept = mask_units(frames, per_frame, cfg.mask_ratio, cfg.mask_type, cfg.mask_tubelet)
+    tokens = steps * per_frame
+    block, _, kept = mask_units(steps, per_frame, cfg.mask_ratio, cfg.mask_type, cfg.mask_tubelet)
     visible = kept * block  # the same count make_mask keeps
     d, dd, r, c, half = cfg.embed_dim, cfg.decoder_dim, cfg.mlp_ratio, cfg.stem_channels, (p // 2) ** 2
-    stem = visible * (2 * half * c * 27 + 2 * d * c * half)
+    stem = visible * (2 * half * c * 27 * k + 2 * d * c * half)
     encoder = cfg.depth * (visible * (8 * d * d + 4 * r * d * d) + 4 * visible * visible * d)
     decoder = cfg.decoder_depth * (tokens * (8 * dd * dd + 4 * r * dd * dd) + 4 * tokens * tokens * dd)
-    return float(stem + encoder + 2 * visible * d * dd + decoder + 2 * tokens * dd * 3 * p * p)
+    return float(stem + encoder + 2 * visible * d * dd + decoder + 2 * tokens * dd * 3 * k * p * p)
 
 
 def peak_tflops(device_name: str) -> float | None:
@@ -118,8 +119,8 @@ def synthetic_steps(
     step_model, _ = wrap_model(model, device, world, compile_model)
     generator = torch.Generator().manual_seed(0)
     video = torch.rand(batch, cfg_m.clip_len, 3, *cfg_m.image_size, generator=generator).to(device)
-    ids_keep, mask = make_mask(batch, cfg_m.clip_len, model.patches_per_frame, cfg_m.mask_ratio, cfg_m.mask_type,
-                               generator)  # fmt: skip
+    ids_keep, mask = make_mask(batch, model.token_steps, model.patches_per_frame, cfg_m.mask_ratio, cfg_m.mask_type,
+                               generator, cfg_m.mask_tubelet)  # fmt: skip
     ids_keep, mask = ids_keep.to(device), mask.to(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -175,8 +176,8 @@ def loader_steps(config: TrainConfig, shards: str, device: torch.device, *, warm
             _, (_, frames, _, _) = next(stream)
             waited += time.perf_counter() - fetch
             video = to_video(frames, device)
-            ids_keep, mask = make_mask(video.shape[0], cfg_m.clip_len, model.patches_per_frame, cfg_m.mask_ratio,
-                                       cfg_m.mask_type, mask_generator(config.seed, index, 0))  # fmt: skip
+            ids_keep, mask = make_mask(video.shape[0], model.token_steps, model.patches_per_frame, cfg_m.mask_ratio,
+                                       cfg_m.mask_type, mask_generator(config.seed, index, 0), cfg_m.mask_tubelet)  # fmt: skip
             train_step(model, optimizer, video, ids_keep.to(device), mask.to(device), lr=config.optim.lr,
                        grad_clip=1.0, bf16=device.type == "cuda")  # fmt: skip
         _sync(device)

@@ -31,12 +31,12 @@ def small_config(mask_type: str = "random", **data):
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("mask_type", ["random", "tube"])
-def test_forward_flops_formula_matches_torch_flop_counter(mask_type):
-    cfg = small_config(mask_type).model
+@pytest.mark.parametrize(("mask_type", "token_frames"), [("random", 1), ("tube", 1), ("random", 2)])
+def test_forward_flops_formula_matches_torch_flop_counter(mask_type, token_frames):
+    cfg = apply_overrides(small_config(mask_type), {"model": {"token_frames": token_frames}}).model
     model = build_model(cfg)
     video = torch.rand(2, cfg.clip_len, 3, *cfg.image_size)
-    ids_keep, mask = make_mask(2, cfg.clip_len, model.patches_per_frame, cfg.mask_ratio, cfg.mask_type,
+    ids_keep, mask = make_mask(2, model.token_steps, model.patches_per_frame, cfg.mask_ratio, cfg.mask_type,
                                torch.Generator().manual_seed(0))  # fmt: skip
     # The math attention backend runs as plain matmuls, which the counter sees on CPU.
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:

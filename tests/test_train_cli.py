@@ -180,8 +180,27 @@ def ddp_step(out: Path, nproc: int, *extra: str) -> dict:
     return torch.load(out, weights_only=True)
 
 
+ADAM_REACH = 2 * 1e-3
+"""How far Adam can move a weight in tests/_ddp_step.py: 2 steps of at most lr = 1e-3 each. Weights
+are compared relative to it (1 %): a gradient difference of 1e-9 can still move a weight whose
+gradient is small and changes sign between the steps by a visible fraction of lr."""
+
+
 def max_difference(a: dict, b: dict, prefix: str) -> float:
-    return max((a[k] - b[k]).abs().max().item() for k in a if k.startswith("grad.") == (prefix == "grad."))
+    """Largest |a - b| over the gradients (prefix "grad.") or the parameters (prefix "").
+
+    Parameters are compared where their gradient is above float noise: Adam divides a gradient by
+    its own running size, so an analytically zero gradient (the attention key bias: softmax ignores
+    a shift shared by all keys) turns rounding noise of ~1e-10 into an update of any sign.
+    """
+    if prefix == "grad.":
+        return max((a[k] - b[k]).abs().max().item() for k in a if k.startswith("grad."))
+    worst = 0.0
+    for name in (k for k in a if not k.startswith("grad.")):
+        live = a[f"grad.{name}"].abs() > 1e-7
+        if live.any():
+            worst = max(worst, (a[name] - b[name])[live].abs().max().item())
+    return worst
 
 
 @pytest.mark.slow
@@ -189,7 +208,7 @@ def test_ddp_matches_one_process_on_the_same_global_batch(tmp_path):
     single = ddp_step(tmp_path / "one.pt", 1)
     ddp = ddp_step(tmp_path / "two.pt", 2)
     assert max_difference(single, ddp, "grad.") < 1e-5
-    assert max_difference(single, ddp, "") < 1e-5
+    assert max_difference(single, ddp, "") < 0.01 * ADAM_REACH
     # the gradients are not all ~0, so agreeing within 1e-5 says something
     assert max(v.abs().max().item() for k, v in single.items() if k.startswith("grad.")) > 1e-3
 
@@ -199,7 +218,8 @@ def test_compiled_ddp_matches_one_process(tmp_path):
     """torch.compile outside DDP (train.engine.wrap_model): inductor on CPU, ~1 CPU-minute per rank."""
     single = ddp_step(tmp_path / "one.pt", 1)
     compiled = ddp_step(tmp_path / "two.pt", 2, "--compile")
-    assert max_difference(single, compiled, "") < 1e-5
+    assert max_difference(single, compiled, "grad.") < 1e-5
+    assert max_difference(single, compiled, "") < 0.01 * ADAM_REACH
 
 
 @pytest.mark.slow

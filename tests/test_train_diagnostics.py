@@ -54,6 +54,18 @@ def test_copy_loss_is_zero_on_a_static_clip_under_random_masking():
     assert copy_loss(torch.rand(2, 4, 3, 32, 48), mask, 16, norm_pix_loss=True) > 0.5  # noise: no copying
 
 
+def test_copy_loss_on_two_frame_tokens_copies_whole_tokens():
+    # T=4 in 2-frame tokens: 2 token steps; each position visible in exactly one of them
+    still = torch.rand(2, 1, 3, 32, 48).expand(2, 4, 3, 32, 48).contiguous()
+    visible_step = torch.arange(PER_FRAME) % 2
+    mask = (torch.arange(2).view(2, 1) != visible_step.view(1, -1)).reshape(1, -1).expand(2, -1)
+    assert copy_loss(still, mask, 16, norm_pix_loss=False, token_frames=2) == pytest.approx(0.0, abs=1e-9)
+    moving = still.clone()
+    moving[:, 2:] = torch.rand(2, 2, 3, 32, 48)  # frames 2-3 (token step 1) differ from 0-1
+    raw = copy_loss(moving, mask, 16, norm_pix_loss=False, token_frames=2)
+    assert raw == pytest.approx(2 * torch.var(torch.rand(100000)).item(), rel=0.1)  # E(a - b)^2 = 2 var
+
+
 def test_tube_masking_leaves_nothing_to_copy():
     video = torch.rand(2, 4, 3, 32, 48)
     _, mask = make_mask(2, 4, PER_FRAME, 0.5, "tube", torch.Generator().manual_seed(0))

@@ -1,12 +1,25 @@
-"""train.model: patchify inverse, masking invariants, no leak of masked pixels, loss on masked patches only."""
+"""train.model: patchify inverse, masking invariants, no leak of masked pixels, loss on masked patches
+only, position codes, input standardization."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
 
-from train.config import PRESETS, ModelConfig
-from train.model import MASK_TYPES, build_model, make_mask, masked_mse, patchify, unpatchify
+from train.config import PRESETS, ModelConfig, from_dict, tiny, to_dict
+from train.model import (
+    MASK_TYPES,
+    PIXEL_MEAN,
+    PIXEL_STD,
+    build_model,
+    make_mask,
+    masked_mse,
+    patchify,
+    sincos_3d,
+    unpatchify,
+)
 
 torch.set_num_threads(1)
 
@@ -30,6 +43,17 @@ def test_patchify_unpatchify_are_exact_inverses():
     assert torch.equal(patches[0, t * 6 + row * 3 + col], expected)
     random_patches = torch.rand(2, 24, 768)
     assert torch.equal(patchify(unpatchify(random_patches, 4, (32, 48), 16), 16), random_patches)
+
+
+def test_two_frame_tokens_patchify_inverse_and_layout():
+    video = torch.rand(2, 4, 3, 32, 48)
+    tokens = patchify(video, 16, token_frames=2)
+    assert tokens.shape == (2, 2 * 6, 2 * 16 * 16 * 3)
+    assert torch.equal(unpatchify(tokens, 4, (32, 48), 16, token_frames=2), video)
+    # token l = s * N + n holds frames 2s and 2s+1 of patch n, frame by frame
+    step, row, col = 1, 0, 2
+    by_hand = video[1, 2 * step : 2 * step + 2, :, row * 16 : (row + 1) * 16, col * 16 : (col + 1) * 16]
+    assert torch.equal(tokens[1, step * 6 + row * 3 + col], by_hand.permute(0, 2, 3, 1).reshape(-1))
 
 
 @pytest.mark.parametrize("kind", MASK_TYPES)
@@ -62,19 +86,27 @@ def test_random_masks_differ_across_frames():
     assert not torch.equal(per_frame, per_frame[:, :1].expand_as(per_frame))
 
 
-def test_presets_use_only_mask_types_the_leak_test_covers():
-    assert {factory().model.mask_type for factory in PRESETS.values()} <= set(MASK_TYPES)
+def test_presets_use_only_settings_the_leak_test_covers():
+    models = [factory().model for factory in PRESETS.values()]
+    assert {m.mask_type for m in models} <= set(MASK_TYPES)
+    assert {m.token_frames for m in models} <= {1, 2} and {m.pos_embed for m in models} <= {
+        "learned",
+        "sincos",
+    }
 
 
 @pytest.mark.parametrize("kind", MASK_TYPES)
-def test_encoder_output_has_exactly_zero_gradient_wrt_masked_pixels(kind):
+@pytest.mark.parametrize(("token_frames", "pos_embed"), [(1, "learned"), (2, "sincos")])
+def test_encoder_output_has_exactly_zero_gradient_wrt_masked_pixels(kind, token_frames, pos_embed):
     torch.manual_seed(0)
-    model = build_model(CFG)
+    model = build_model(dataclasses.replace(CFG, token_frames=token_frames, pos_embed=pos_embed))
     video = torch.rand(2, 4, 3, 32, 48, requires_grad=True)
-    ids_keep, mask = make_mask(2, 4, PATCHES_PER_FRAME, 0.75, kind, torch.Generator().manual_seed(3))
-    latent = model.encode(patchify(video, 16), ids_keep)
+    steps, size = 4 // token_frames, token_frames * 768
+    ids_keep, mask = make_mask(2, steps, PATCHES_PER_FRAME, 0.75, kind, torch.Generator().manual_seed(3), 1)
+    latent = model.encode(patchify(video, 16, token_frames), ids_keep)
     (latent * torch.randn_like(latent)).sum().backward()
-    pixel_masked = unpatchify(mask.unsqueeze(-1).expand(-1, -1, 768).float(), 4, (32, 48), 16).bool()
+    hidden = mask.unsqueeze(-1).expand(-1, -1, size).float()
+    pixel_masked = unpatchify(hidden, 4, (32, 48), 16, token_frames).bool()
     grad = video.grad
     assert grad[pixel_masked].abs().max().item() == 0.0
     assert grad[~pixel_masked].abs().max().item() > 0.0  # visible pixels do reach the encoder
@@ -122,3 +154,31 @@ def test_shape_errors_are_clear():
         make_mask(1, 2, 4, 0.5, "blocks", torch.Generator())
     with pytest.raises(ValueError, match="not divisible by the tubelet"):
         make_mask(1, 5, 4, 0.5, "tubelet", torch.Generator(), tubelet=2)
+    with pytest.raises(ValueError, match="not divisible by token_frames"):
+        build_model(dataclasses.replace(CFG, clip_len=5, token_frames=2))
+
+
+def test_sincos_codes_share_place_across_frames_and_are_not_saved():
+    codes = sincos_3d(32, 4, 2, 3)  # (T, N, d)
+    assert codes.shape == (4, 6, 32)
+    flat = codes.reshape(-1, 32)
+    assert len({tuple(row.tolist()) for row in flat}) == 24  # every (frame, place) has its own code
+    time_part = 2 * (32 // 8)
+    # the same place in two frames differs only in the frame channels, two places only in the others
+    assert torch.equal(codes[0, :, time_part:], codes[3, :, time_part:])
+    assert torch.equal(codes[:, 0, :time_part], codes[:, 5, :time_part])
+    model = build_model(dataclasses.replace(CFG, pos_embed="sincos"))
+    assert not any("pos" in name for name in model.state_dict())  # fixed codes: nothing to save or load
+
+
+def test_stem_standardizes_inputs_and_old_configs_keep_raw_inputs():
+    torch.manual_seed(0)
+    standardized = build_model(CFG).eval()
+    raw = build_model(dataclasses.replace(CFG, input_norm=False)).eval()
+    raw.load_state_dict(standardized.state_dict())
+    video = torch.rand(2, 4, 3, 32, 48)
+    expected = raw.token_grid((video - PIXEL_MEAN) / PIXEL_STD)
+    assert torch.allclose(standardized.token_grid(video), expected, atol=1e-5)
+    saved = to_dict(tiny())
+    del saved["model"]["input_norm"]  # a config.json written before the field existed
+    assert from_dict(saved).model.input_norm is False and tiny().model.input_norm is True

@@ -12,7 +12,7 @@ from PIL import Image
 from train.config import ModelConfig
 from train.data import resolve_shards
 from train.diagnostics import fixed_mask
-from train.model import build_model, unpatchify
+from train.model import build_model, make_mask, unpatchify
 from train.viz import (
     LABEL_WIDTH,
     MAX_FRAMES,
@@ -58,6 +58,22 @@ def test_reconstruction_row_keeps_visible_input_and_shows_prediction_elsewhere()
     assert torch.equal(rows["masked"][hidden], torch.full_like(video[hidden], 0.5))
     error = rows["error"]  # NaN exactly on visible pixels, finite and >= 0 on masked ones
     assert torch.isnan(error[~hidden[:, :, :1]]).all() and (error[hidden[:, :, :1]] >= 0).all()
+
+
+def test_raw_pixel_rows_on_two_frame_tokens_show_the_prediction_as_is():
+    video = torch.rand(2, 8, 3, 32, 48)
+    _, mask = make_mask(
+        2, 4, PER_FRAME, 0.75, "random", torch.Generator().manual_seed(0)
+    )  # 4 steps of 2 frames
+    pred = torch.rand(2, 4 * PER_FRAME, 2 * 768)
+    rows = picture_rows(video, mask, pred, 16, norm_pix_loss=False, token_frames=2)
+    assert "upper_bound" not in rows  # nothing to de-normalize: no upper-bound row
+    hidden = unpatchify(mask.unsqueeze(-1).expand(-1, -1, 2 * 768).float(), 8, (32, 48), 16, 2).bool()
+    expected = unpatchify(pred, 8, (32, 48), 16, 2)
+    assert torch.equal(rows["reconstruction"][~hidden], video[~hidden])
+    assert torch.equal(rows["reconstruction"][hidden], expected[hidden])
+    both_frames = hidden[:, 0::2] == hidden[:, 1::2]  # a 2-frame token is hidden in both its frames
+    assert both_frames.all()
 
 
 def test_large_pictures_fall_back_to_a_palette_under_the_size_limit():

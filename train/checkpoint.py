@@ -200,7 +200,7 @@ def resumed_config(requested: TrainConfig, saved: dict) -> tuple[TrainConfig, li
     ValueError when the request changes the data (DATA_FIELDS): the run must start over in a new
     folder.
     """
-    config = apply_overrides(TrainConfig(), saved)
+    config = from_dict(saved)
     wanted = to_dict(requested)
     changed = [] if same_shards(requested.data.shards, config.data.shards) else ["data.shards"]
     saved_fields = to_dict(config)

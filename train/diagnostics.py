@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from train.config import ModelConfig
-from train.model import make_mask, masked_mse, normalize_patches, patchify
+from train.model import make_mask, masked_mse, normalize_patches, patchify, token_steps
 
 
 def fixed_mask(
@@ -50,7 +50,7 @@ def fixed_mask(
     state = np.random.SeedSequence([seed, 0x46495845]).generate_state(1)[0]
     generator = torch.Generator().manual_seed(int(state))
     return make_mask(
-        clips, cfg.clip_len, patches_per_frame, cfg.mask_ratio, cfg.mask_type, generator, cfg.mask_tubelet
+        clips, token_steps(cfg), patches_per_frame, cfg.mask_ratio, cfg.mask_type, generator, cfg.mask_tubelet
     )
 
 
@@ -77,16 +77,20 @@ def copy_predictions(target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def copy_loss(video: torch.Tensor, mask: torch.Tensor, patch_size: int, norm_pix_loss: bool) -> float:
-    """Masked-patch MSE of copy_predictions, in the model's target space.
+def copy_loss(
+    video: torch.Tensor, mask: torch.Tensor, patch_size: int, norm_pix_loss: bool, token_frames: int = 1
+) -> float:
+    """Masked-token MSE of copy_predictions, in the model's target space.
 
-    video (B, T, 3, H, W) in [0, 1]; mask (B, L) bool with L = T * N, True = masked -> float.
+    video (B, T, 3, H, W) in [0, 1]; mask (B, L) bool with L = (T / k) * N tokens of k = token_frames
+    frames, True = masked -> float.
     """
-    batch, frames = video.shape[:2]
-    patches = patchify(video.float(), patch_size)  # (B, L, P)
+    batch = video.shape[0]
+    patches = patchify(video.float(), patch_size, token_frames)  # (B, L, P)
     target = normalize_patches(patches) if norm_pix_loss else patches
-    grid = target.reshape(batch, frames, -1, target.shape[-1])  # (B, T, N, P)
-    pred = copy_predictions(grid, mask.reshape(batch, frames, -1).to(video.device))
+    steps = video.shape[1] // token_frames
+    grid = target.reshape(batch, steps, -1, target.shape[-1])  # (B, T', N, P)
+    pred = copy_predictions(grid, mask.reshape(batch, steps, -1).to(video.device))
     return masked_mse(pred.reshape_as(target), target, mask.to(video.device)).item()
 
 
@@ -117,9 +121,10 @@ def collapse_signals(model: torch.nn.Module, video: torch.Tensor, ids_keep: torc
     was_training = model.training
     model.eval()
     try:
-        batch, frames = video.shape[:2]
+        batch, frames = video.shape[0], model.token_steps
         shared = ids_keep.view(1, -1).expand(batch, -1).to(video.device)
-        tokens = model.encode(patchify(video, model.cfg.patch_size), shared).float()  # (B, L_vis, d)
+        patches = patchify(video, model.cfg.patch_size, model.cfg.token_frames)
+        tokens = model.encode(patches, shared).float()  # (B, L_vis, d)
     finally:
         model.train(was_training)
     rankme = effective_rank(tokens.mean(dim=1))
@@ -145,7 +150,7 @@ def logged_step_diagnostics(
     """
     cfg = model.cfg
     return {
-        "copy_loss": copy_loss(video, mask, cfg.patch_size, cfg.norm_pix_loss),
+        "copy_loss": copy_loss(video, mask, cfg.patch_size, cfg.norm_pix_loss, cfg.token_frames),
         **collapse_signals(model, video, shared_ids_keep),
     }
 

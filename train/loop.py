@@ -285,7 +285,7 @@ def _train(config, run, resume_state, console, rank, world, device) -> int:
 
                 video = to_video(frames, device)  # (B, T, 3, H, W) float in [0, 1]
                 ids_keep, mask = make_mask(
-                    video.shape[0], cfg_m.clip_len, model.patches_per_frame, cfg_m.mask_ratio, cfg_m.mask_type,
+                    video.shape[0], model.token_steps, model.patches_per_frame, cfg_m.mask_ratio, cfg_m.mask_type,
                     mask_generator(config.seed, step, rank), cfg_m.mask_tubelet,
                 )  # fmt: skip  # ids_keep (B, L_vis), mask (B, L) bool, True = hidden
                 stats = train_step(

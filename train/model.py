@@ -1,11 +1,13 @@
 """Masked video model: patch-local CNN embedding, space-time transformer encoder on visible
 tokens, light transformer decoder with mask tokens, MSE on masked patches.
 
-Tokens: one per (frame, spatial patch), ordered frame-major: token l = t * N + n with
-N = (H / p) * (W / p) patches per frame and L = T * N tokens per clip.
+Tokens: one per (time step, spatial patch), ordered time-major: token l = t * N + n with
+N = (H / p) * (W / p) patches per frame and L = T' * N tokens per clip. A token covers
+k = cfg.token_frames consecutive frames of its patch (T' = T / k; k = 1: one token per frame,
+k = 2: VideoMAE's 2-frame tubelet embedding, whose stem sees local motion directly).
 
-No cheating: the visible patches' pixels are gathered *before* the CNN stem, and the stem runs
-on each patch separately (no normalization across patches or clips), so masked pixels never
+No cheating: the visible tokens' pixels are gathered *before* the CNN stem, and the stem runs
+on each token separately (no normalization across patches or clips), so masked pixels never
 reach the encoder (tests/test_train_model.py proves the gradient is exactly zero).
 """
 
@@ -18,31 +20,45 @@ from torch import nn
 from train.config import ModelConfig
 
 
-def patchify(video: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """(B, T, C, H, W) -> (B, T * N, p * p * C), N = (H / p) * (W / p); pixel order (py, px, c)."""
+def patchify(video: torch.Tensor, patch_size: int, token_frames: int = 1) -> torch.Tensor:
+    """(B, T, C, H, W) -> (B, (T / k) * N, k * p * p * C) with k = token_frames, N = (H / p) * (W / p).
+
+    One row per token: the p x p patch at one place through k consecutive frames, token order
+    (time step, row, column), pixel order (frame in token, py, px, c).
+    """
     batch, frames, channels, height, width = video.shape
-    rows, cols = height // patch_size, width // patch_size
-    x = video.reshape(batch, frames, channels, rows, patch_size, cols, patch_size)
-    x = x.permute(0, 1, 3, 5, 4, 6, 2)
-    return x.reshape(batch, frames * rows * cols, patch_size * patch_size * channels)
+    rows, cols, k = height // patch_size, width // patch_size, token_frames
+    x = video.reshape(batch, frames // k, k, channels, rows, patch_size, cols, patch_size)
+    x = x.permute(0, 1, 4, 6, 2, 5, 7, 3)
+    return x.reshape(batch, frames // k * rows * cols, k * patch_size * patch_size * channels)
 
 
 def unpatchify(
-    patches: torch.Tensor, frames: int, image_size: tuple[int, int], patch_size: int
+    patches: torch.Tensor, frames: int, image_size: tuple[int, int], patch_size: int, token_frames: int = 1
 ) -> torch.Tensor:
-    """(B, T * N, p * p * C) -> (B, T, C, H, W); the exact inverse of patchify."""
+    """(B, (T / k) * N, k * p * p * C) -> (B, T, C, H, W); the exact inverse of patchify."""
     height, width = image_size
-    rows, cols = height // patch_size, width // patch_size
+    rows, cols, k = height // patch_size, width // patch_size, token_frames
     batch = patches.shape[0]
-    channels = patches.shape[-1] // (patch_size * patch_size)
-    x = patches.reshape(batch, frames, rows, cols, patch_size, patch_size, channels)
-    x = x.permute(0, 1, 6, 2, 4, 3, 5)
+    channels = patches.shape[-1] // (k * patch_size * patch_size)
+    x = patches.reshape(batch, frames // k, rows, cols, k, patch_size, patch_size, channels)
+    x = x.permute(0, 1, 4, 7, 2, 5, 3, 6)
     return x.reshape(batch, frames, channels, height, width)
 
 
+def token_steps(cfg: ModelConfig) -> int:
+    """T' = clip_len / token_frames, the time steps of the token grid (and of every mask).
+
+    ValueError when token_frames does not divide clip_len.
+    """
+    if cfg.clip_len % cfg.token_frames:
+        raise ValueError(f"clip length {cfg.clip_len} is not divisible by token_frames {cfg.token_frames}")
+    return cfg.clip_len // cfg.token_frames
+
+
 MASK_TYPES = ("tube", "tubelet", "random")
-"""Masking units: tube = one spatial patch through all T frames (VideoMAE); tubelet = one spatial
-patch through `tubelet` consecutive frames; random = one token (one patch of one frame)."""
+"""Masking units, counted in token time steps: tube = one spatial patch through all T' steps
+(VideoMAE); tubelet = one spatial patch through `tubelet` consecutive steps; random = one token."""
 
 
 def mask_units(
@@ -73,10 +89,11 @@ def make_mask(
     """Sample which tokens the encoder sees.
 
     Returns ids_keep (B, L_vis) int64 sorted token indices and mask (B, L) bool, True = masked,
-    with L = T * N. Masking works on units of `block` consecutive frames at one spatial position
-    (block = T for tube, `tubelet` for tubelet, 1 for random): round(U * (1 - ratio)) of the
-    U = (T / block) * N units are kept, so every clip keeps the same number of tokens (the batch
-    stays rectangular). At least one unit is always kept and one masked.
+    with L = T * N (T token time steps, N patches per frame). Masking works on units of `block`
+    consecutive time steps at one spatial position (block = T for tube, `tubelet` for tubelet,
+    1 for random): round(U * (1 - ratio)) of the U = (T / block) * N units are kept, so every clip
+    keeps the same number of tokens (the batch stays rectangular). At least one unit is always
+    kept and one masked.
     """
     block, units, keep = mask_units(frames, patches_per_frame, ratio, kind, tubelet)
     kept_units = torch.rand(batch, units, generator=generator).argsort(dim=1)[:, :keep]  # (B, K)
@@ -105,6 +122,30 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
     return (per_token * weights).sum() / weights.sum()
 
 
+def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
+    """(n,) positions -> (n, dim) fixed codes: sin and cos of positions at dim / 2 geometric frequencies."""
+    freqs = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / max(dim // 2, 1))
+    angles = positions.double()[:, None] * freqs[None, :]
+    return torch.cat([angles.sin(), angles.cos()], dim=1).float()
+
+
+def sincos_3d(dim: int, frames: int, rows: int, cols: int) -> torch.Tensor:
+    """(T, R * C, dim) fixed position codes: frame, row and column codes in separate channel groups.
+
+    A quarter of the channels code the frame and the rest are split between row and column, so
+    tokens at the same place in different frames share most of their code (and vice versa).
+    """
+    if dim % 2:
+        raise ValueError(f"sincos position codes need an even width, got {dim}")
+    time_dim = 2 * (dim // 8)
+    row_dim = 2 * ((dim - time_dim) // 4)
+    col_dim = dim - time_dim - row_dim
+    t = sincos_1d(time_dim, torch.arange(frames))[:, None, None, :].expand(frames, rows, cols, -1)
+    r = sincos_1d(row_dim, torch.arange(rows))[None, :, None, :].expand(frames, rows, cols, -1)
+    c = sincos_1d(col_dim, torch.arange(cols))[None, None, :, :].expand(frames, rows, cols, -1)
+    return torch.cat([t, r, c], dim=-1).reshape(frames, rows * cols, dim)
+
+
 def _blocks(dim: int, depth: int, heads: int, mlp_ratio: float) -> nn.TransformerEncoder:
     layer = nn.TransformerEncoderLayer(
         dim, heads, int(dim * mlp_ratio), dropout=0.0, activation="gelu", batch_first=True, norm_first=True
@@ -112,26 +153,39 @@ def _blocks(dim: int, depth: int, heads: int, mlp_ratio: float) -> nn.Transforme
     return nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
 
 
-class PatchStem(nn.Module):
-    """Patch-local CNN: each (C, p, p) patch -> one embed_dim token, never looking outside the patch.
+PIXEL_MEAN, PIXEL_STD = 0.45, 0.225
+"""Stem inputs are standardized with these (ImageNet's mean and std, rounded) when cfg.input_norm:
+unit-scale inputs give content features the scale of the position codes from the first step on
+(measured: without it, random encoders' content features drown in the position codes)."""
 
-    A 3x3 stride-2 conv (zero padding at the patch border, GELU) then a conv whose kernel covers
-    the whole half-size patch. No batch/group norm: those would mix statistics across patches.
+
+class PatchStem(nn.Module):
+    """Patch-local CNN: each token's (k frames x 3, p, p) pixels -> one embed_dim vector, never
+    looking outside the token.
+
+    A 3x3 stride-2 conv over the k frames' colour channels stacked (so with k = 2 the first layer
+    already sees local motion; zero padding at the patch border, GELU), then a conv whose kernel
+    covers the whole half-size patch. No batch/group norm: those would mix statistics across patches.
     """
 
-    def __init__(self, patch_size: int, channels: int, embed_dim: int):
+    def __init__(
+        self, patch_size: int, channels: int, embed_dim: int, token_frames: int = 1, input_norm: bool = True
+    ):
         super().__init__()
         if patch_size % 2:
             raise ValueError(f"patch_size must be even, got {patch_size}")
         self.patch_size = patch_size
-        self.conv1 = nn.Conv2d(3, channels, 3, stride=2, padding=1)
+        self.token_frames = token_frames
+        self.mean, self.std = (PIXEL_MEAN, PIXEL_STD) if input_norm else (0.0, 1.0)
+        self.conv1 = nn.Conv2d(3 * token_frames, channels, 3, stride=2, padding=1)
         self.conv2 = nn.Conv2d(channels, embed_dim, patch_size // 2)
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        """(B, K, p * p * 3) patches as from patchify -> (B, K, embed_dim)."""
+        """(B, K, k * p * p * 3) tokens as from patchify -> (B, K, embed_dim)."""
         batch, count, _ = patches.shape
-        p = self.patch_size
-        x = patches.reshape(batch * count, p, p, 3).permute(0, 3, 1, 2)
+        p, k = self.patch_size, self.token_frames
+        x = (patches.reshape(batch * count, k, p, p, 3) - self.mean) / self.std
+        x = x.permute(0, 1, 4, 2, 3).reshape(batch * count, 3 * k, p, p)
         x = self.conv2(F.gelu(self.conv1(x)))
         return x.reshape(batch, count, -1)
 
@@ -147,33 +201,47 @@ class MaskedVideoModel(nn.Module):
         if cfg.clip_len < 2:
             raise ValueError(f"clip_len must be at least 2 (motion needs two frames), got {cfg.clip_len}")
         self.cfg = cfg
-        self.frames = cfg.clip_len
+        self.token_steps = token_steps(cfg)
         self.patches_per_frame = (height // cfg.patch_size) * (width // cfg.patch_size)
-        patch_dim = cfg.patch_size * cfg.patch_size * 3
-        self.stem = PatchStem(cfg.patch_size, cfg.stem_channels, cfg.embed_dim)
-        self.space_pos = nn.Parameter(torch.zeros(1, 1, self.patches_per_frame, cfg.embed_dim))
-        self.time_pos = nn.Parameter(torch.zeros(1, cfg.clip_len, 1, cfg.embed_dim))
+        patch_dim = cfg.token_frames * cfg.patch_size * cfg.patch_size * 3
+        self.stem = PatchStem(
+            cfg.patch_size, cfg.stem_channels, cfg.embed_dim, cfg.token_frames, cfg.input_norm
+        )
         self.encoder = _blocks(cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio)
         self.encoder_norm = nn.LayerNorm(cfg.embed_dim)
         self.decoder_embed = nn.Linear(cfg.embed_dim, cfg.decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.decoder_dim))
-        self.decoder_space_pos = nn.Parameter(torch.zeros(1, 1, self.patches_per_frame, cfg.decoder_dim))
-        self.decoder_time_pos = nn.Parameter(torch.zeros(1, cfg.clip_len, 1, cfg.decoder_dim))
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        rows, cols = height // cfg.patch_size, width // cfg.patch_size
+        if cfg.pos_embed == "learned":
+            self.space_pos = nn.Parameter(torch.zeros(1, 1, self.patches_per_frame, cfg.embed_dim))
+            self.time_pos = nn.Parameter(torch.zeros(1, self.token_steps, 1, cfg.embed_dim))
+            self.decoder_space_pos = nn.Parameter(torch.zeros(1, 1, self.patches_per_frame, cfg.decoder_dim))
+            self.decoder_time_pos = nn.Parameter(torch.zeros(1, self.token_steps, 1, cfg.decoder_dim))
+            for param in (self.space_pos, self.time_pos, self.decoder_space_pos, self.decoder_time_pos):
+                nn.init.trunc_normal_(param, std=0.02)
+        elif cfg.pos_embed == "sincos":
+            # Fixed codes are not learned state: kept out of the state dict (persistent=False).
+            encoder_codes = sincos_3d(cfg.embed_dim, self.token_steps, rows, cols)
+            decoder_codes = sincos_3d(cfg.decoder_dim, self.token_steps, rows, cols)
+            self.register_buffer("fixed_pos", encoder_codes.reshape(1, -1, cfg.embed_dim), persistent=False)
+            self.register_buffer(
+                "decoder_fixed_pos", decoder_codes.reshape(1, -1, cfg.decoder_dim), persistent=False
+            )
+        else:
+            raise ValueError(f"unknown pos_embed {cfg.pos_embed!r}; use learned or sincos")
         self.decoder = _blocks(cfg.decoder_dim, cfg.decoder_depth, cfg.decoder_heads, cfg.mlp_ratio)
         self.decoder_norm = nn.LayerNorm(cfg.decoder_dim)
         self.head = nn.Linear(cfg.decoder_dim, patch_dim)
-        for param in (
-            self.space_pos,
-            self.time_pos,
-            self.mask_token,
-            self.decoder_space_pos,
-            self.decoder_time_pos,
-        ):
-            nn.init.trunc_normal_(param, std=0.02)
 
-    def _pos(self, space: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
-        """Separable position embedding: (1, N, d) space + (T, 1, d) time -> (1, L, d)."""
-        return (space + time).reshape(1, self.frames * self.patches_per_frame, -1)
+    def position(self, decoder: bool = False) -> torch.Tensor:
+        """(1, L, d) position embedding of every token (d = embed_dim, or decoder_dim for the decoder)."""
+        if self.cfg.pos_embed == "sincos":
+            return self.decoder_fixed_pos if decoder else self.fixed_pos
+        space, time = (
+            (self.decoder_space_pos, self.decoder_time_pos) if decoder else (self.space_pos, self.time_pos)
+        )
+        return (space + time).reshape(1, self.token_steps * self.patches_per_frame, -1)
 
     def encode(self, patches: torch.Tensor, ids_keep: torch.Tensor | None) -> torch.Tensor:
         """Encoder on the kept tokens only.
@@ -181,7 +249,7 @@ class MaskedVideoModel(nn.Module):
         patches (B, L, p * p * 3) from patchify; ids_keep (B, L_vis) or None for all tokens.
         Returns normalized token features (B, L_vis, embed_dim).
         """
-        pos = self._pos(self.space_pos, self.time_pos).expand(patches.shape[0], -1, -1)
+        pos = self.position().expand(patches.shape[0], -1, -1)
         if ids_keep is not None:
             patches = torch.gather(patches, 1, ids_keep.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
             pos = torch.gather(pos, 1, ids_keep.unsqueeze(-1).expand(-1, -1, pos.shape[-1]))
@@ -191,11 +259,11 @@ class MaskedVideoModel(nn.Module):
     def decode(self, latent: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
         """latent (B, L_vis, embed_dim), ids_keep (B, L_vis) -> predicted patches (B, L, p * p * 3)."""
         batch = latent.shape[0]
-        tokens = self.frames * self.patches_per_frame
+        tokens = self.token_steps * self.patches_per_frame
         visible = self.decoder_embed(latent)
         full = self.mask_token.to(visible.dtype).expand(batch, tokens, -1).clone()
         full = full.scatter(1, ids_keep.unsqueeze(-1).expand(-1, -1, full.shape[-1]), visible)
-        full = full + self._pos(self.decoder_space_pos, self.decoder_time_pos)
+        full = full + self.position(decoder=True)
         return self.head(self.decoder_norm(self.decoder(full)))
 
     def forward(
@@ -207,7 +275,7 @@ class MaskedVideoModel(nn.Module):
         (per-patch normalized when cfg.norm_pix_loss), and pooled (B, embed_dim): the mean of
         the visible tokens' features, for the emb_std/emb_norm health metrics.
         """
-        patches = patchify(video, self.cfg.patch_size)
+        patches = patchify(video, self.cfg.patch_size, self.cfg.token_frames)
         latent = self.encode(patches, ids_keep)
         pred = self.decode(latent, ids_keep)
         target = normalize_patches(patches) if self.cfg.norm_pix_loss else patches
@@ -220,7 +288,7 @@ class MaskedVideoModel(nn.Module):
         video (B, T, 3, H, W) float in [0, 1] -> (B, T', H / p, W / p, embed_dim) float32, with T'
         token time steps (T for one-frame tokens). The probes pool this (probe/features.py).
         """
-        patches = patchify(video, self.cfg.patch_size)
+        patches = patchify(video, self.cfg.patch_size, self.cfg.token_frames)
         tokens = self.encode(patches, None).float()
         rows, cols = (
             self.cfg.image_size[0] // self.cfg.patch_size,

@@ -41,8 +41,9 @@ MIN_FRAME_WIDTH = 256
 """Frames are upscaled by an integer factor to at least this many pixels wide."""
 MAX_FRAMES = 4
 """Frames drawn per clip, spread over the clip."""
-ERROR_MAX = 2.0
-"""Top of the error colour scale (MSE in target space; predicting the mean patch scores ~1 with normalized targets)."""
+ERROR_MAX = {True: 2.0, False: 0.05}
+"""Top of the error colour scale (MSE in target space) by norm_pix_loss: predicting the mean patch
+scores ~1 with normalized targets; with raw pixels in [0, 1], 0.05 is an RMS error of 0.22."""
 MAX_PNG_BYTES = 1_000_000
 """Pictures above this size as full-colour PNG are written with a 256-colour palette."""
 LABEL_WIDTH = 200
@@ -92,16 +93,23 @@ def clips_to_video(clips: list[np.ndarray]) -> torch.Tensor:
 
 
 def picture_rows(
-    video: torch.Tensor, mask: torch.Tensor, pred: torch.Tensor, patch_size: int, norm_pix_loss: bool
+    video: torch.Tensor,
+    mask: torch.Tensor,
+    pred: torch.Tensor,
+    patch_size: int,
+    norm_pix_loss: bool,
+    token_frames: int = 1,
 ) -> dict[str, torch.Tensor]:
     """The rows of the picture as videos.
 
-    video (K, T, 3, H, W) in [0, 1]; mask (K, L) bool, True = masked; pred (K, L, P) in target space.
+    video (K, T, 3, H, W) in [0, 1]; mask (K, L) bool, True = masked; pred (K, L, P) in target space,
+    with L tokens of `token_frames` frames each.
     Returns name -> (K, T, 3, H, W) in [0, 1] for original, masked, reconstruction, prediction,
-    upper_bound, and "error" -> (K, T, 1, H, W): per-patch MSE in target space (NaN on visible patches).
+    upper_bound (normalized targets only: raw-pixel predictions need no de-normalizing), and
+    "error" -> (K, T, 1, H, W): per-patch MSE in target space (NaN on visible patches).
     """
     frames, size = video.shape[1], tuple(video.shape[-2:])
-    patches = patchify(video, patch_size)  # (K, L, P)
+    patches = patchify(video, patch_size, token_frames)  # (K, L, P)
     pred = pred.float()
     hidden = mask.unsqueeze(-1)  # (K, L, 1)
     if norm_pix_loss:
@@ -115,7 +123,7 @@ def picture_rows(
         target = normalize_patches(patches)
     else:
         honest = upper = pred
-        target = patches
+        target = patches  # predictions are pixels already
     grey = torch.full_like(patches, MASKED_GREY)
     error = ((pred - target) ** 2).mean(dim=-1, keepdim=True).expand_as(patches)
     error = torch.where(hidden, error, torch.full_like(error, float("nan")))
@@ -127,7 +135,9 @@ def picture_rows(
         "upper_bound": torch.where(hidden, upper.clamp(0, 1), patches),
         "error": error,
     }
-    out = {name: unpatchify(value, frames, size, patch_size) for name, value in rows.items()}
+    if not norm_pix_loss:
+        del rows["upper_bound"]
+    out = {name: unpatchify(value, frames, size, patch_size, token_frames) for name, value in rows.items()}
     out["error"] = out["error"][:, :, :1]
     return out
 
@@ -145,14 +155,18 @@ def _font(size: int) -> ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
-def compose(rows: dict[str, torch.Tensor], title: str, caption: str) -> Image.Image:
-    """Lay the rows out: per clip one block of labelled rows, MAX_FRAMES columns, an error colour bar."""
+def compose(rows: dict[str, torch.Tensor], title: str, caption: str, error_max: float) -> Image.Image:
+    """Lay the rows out: per clip one block of labelled rows, MAX_FRAMES columns, an error colour bar
+    from 0 to `error_max`."""
+    labels = {name: label for name, label in ROW_LABELS.items() if name in rows}
+    if "upper_bound" not in rows:  # raw-pixel targets: the prediction is shown as it is
+        labels["reconstruction"] = "reconstruction"
     clips, frames, _, height, width = rows["original"].shape
     scale = -(-MIN_FRAME_WIDTH // width)  # ceil: integer nearest-neighbour upscale factor
     columns = spread_subset(frames, MAX_FRAMES).tolist()
     cell_h, cell_w, gap = height * scale, width * scale, 4
     header, footer = 64, 56
-    block_h = len(ROW_LABELS) * (cell_h + gap) + 24
+    block_h = len(labels) * (cell_h + gap) + 24
     canvas_w = LABEL_WIDTH + len(columns) * (cell_w + gap)
     canvas = Image.new("RGB", (canvas_w, header + clips * block_h + footer), "white")
     draw = ImageDraw.Draw(canvas)
@@ -165,14 +179,14 @@ def compose(rows: dict[str, torch.Tensor], title: str, caption: str) -> Image.Im
             draw.text(
                 (LABEL_WIDTH + column * (cell_w + gap), top), f"frame {frame}", fill="black", font=_font(13)
             )
-        for row_index, name in enumerate(ROW_LABELS):
+        for row_index, name in enumerate(labels):
             y = top + 20 + row_index * (cell_h + gap)
-            draw.multiline_text((6, y + 4), ROW_LABELS[name], fill="black", font=_font(14))
+            draw.multiline_text((6, y + 4), labels[name], fill="black", font=_font(14))
             for column, frame in enumerate(columns):
                 image = rows[name][clip, frame]
                 if name == "error":
                     pixels = _viridis(
-                        np.clip(image[0].numpy() / ERROR_MAX, 0, 1)
+                        np.clip(image[0].numpy() / error_max, 0, 1)
                     )  # NaN (visible) stays white
                 else:
                     pixels = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
@@ -184,7 +198,7 @@ def compose(rows: dict[str, torch.Tensor], title: str, caption: str) -> Image.Im
     canvas.paste(Image.fromarray(ramp), (LABEL_WIDTH, bar_top))
     draw.text((6, bar_top), "error scale (MSE)", fill="black", font=_font(13))
     draw.text((LABEL_WIDTH, bar_top + 18), "0", fill="black", font=_font(13))
-    draw.text((LABEL_WIDTH + bar_w - 40, bar_top + 18), f">= {ERROR_MAX:g}", fill="black", font=_font(13))
+    draw.text((LABEL_WIDTH + bar_w - 40, bar_top + 18), f">= {error_max:g}", fill="black", font=_font(13))
     draw.text(
         (LABEL_WIDTH + bar_w + 10, bar_top), "white = visible patch (no error: not predicted)", fill="black",
         font=_font(13),
@@ -232,7 +246,12 @@ def render(
     finally:
         model.train(was_training)
     rows = picture_rows(
-        video.float().cpu(), mask.cpu(), pred.float().cpu(), cfg.patch_size, cfg.norm_pix_loss
+        video.float().cpu(),
+        mask.cpu(),
+        pred.float().cpu(),
+        cfg.patch_size,
+        cfg.norm_pix_loss,
+        cfg.token_frames,
     )
     if cfg.norm_pix_loss:
         caption = (
@@ -243,7 +262,7 @@ def render(
         )
     else:
         caption = f"raw pixel targets, prediction shown as is. Fixed validation clips and masks, eval mode; {cfg.mask_type} mask {cfg.mask_ratio:.0%}."
-    image = compose(rows, f"step {step}: masked-video reconstruction", caption)
+    image = compose(rows, f"step {step}: masked-video reconstruction", caption, ERROR_MAX[cfg.norm_pix_loss])
     write_atomic(out, png_bytes(image))
     return Path(out)
 
