@@ -285,6 +285,8 @@ def test_bad_data_gives_clear_errors(shard_dir, tmp_path):
         (["--workers", "two"], "not a valid int"),
         (["--model", "huge"], "huge"),
         (["--probe-every", "5"], "needs probe_shards"),
+        (["--token-frames", "3"], "must divide the clip length"),
+        (["--mask-type", "tubelet", "--mask-tubelet", "3"], "must divide the"),
     ],
 )
 def test_bad_options_are_usage_errors_without_traceback(shard_dir, tmp_path, args, message):

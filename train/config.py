@@ -416,6 +416,18 @@ def validate(config: TrainConfig) -> None:
         )
     if config.probe_every > 0 and not config.probe_shards:
         raise ValueError("probe_every > 0 needs probe_shards (--probe-shards)")
+    model = config.model
+    if model.clip_len is not None:
+        if model.clip_len % model.token_frames:
+            raise ValueError(
+                f"model.token_frames {model.token_frames} must divide the clip length {model.clip_len}"
+            )
+        steps = model.clip_len // model.token_frames
+        if model.mask_type == "tubelet" and steps % model.mask_tubelet:
+            raise ValueError(
+                f"model.mask_tubelet {model.mask_tubelet} must divide the {steps} token time steps of a clip "
+                f"({model.clip_len} frames / token_frames {model.token_frames})"
+            )
 
 
 def size_problem(size: tuple[int, int], patch_size: int) -> str | None:

@@ -246,7 +246,7 @@ class MaskedVideoModel(nn.Module):
     def encode(self, patches: torch.Tensor, ids_keep: torch.Tensor | None) -> torch.Tensor:
         """Encoder on the kept tokens only.
 
-        patches (B, L, p * p * 3) from patchify; ids_keep (B, L_vis) or None for all tokens.
+        patches (B, L, k * p * p * 3) from patchify; ids_keep (B, L_vis) or None for all tokens.
         Returns normalized token features (B, L_vis, embed_dim).
         """
         pos = self.position().expand(patches.shape[0], -1, -1)
@@ -257,7 +257,7 @@ class MaskedVideoModel(nn.Module):
         return self.encoder_norm(self.encoder(tokens))
 
     def decode(self, latent: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
-        """latent (B, L_vis, embed_dim), ids_keep (B, L_vis) -> predicted patches (B, L, p * p * 3)."""
+        """latent (B, L_vis, embed_dim), ids_keep (B, L_vis) -> predicted tokens (B, L, k * p * p * 3)."""
         batch = latent.shape[0]
         tokens = self.token_steps * self.patches_per_frame
         visible = self.decoder_embed(latent)
@@ -271,7 +271,7 @@ class MaskedVideoModel(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """video (B, T, 3, H, W) in [0, 1]; ids_keep (B, L_vis); mask (B, L) bool, True = masked.
 
-        Returns loss (scalar, MSE on masked patches), pred (B, L, p * p * 3) in target space
+        Returns loss (scalar, MSE on masked patches), pred (B, L, k * p * p * 3) in target space
         (per-patch normalized when cfg.norm_pix_loss), and pooled (B, embed_dim): the mean of
         the visible tokens' features, for the emb_std/emb_norm health metrics.
         """
