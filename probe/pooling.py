@@ -21,17 +21,24 @@ clips cannot influence the choice. The choice is made on the `ingested` view and
 every view.
 
 Measured on the development dataroot (mvm-synth --seed 1, not the demo's seed 0: 16 scenes,
-64x112, T=8; tiny preset trained 600 steps; 216 training clips from 11 scenes), grouped-CV
-balanced accuracy on the training scenes (5 scene folds):
+64x112, T=8; an earlier tiny preset trained 600 steps; 216 training clips from 11 scenes),
+grouped-CV balanced accuracy on the training scenes (5 scene folds):
 
     grid   pretrained   random seeds 0 / 1 / 2   pixels   kind-balanced mean
     1x1    0.387        0.362 / 0.438 / 0.563    0.638    0.493
     2x2    0.574        0.421 / 0.491 / 0.572    0.879    0.649
     4x7    0.696        0.633 / 0.636 / 0.564    0.868    0.725   <- chosen
 
-Every encoder gains from keeping layout (the pretrained one most: 0.39 -> 0.70), so the former
-global pooling handicapped the encoders against any thumbnail. The numbers of each run are in
-its report.json under `pooling` and in report.md.
+and with the current tiny preset (2-frame tokens, 1000 steps) on the 32-scene development
+dataroot (432 training clips from 22 scenes):
+
+    1x1    0.522        0.542 / 0.480 / 0.468    0.516    0.511
+    2x2    0.657        0.645 / 0.698 / 0.664    0.715    0.680
+    4x7    0.667        0.766 / 0.769 / 0.739    0.783    0.736   <- chosen
+
+Every source gains from keeping layout, so the former global pooling handicapped the encoders
+against any thumbnail. The numbers of each run are in its report.json under `pooling` and in
+report.md.
 """
 
 from __future__ import annotations
