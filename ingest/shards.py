@@ -44,6 +44,11 @@ class ShardError(ValueError):
     """A manifest, shard or sample that cannot be used; the message names the file (and key)."""
 
 
+class DamagedShardError(ShardError):
+    """A listed shard whose contents fail verification or reading (sha256, tar structure, decoding):
+    the data on disk is damaged, not the request, so tools report it as a failure (exit 1)."""
+
+
 def shard_name(index: int) -> str:
     """File name of shard `index`: `shard-NNNNNN.tar`."""
     return f"shard-{index:06d}.tar"
@@ -188,19 +193,21 @@ def iter_samples(path: str | Path) -> Iterator[dict]:
                 key, _, ext = member.name.partition(".")
                 where = f"shard {url}, sample {key}"
                 if not member.isfile():
-                    raise ShardError(f"{where}: member {member.name!r} is not a regular file")
+                    raise DamagedShardError(f"{where}: member {member.name!r} is not a regular file")
                 if not key or "/" in member.name or not ext or ext in RESERVED:
-                    raise ShardError(f"{where}: member {member.name!r} is not named <key>.<ext>")
+                    raise DamagedShardError(f"{where}: member {member.name!r} is not named <key>.<ext>")
                 if current is not None and key != current["key"]:
                     yield current
                     index, current = index + 1, None
                 if current is None:
                     current = {"key": key, "url": url, "index": index}
                 if ext in current:
-                    raise ShardError(f"{where}: member {member.name!r} appears twice")
+                    raise DamagedShardError(f"{where}: member {member.name!r} appears twice")
                 current[ext] = archive.extractfile(member).read()
     except (tarfile.TarError, EOFError, OSError) as error:
-        raise ShardError(f"shard {url} is corrupt or truncated after sample {index}: {error}") from None
+        raise DamagedShardError(
+            f"shard {url} is corrupt or truncated after sample {index}: {error}"
+        ) from None
     if current is not None:
         yield current
 
@@ -248,7 +255,9 @@ def verify_listed(path: str | Path) -> None:
     if _verified.get(str(path.resolve())) == stamp:
         return
     if stat.st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
-        raise ShardError(f"shard {path} does not match its sha256 in {path.parent / MANIFEST} (damaged)")
+        raise DamagedShardError(
+            f"shard {path} does not match its sha256 in {path.parent / MANIFEST} (damaged)"
+        )
     _verified[str(path.resolve())] = stamp
 
 

@@ -10,6 +10,7 @@ from rich.console import Console
 
 from ingest.atomic import OutputError
 from ingest.motion import MotionThresholds
+from ingest.shards import DamagedShardError
 from ingest.video import DECODERS
 from probe.gate import PASS, STRONG
 from probe.run import ProbeConfig, SceneOverlapError, run_probe
@@ -28,7 +29,8 @@ Exit codes:
   2  usage error: bad option, missing shards or checkpoint, train/val sharing a scene,
      --require strong with --controls none
   3  gate failed, or strength below a --require strong (the report is still written)
-  1  any other error (e.g. the output folder cannot be written)""",
+  1  any other error: a damaged shard (sha256 mismatch, broken tar, undecodable clip, missing
+     metadata), an output folder that cannot be written""",
 )
 @click.option(
     "--checkpoint",
@@ -201,6 +203,9 @@ def main(
         result = run_probe(config)
     except OutputError as error:
         console.print(f"[red]mvm-probe: {error}[/red]")
+        sys.exit(EXIT_ERROR)
+    except DamagedShardError as error:  # before ValueError: damaged data is a failure, not a usage error
+        console.print(f"[red]mvm-probe: data error: {error}[/red]")
         sys.exit(EXIT_ERROR)
     except (SceneOverlapError, FileNotFoundError, ValueError) as error:
         console.print(f"[red]mvm-probe: {error}[/red]")

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ingest.shards import ShardError
+from ingest.shards import DamagedShardError
 from ingest.shards import iter_verified as iter_samples
 from train.data import decode_sample
 
@@ -30,9 +30,9 @@ def read_metadata(urls: list[str]) -> list[dict]:
             try:
                 meta = json.loads(sample["json"])
             except (KeyError, ValueError):
-                raise ShardError(f"{where}: no readable .json metadata member") from None
+                raise DamagedShardError(f"{where}: no readable .json metadata member") from None
             if not isinstance(meta, dict) or not set(PROBE_FIELDS) <= meta.keys():
-                raise ShardError(f"{where}: metadata lacks some of {', '.join(PROBE_FIELDS)}")
+                raise DamagedShardError(f"{where}: metadata lacks some of {', '.join(PROBE_FIELDS)}")
             metas.append(meta)
     return metas
 
@@ -40,7 +40,7 @@ def read_metadata(urls: list[str]) -> list[dict]:
 def iter_selected_frames(urls: list[str], keys: list[str], decoder: str) -> Iterator[np.ndarray]:
     """(T, H, W, 3) uint8 frames of the clips named in `keys`, in that order (which is shard order).
 
-    Only the selected clips are decoded. Raises ShardError if the shards do not hold exactly these
+    Only the selected clips are decoded. Raises DamagedShardError if the shards do not hold exactly these
     keys in this order (a shard changed between the metadata pass and decoding).
     """
     wanted = set(keys)
@@ -50,8 +50,10 @@ def iter_selected_frames(urls: list[str], keys: list[str], decoder: str) -> Iter
             if sample["key"] not in wanted:
                 continue
             if position >= len(keys) or sample["key"] != keys[position]:
-                raise ShardError(f"shard {url} changed while probing: unexpected clip {sample['key']}")
+                raise DamagedShardError(f"shard {url} changed while probing: unexpected clip {sample['key']}")
             position += 1
             yield decode_sample(sample, decoder, None)[0]
     if position != len(keys):
-        raise ShardError(f"shards changed while probing: {len(keys) - position} selected clips not found")
+        raise DamagedShardError(
+            f"shards changed while probing: {len(keys) - position} selected clips not found"
+        )

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ingest.shards import ShardError, listed_entry, listed_shards, read_manifest
+from ingest.shards import DamagedShardError, ShardError, listed_entry, listed_shards, read_manifest
 from ingest.shards import clip_shape as manifest_clip_shape
 
 # The one sample reader: raw samples {"key", "url", "index", "<ext>": bytes} of a listed shard,
@@ -98,12 +98,12 @@ def decode_sample(
             decode_i420(sample["mp4"]) if i420 else decode_clip(sample["mp4"], backend=rgb_decoder(decoder))
         )
     except Exception as error:  # decord, PyAV and torchcodec raise their own types for broken streams
-        raise ShardError(f"{where}: cannot decode: {error}") from error
+        raise DamagedShardError(f"{where}: cannot decode: {error}") from error
     if shape is not None:
         clip_len, height, width, _ = shape
         expected = (clip_len, height * 3 // 2, width) if i420 else tuple(shape)
         if frames.shape != expected:
-            raise ShardError(f"{where}: decoded shape {frames.shape}, expected {expected}")
+            raise DamagedShardError(f"{where}: decoded shape {frames.shape}, expected {expected}")
     return frames, meta
 
 
