@@ -46,7 +46,8 @@ from pathlib import Path
 
 import torch
 
-from ingest.atomic import write_atomic
+from ingest.atomic import ensure_dir, write_atomic
+from ingest.report_format import dumps_json
 from train.config import ModelConfig, TrainConfig, apply_overrides, preset
 from train.engine import build_optimizer, train_step, wrap_model
 from train.model import build_model, make_mask, mask_units, token_steps
@@ -412,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     device = torch.device("cuda", 0)
     work = Path(__file__).resolve().parent / "work"
-    work.mkdir(parents=True, exist_ok=True)
+    ensure_dir(work)
     log(f"{torch.cuda.get_device_name(device)} x{torch.cuda.device_count()}, torch {torch.__version__}")
     shards = args.shards
     if shards is None:
@@ -426,9 +427,9 @@ def main(argv: list[str] | None = None) -> int:
     results.update({"device": torch.cuda.get_device_name(device), "gpus": torch.cuda.device_count(),
                     "torch": torch.__version__, "cuda": torch.version.cuda, "python": sys.version.split()[0],
                     "date": time.strftime("%Y-%m-%d"), "size": f"{SIZE[0]}x{SIZE[1]}", "clip_len": CLIP_LEN,
-                    "shards": shards, "flops_formula": "bench/gpu.py module docstring"})  # fmt: skip
+                    "shards": None if shards is None else str(shards), "flops_formula": "bench/gpu.py module docstring"})  # fmt: skip
 
-    write_atomic(RESULTS_JSON, json.dumps(results, indent=2, default=str) + "\n")
+    write_atomic(RESULTS_JSON, dumps_json(results))
     table = markdown(results)
     write_atomic(RESULTS_MD, table)
     print(table, flush=True)

@@ -83,7 +83,7 @@ def evaluate_goals(results: dict) -> list[Goal]:
 def tables(results: dict) -> list[tuple[str, list[str], list[list]]]:
     """(title, header, rows of cells) for every section present, shared by rich and markdown output.
 
-    Cells are numbers or strings; numbers are written by ingest.report_format.fmt (see `text`).
+    Cells are numbers or strings; numbers are written by ingest.report_format.fmt.
     """
     out = []
     if _ok(results, "loader"):

@@ -36,8 +36,9 @@ import numpy as np
 
 from bench import codec, cost_scaling, ingest_speed, loader, machine, report, storage, training
 from bench.workspace import WORK_DIR, DatarootSpec, cached_dataroot, scene_names
-from ingest.atomic import write_atomic
+from ingest.atomic import ensure_dir, write_atomic
 from ingest.config import IngestConfig
+from ingest.report_format import dumps_json
 
 TRAIN_SIZE = IngestConfig.size
 """(H, W) of the clips: the ingest's default --size, which the trainer takes from the shards."""
@@ -155,7 +156,7 @@ def run_bench(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     started = time.perf_counter()
-    work.mkdir(parents=True, exist_ok=True)
+    ensure_dir(work)
     spec = config.dataroot
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn()) as progress:
         sections = Sections(
@@ -263,7 +264,7 @@ def main(quick: bool, out: Path, only: tuple[str, ...]) -> None:
     """
     config = QUICK if quick else FULL
     results, failed = run_bench(config, "quick" if quick else "full", only=frozenset(only) if only else None)
-    write_atomic(out, json.dumps(results, indent=2, sort_keys=True))
+    write_atomic(out, dumps_json(results))
     write_atomic(out.with_suffix(".md"), report.markdown(results))
     report.print_tables(results)
     click.echo(f"results: {out} and {out.with_suffix('.md')}")

@@ -3,7 +3,7 @@
 Defaults that the sweep shares with the rest of mvm are read from the code, not re-typed: the base
 clip length T and the cluster frame size are `IngestConfig`'s defaults (T = 8, 144x256), the
 default T values are that base halved, as is and x1.5 (4 8 12), and a frame size that is not a
-multiple of the trainer's patch size (`TRAINER_PATCH`) draws `mvm-ingest`'s own warning.
+multiple of the patch size (`ingest.shards.PATCH_SIZE`) draws `mvm-ingest`'s own warning.
 
     settings_from_env(os.environ, "local", Path("sweep"))   # -> SweepSettings, or SettingsError
 """

@@ -18,9 +18,19 @@ from pathlib import Path
 import numpy as np
 
 from ingest.video import encode_clip
+from train.config import ModelConfig
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = REPO / ".venv" / "bin"
+
+
+def small_model(**overrides) -> ModelConfig:
+    """A 2-block d=32 model on 4-frame 32x48 clips (2x3 patches of 16 px) for fast CPU tests."""
+    fields = dict(
+        clip_len=4, image_size=(32, 48), patch_size=16, stem_channels=8, embed_dim=32, depth=2, num_heads=2,
+        decoder_dim=32, decoder_depth=1, decoder_heads=2, mask_type="random", mask_ratio=0.75, norm_pix_loss=True,
+    )  # fmt: skip
+    return ModelConfig(**{**fields, **overrides})
 
 
 def moving_clip(rng: np.random.Generator, clip_len: int, size: tuple[int, int]) -> tuple[np.ndarray, float]:

@@ -4,6 +4,7 @@ and the import graph of what a GPU image runs (no nuScenes devkit)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench import gpu
+from ingest.report_format import dumps_json
 from train.config import apply_overrides, tiny
 from train.model import build_model, make_mask
 
@@ -67,6 +69,7 @@ def test_run_all_on_cpu_with_the_real_loader(tmp_path):
     table = gpu.markdown({**results, "device": "cpu", "torch": torch.__version__, "date": "today", "size": "32x64",
                           "clip_len": 4})  # fmt: skip
     assert "| loader | t2 |" in table and "W=1" in table
+    assert json.loads(dumps_json(results))["rows"][0]["preset"] == "t1"  # what main() writes is strict JSON
 
 
 def test_a_failing_or_slow_measurement_is_recorded_and_the_rest_go_on():

@@ -147,23 +147,12 @@ def test_strength_on_planted_features(order_free):
 
 def test_model_token_grid_matches_the_global_features():
     """token_grid's layout is (B, T, H/p, W/p, d), and pooling it over 1x1 gives model.features exactly."""
-    from train.config import ModelConfig
+    from _train_helpers import small_model
+
     from train.model import build_model
 
     torch.manual_seed(0)
-    config = ModelConfig(
-        clip_len=4,
-        image_size=(32, 48),
-        patch_size=16,
-        stem_channels=4,
-        embed_dim=8,
-        depth=1,
-        num_heads=2,
-        decoder_dim=8,
-        decoder_depth=1,
-        decoder_heads=2,
-    )
-    model = build_model(config).eval()
+    model = build_model(small_model(stem_channels=4, embed_dim=8, depth=1, decoder_dim=8)).eval()
     video = torch.rand(2, 4, 3, 32, 48)
     tokens = model.token_grid(video)
     assert tokens.shape == (2, 4, 2, 3, 8)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _train_helpers import small_model
 
-from train.config import ModelConfig, OptimConfig, TrainConfig
+from train.config import OptimConfig, TrainConfig
 from train.diagnostics import (
     collapse_reasons,
     collapse_signals,
@@ -20,10 +21,7 @@ from train.model import build_model, make_mask, masked_mse, normalize_patches, p
 
 torch.set_num_threads(1)
 
-CFG = ModelConfig(
-    clip_len=4, image_size=(32, 48), patch_size=16, stem_channels=8, embed_dim=32, depth=2, num_heads=2,
-    decoder_dim=32, decoder_depth=1, decoder_heads=2, mask_type="random", mask_ratio=0.75, norm_pix_loss=True,
-)  # fmt: skip
+CFG = small_model()
 PER_FRAME = 6
 DEFAULTS = TrainConfig()
 

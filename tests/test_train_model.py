@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 import torch
+from _train_helpers import small_model
 
 from train.config import PRESETS, ModelConfig, from_dict, tiny, to_dict
 from train.model import (
@@ -23,10 +24,7 @@ from train.model import (
 
 torch.set_num_threads(1)
 
-CFG = ModelConfig(
-    clip_len=4, image_size=(32, 48), patch_size=16, stem_channels=8, embed_dim=32, depth=2, num_heads=2,
-    decoder_dim=32, decoder_depth=1, decoder_heads=2, mask_type="random", mask_ratio=0.75, norm_pix_loss=True,
-)  # fmt: skip
+CFG = small_model()
 PATCHES_PER_FRAME = 2 * 3
 
 
@@ -86,23 +84,24 @@ def test_random_masks_differ_across_frames():
     assert not torch.equal(per_frame, per_frame[:, :1].expand_as(per_frame))
 
 
+LEAK_CASES = [(1, "learned"), (2, "sincos")]
+"""(token_frames, pos_embed) pairs the leak test runs with every mask type."""
+
+
 def test_presets_use_only_settings_the_leak_test_covers():
     models = [factory().model for factory in PRESETS.values()]
     assert {m.mask_type for m in models} <= set(MASK_TYPES)
-    assert {m.token_frames for m in models} <= {1, 2} and {m.pos_embed for m in models} <= {
-        "learned",
-        "sincos",
-    }
+    assert {(m.token_frames, m.pos_embed) for m in models} <= set(LEAK_CASES)
 
 
 @pytest.mark.parametrize("kind", MASK_TYPES)
-@pytest.mark.parametrize(("token_frames", "pos_embed"), [(1, "learned"), (2, "sincos")])
+@pytest.mark.parametrize(("token_frames", "pos_embed"), LEAK_CASES)
 def test_encoder_output_has_exactly_zero_gradient_wrt_masked_pixels(kind, token_frames, pos_embed):
     torch.manual_seed(0)
     model = build_model(dataclasses.replace(CFG, token_frames=token_frames, pos_embed=pos_embed))
     video = torch.rand(2, 4, 3, 32, 48, requires_grad=True)
     steps, size = 4 // token_frames, token_frames * 768
-    ids_keep, mask = make_mask(2, steps, PATCHES_PER_FRAME, 0.75, kind, torch.Generator().manual_seed(3), 1)
+    ids_keep, mask = make_mask(2, steps, PATCHES_PER_FRAME, 0.75, kind, torch.Generator().manual_seed(3))
     latent = model.encode(patchify(video, 16, token_frames), ids_keep)
     (latent * torch.randn_like(latent)).sum().backward()
     hidden = mask.unsqueeze(-1).expand(-1, -1, size).float()

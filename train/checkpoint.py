@@ -66,6 +66,8 @@ def save(run: Path, step: int, state: dict, config: TrainConfig, keep: int) -> P
     """Write state (model, optimizer, step, data, rng ...) atomically; delete all but the newest `keep`."""
     final = step_dir(run, step)
     folder = ensure_dir(final.parent)
+    for leftover in folder.glob(".tmp-step-*"):  # a save killed mid-write (SIGKILL) left it behind
+        shutil.rmtree(leftover, ignore_errors=True)
     # A fresh folder made by this process (never a name someone could have planted a link at).
     tmp = Path(tempfile.mkdtemp(dir=folder, prefix=f".tmp-{final.name}."))
     try:
@@ -218,6 +220,6 @@ def resumed_config(requested: TrainConfig, saved: dict) -> tuple[TrainConfig, li
         ignored += [
             f"{section}.{k}"
             for k, v in wanted[section].items()
-            if f"{section}.{k}" not in DATA_FIELDS and v != saved[section].get(k)
+            if f"{section}.{k}" not in DATA_FIELDS and v != saved_fields[section][k]
         ]
     return config, ignored

@@ -183,7 +183,8 @@ def main(run: Path, model: str, resume: str, config_file: str | None, **fields) 
         code = train(config, run, state, console)
     except ShardError as error:
         # Errors raised in a DataLoader worker arrive wrapped with the worker's traceback; its last line is ours.
-        message = str(error).strip().splitlines()[-1].removeprefix(f"{ShardError.__module__}.ShardError: ")
+        last = str(error).strip().splitlines()[-1]
+        message = last.split("ShardError: ", 1)[-1]  # drop "ingest.shards.[Damaged]ShardError: " if wrapped
         fail(f"data error: {message}", EXIT_FAILURE)
     except OutputError as error:
         fail(str(error), EXIT_FAILURE)

@@ -15,6 +15,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from ingest.atomic import OutputError
 from ingest.synth.camera import image_size
 from ingest.synth.dataroot import DEFAULT_DROP_RATE, OutputFolderError, check_output, generate
 from ingest.synth.schedule import VERSIONS, scene_names
@@ -135,8 +136,8 @@ def main(
                 drop_rate=drop_rate,
                 progress=lambda count: progress.advance(task, count),
             )
-        except OutputFolderError as error:
-            raise click.ClickException(str(error)) from error
+        except (OutputFolderError, OutputError) as error:
+            raise click.ClickException(str(error)) from None
         except OSError as error:  # read-only, full or vanished output: one line, not a traceback
             raise click.ClickException(f"cannot write {error.filename or out}: {error.strerror}") from None
     click.echo(

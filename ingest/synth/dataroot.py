@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ingest.atomic import atomic_path, write_atomic
+from ingest.atomic import atomic_path, ensure_dir, write_atomic
 from ingest.motion import yaw_from_quaternion
 from ingest.synth.camera import Camera
 from ingest.synth.plan import ScenePlan, plan_scene
@@ -61,8 +61,10 @@ def prepare_output(out: Path) -> None:
     """Make `out` an empty place for a dataroot: create it, or clear a previous synth output.
 
     A previous output (it holds the marker) loses exactly the entries this generator writes;
-    anything else in the folder is left alone. Any other non-empty folder is refused.
+    anything else in the folder is left alone. Any other non-empty folder is refused, and so is a
+    symlink or a file at `out` (ingest.atomic.OutputError).
     """
+    ensure_dir(out)  # before clearing anything: never through a symlink
     if check_output(out):
         for name in OUTPUT_ENTRIES:
             entry = out / name
@@ -70,7 +72,6 @@ def prepare_output(out: Path) -> None:
                 shutil.rmtree(entry)
             elif entry.exists() or entry.is_symlink():
                 entry.unlink()
-    out.mkdir(parents=True, exist_ok=True)
 
 
 def _marker_generator(marker: Path) -> str | None:
@@ -134,7 +135,7 @@ def generate(
         _render_scene(out, plan, records, camera, seed, progress)
     tables = builder.finish()
     _write_placeholders(out, tables)
-    (out / version).mkdir()
+    ensure_dir(out / version)
     for table_name, records in tables.items():
         _write_json(out / version / f"{table_name}.json", records)
     _write_json(out / MARKER, {"generator": "mvm-synth", "complete": True, "arguments": arguments})
