@@ -8,8 +8,9 @@ replaces a symlink sitting at the final name instead of writing through it. On a
 is removed, so failed writes leave nothing behind.
 
     write_atomic(out / "report.json", text)           # bytes or str
-    with atomic_path(out / "loss.png") as tmp:        # for writers that need a path
-        fig.savefig(tmp, format="png")
+    with atomic_path(out / "clip.mp4") as tmp:        # for writers that need a path
+        encode_to(tmp)
+    save_figure(fig, out / "loss.png")                # a matplotlib figure as PNG, then closed
     ensure_dir(out)                                   # refuses symlinked / non-folder outputs
     with open_append(out / "ingest.log") as log:      # logs: appended, never through a symlink
         log.write("line\n")
@@ -96,6 +97,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def save_figure(figure, path: str | Path, dpi: int = 100) -> Path:
+    """Write a matplotlib figure to `path` as PNG through `atomic_path`; the figure is closed either way."""
+    import matplotlib.pyplot as plt  # imported here: only the plotting callers need matplotlib
+
+    try:
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, format="png", dpi=dpi)
+    finally:
+        plt.close(figure)
+    return Path(path)
 
 
 def open_append(path: str | Path, binary: bool = False):

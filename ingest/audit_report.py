@@ -10,17 +10,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ingest.atomic import atomic_path, ensure_dir, write_atomic  # noqa: E402
+from ingest.atomic import ensure_dir, save_figure, write_atomic  # noqa: E402
 from ingest.audit import Check, Stats  # noqa: E402
 from ingest.motion import EGO_MOTION_CLASSES  # noqa: E402
 from ingest.report_format import dumps_json, fmt, markdown_table  # noqa: E402
-
-
-def _save(figure, path: Path) -> None:
-    """Save a figure as PNG through a fresh temporary (never through a symlink at `path`)."""
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=100)
-    plt.close(figure)
 
 
 def _bar(path: Path, counts: dict, title: str, xlabel: str, ylabel: str = "clips") -> None:
@@ -29,7 +22,7 @@ def _bar(path: Path, counts: dict, title: str, xlabel: str, ylabel: str = "clips
     axes.set(title=title, xlabel=xlabel, ylabel=ylabel)
     axes.tick_params(axis="x", rotation=60 if len(counts) > 6 else 0)
     figure.tight_layout()
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def write_plots(report_dir: Path, stats: Stats, manifest: dict | None) -> list[str]:
@@ -41,7 +34,7 @@ def write_plots(report_dir: Path, stats: Stats, manifest: dict | None) -> list[s
     axes[1].hist(stats.speeds_mps, bins=30, color="tab:green")
     axes[1].set(title="mean clip speed", xlabel="m/s", ylabel="clips")
     figure.tight_layout()
-    _save(figure, report_dir / "intervals_speed.png")
+    save_figure(figure, report_dir / "intervals_speed.png")
     names.append("intervals_speed.png")
     _bar(
         report_dir / "clips_per_scene.png",

@@ -1,6 +1,6 @@
 """The probe's PNGs: controls.png (every source and view, per-class recall), confusion.png, speed.png.
 
-Written through ingest.atomic.atomic_path; numbers through ingest.report_format.fmt.
+Written through ingest.atomic.save_figure; numbers through ingest.report_format.fmt.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import confusion_matrix  # noqa: E402
 
-from ingest.atomic import atomic_path  # noqa: E402
+from ingest.atomic import save_figure  # noqa: E402
 from ingest.report_format import fmt  # noqa: E402
 from probe.evaluate import MAJORITY, RANDOM, ProbeResult, Source  # noqa: E402
 from probe.features import INGESTED, VIEWS  # noqa: E402
@@ -62,9 +62,7 @@ def plot_controls(result: ProbeResult, path: Path) -> None:
         heat.set_yticks(range(len(rows)), [f"{row.source.name} / {row.view}" for row in rows], fontsize=7)
         heat.set_title("per-class recall (validation clips)", fontsize=10)
     fig.tight_layout()
-    with atomic_path(path) as temporary:
-        fig.savefig(temporary, dpi=100, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_confusions(result: ProbeResult, path: Path) -> None:
@@ -100,9 +98,7 @@ def plot_confusions(result: ProbeResult, path: Path) -> None:
         f"ego-motion probe on validation scenes: gate {result.verdict.gate} (counts; colour = row rate)"
     )
     fig.tight_layout()
-    with atomic_path(path) as temporary:
-        fig.savefig(temporary, dpi=100, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_speed(result: ProbeResult, path: Path) -> None:
@@ -123,6 +119,4 @@ def plot_speed(result: ProbeResult, path: Path) -> None:
         axis.set_ylabel("predicted (m/s)")
     fig.suptitle(f"speed probe on validation scenes: gate {result.verdict.gate}")
     fig.tight_layout()
-    with atomic_path(path) as temporary:
-        fig.savefig(temporary, dpi=100, format="png")
-    plt.close(fig)
+    save_figure(fig, path)

@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from ingest.atomic import atomic_path  # noqa: E402
+from ingest.atomic import save_figure  # noqa: E402
 from slurm.report_collect import RunRecord, data_key  # noqa: E402
 
 AXES: dict[str, tuple[Callable[[RunRecord], object], Callable[[RunRecord], tuple], str]] = {
@@ -104,12 +104,7 @@ def _probe_label(records: list[RunRecord]) -> str:
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    try:
-        with atomic_path(path) as temporary:
-            fig.savefig(temporary, format="png", dpi=100)
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 Panel = tuple[str, Callable[[RunRecord], object], str, str, dict]

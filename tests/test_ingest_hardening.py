@@ -101,6 +101,31 @@ def test_symlinked_log_or_output_folder_is_refused(dataroot, tmp_path, outside):
         assert list(real.iterdir()) == []
 
 
+def test_figures_are_saved_atomically_and_closed_even_when_refused(tmp_path, outside):
+    """ingest.atomic.save_figure, the one way plots are written: a PNG replaces a symlink planted at
+    the final name (the link's target is untouched), a symlinked folder is refused with OutputError,
+    and the figure is closed in both cases (no figures pile up in a long sweep)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ingest.atomic import OutputError, save_figure
+
+    out = tmp_path / "plots"
+    out.mkdir()
+    (out / "loss.png").symlink_to(outside)
+    figure = plt.figure()
+    assert save_figure(figure, out / "loss.png") == out / "loss.png"
+    assert not (out / "loss.png").is_symlink() and Image.open(out / "loss.png").format == "PNG"
+    assert outside.read_bytes() == OUTSIDE and figure.number not in plt.get_fignums()
+    (tmp_path / "linked").symlink_to(out)
+    figure = plt.figure()
+    with pytest.raises(OutputError, match="symlink"):
+        save_figure(figure, tmp_path / "linked" / "other.png")
+    assert figure.number not in plt.get_fignums() and not (out / "other.png").exists()
+
+
 def test_symlinked_audit_folder_refused_and_audit_md_link_replaced(good, tmp_path, outside):
     out = copy_output(good, tmp_path / "out")
     elsewhere = tmp_path / "elsewhere"

@@ -145,18 +145,21 @@ def test_strength_on_planted_features(order_free):
     assert {("pixels", view) for view in VIEWS} <= rows and ("random", SHUFFLED) in rows
 
 
-def test_model_token_grid_matches_the_global_features():
-    """token_grid's layout is (B, T, H/p, W/p, d), and pooling it over 1x1 gives model.features exactly."""
+def test_model_token_grid_lays_out_the_encoder_tokens():
+    """token_grid is the unmasked encoder output, time-major tokens laid out as (B, T, H/p, W/p, d)."""
     from _train_helpers import small_model
 
-    from train.model import build_model
+    from train.model import build_model, patchify
 
     torch.manual_seed(0)
     model = build_model(small_model(stem_channels=4, embed_dim=8, depth=1, decoder_dim=8)).eval()
     video = torch.rand(2, 4, 3, 32, 48)
     tokens = model.token_grid(video)
     assert tokens.shape == (2, 4, 2, 3, 8)
-    torch.testing.assert_close(pool(tokens, (1, 1)), model.features(video))
+    with torch.no_grad():
+        flat = model.encode(patchify(video, 16), None)  # (B, T * rows * cols, d), token l = t * N + n
+    torch.testing.assert_close(tokens.reshape(2, -1, 8), flat)
+    torch.testing.assert_close(tokens[:, 1, 0, 2], flat[:, 1 * 6 + 0 * 3 + 2])
 
 
 def test_row_space_projection_is_exact_for_l2_heads():

@@ -90,7 +90,8 @@ def test_run_outputs_and_kill_resume_reproduce_the_stream(shard_dir, tmp_path):
     assert "debug_nan_at_step" not in saved and saved["model"]["patch_size"] == 16
     model, cfg, _ = load_for_eval(whole)
     assert cfg.model.image_size == (32, 64) and cfg.model.clip_len == 8
-    assert model.features(torch.rand(2, 8, 3, 32, 64)).shape == (2, 3 * cfg.model.embed_dim)
+    steps = 8 // cfg.model.token_frames
+    assert model.token_grid(torch.rand(2, 8, 3, 32, 64)).shape == (2, steps, 2, 4, cfg.model.embed_dim)
     refused = run_train([*common, "--out", str(whole), "--resume", "never"])
     check(refused, 2)
     assert "already holds checkpoints" in refused.stderr

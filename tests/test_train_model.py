@@ -135,13 +135,15 @@ def test_loss_depends_only_on_masked_targets():
     assert first["loss"].item() != second["loss"].item()
 
 
-def test_features_shape_and_motion_sensitivity():
+def test_pooled_features_shape_and_motion_sensitivity():
+    from probe.features import pool
+
     torch.manual_seed(0)
     model = build_model(CFG).eval()
     video = torch.rand(3, 4, 3, 32, 48)
-    features = model.features(video)
+    features = pool(model.token_grid(video), (1, 1))
     assert features.shape == (3, 3 * 32) and torch.isfinite(features).all()
-    reversed_time = model.features(video.flip(1))
+    reversed_time = pool(model.token_grid(video.flip(1)), (1, 1))
     # same frames, other order: the time-mean part is (nearly) unchanged, the change part flips sign
     assert not torch.allclose(features[:, 32:64], reversed_time[:, 32:64], atol=1e-4)
 

@@ -16,6 +16,8 @@ from train.viz import (
     LABEL_WIDTH,
     MAX_FRAMES,
     MIN_FRAME_WIDTH,
+    VIRIDIS_STOPS,
+    _viridis,
     clips_to_video,
     pick_viz_clips,
     picture_rows,
@@ -102,3 +104,14 @@ def test_render_writes_a_readable_png_atomically(tmp_path):
     frames_drawn = min(MAX_FRAMES, CFG.clip_len)
     assert width >= LABEL_WIDTH + frames_drawn * MIN_FRAME_WIDTH
     assert height >= 2 * 6 * (MIN_FRAME_WIDTH * 32 // 48)  # 2 clips x 6 rows of upscaled frames
+
+
+def test_error_colour_ramp_hits_its_stops_clips_and_paints_missing_values_white():
+    """The built-in viridis ramp (no matplotlib): exact at its stops, clipped outside [0, 1],
+    white for NaN, and brighter (sum of RGB) at the top of the scale than at the bottom."""
+    stops = np.linspace(0.0, 1.0, len(VIRIDIS_STOPS))
+    np.testing.assert_array_equal(_viridis(stops), VIRIDIS_STOPS.astype(np.uint8))
+    np.testing.assert_array_equal(_viridis(np.array([-1.0, 2.0])), _viridis(np.array([0.0, 1.0])))
+    assert _viridis(np.array([np.nan])).tolist() == [[255, 255, 255]]
+    ramp = _viridis(np.linspace(0.0, 1.0, 50)).astype(int).sum(axis=1)
+    assert ramp[-1] > ramp[0]

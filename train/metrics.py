@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ingest.atomic import atomic_path, ensure_dir, open_append, write_atomic
+from ingest.atomic import ensure_dir, open_append, save_figure, write_atomic
 
 
 def peak_mem_mb(device: torch.device) -> float:
@@ -124,9 +124,7 @@ def plot_curves(records: list[dict], out: Path) -> bool:
     for ax in (ax_loss, ax_grad):
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    save_figure(fig, out)
     return True
 
 

@@ -297,20 +297,6 @@ class MaskedVideoModel(nn.Module):
         )
         return tokens.reshape(video.shape[0], -1, rows, cols, tokens.shape[-1])
 
-    @torch.no_grad()
-    def features(self, video: torch.Tensor) -> torch.Tensor:
-        """Globally pooled frozen-encoder features of unmasked clips (probes use probe/features.py).
-
-        video (B, T, 3, H, W) float in [0, 1] -> (B, 3 * embed_dim). The token grid is averaged over
-        space per time step, giving f (B, T', d). Returned: [mean_t f, mean of the second half of
-        the time steps - mean of the first half, mean_t |f_t+1 - f_t|].
-        """
-        per_frame = self.token_grid(video).mean(dim=(2, 3))
-        half = per_frame.shape[1] // 2
-        change = per_frame[:, half:].mean(dim=1) - per_frame[:, :half].mean(dim=1)
-        speed = (per_frame[:, 1:] - per_frame[:, :-1]).abs().mean(dim=1)
-        return torch.cat([per_frame.mean(dim=1), change, speed], dim=1)
-
 
 def build_model(model_cfg: ModelConfig) -> MaskedVideoModel:
     """A freshly initialised MaskedVideoModel (seed torch beforehand for a reproducible init)."""

@@ -142,11 +142,21 @@ def picture_rows(
     return out
 
 
-def _viridis(values: np.ndarray) -> np.ndarray:
-    """values in [0, 1] (NaN = white) -> uint8 RGB via matplotlib's viridis."""
-    from matplotlib import colormaps
+VIRIDIS_STOPS = np.array(
+    [[68, 1, 84], [71, 45, 123], [59, 82, 139], [44, 114, 142], [33, 145, 140], [40, 174, 128],
+     [94, 201, 98], [173, 220, 48], [253, 231, 37]],
+    dtype=np.float64,
+)  # fmt: skip
+"""matplotlib's viridis at 0, 1/8, ..., 1 (rounded to 8 bits); the error maps interpolate between them, so the
+pictures need no matplotlib (a bare GPU image may lack it; loss.png then is skipped, these are not)."""
 
-    rgb = (colormaps["viridis"](np.nan_to_num(values, nan=0.0))[..., :3] * 255).round().astype(np.uint8)
+
+def _viridis(values: np.ndarray) -> np.ndarray:
+    """values in [0, 1] (NaN = white) -> uint8 RGB (..., 3) on the viridis ramp."""
+    clean = np.clip(np.nan_to_num(values, nan=0.0), 0.0, 1.0)
+    stops = np.linspace(0.0, 1.0, len(VIRIDIS_STOPS))
+    rgb = np.stack([np.interp(clean, stops, VIRIDIS_STOPS[:, c]) for c in range(3)], axis=-1)
+    rgb = rgb.round().astype(np.uint8)
     rgb[np.isnan(values)] = 255
     return rgb
 
