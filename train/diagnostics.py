@@ -121,7 +121,7 @@ def collapse_signals(model: torch.nn.Module, video: torch.Tensor, ids_keep: torc
     was_training = model.training
     model.eval()
     try:
-        batch, frames = video.shape[0], model.token_steps
+        batch, steps = video.shape[0], model.token_steps
         shared = ids_keep.view(1, -1).expand(batch, -1).to(video.device)
         patches = patchify(video, model.cfg.patch_size, model.cfg.token_frames)
         tokens = model.encode(patches, shared).float()  # (B, L_vis, d)
@@ -129,8 +129,8 @@ def collapse_signals(model: torch.nn.Module, video: torch.Tensor, ids_keep: torc
         model.train(was_training)
     rankme = effective_rank(tokens.mean(dim=1))
     residual = tokens - tokens.mean(dim=0, keepdim=True)  # what position and mask do not explain
-    frame_of = ids_keep.to(video.device) // model.patches_per_frame  # (L_vis,)
-    onehot = torch.nn.functional.one_hot(frame_of, frames).float()  # (L_vis, T)
+    step_of = ids_keep.to(video.device) // model.patches_per_frame  # (L_vis,) token time step
+    onehot = torch.nn.functional.one_hot(step_of, steps).float()  # (L_vis, T')
     present = onehot.sum(dim=0) > 0
     per_frame = torch.einsum("bld,lt->btd", residual, onehot) / onehot.sum(dim=0).clamp(min=1).view(1, -1, 1)
     per_frame = per_frame[:, present]  # (B, T_vis, d)

@@ -62,24 +62,25 @@ MASK_TYPES = ("tube", "tubelet", "random")
 
 
 def mask_units(
-    frames: int, patches_per_frame: int, ratio: float, kind: str, tubelet: int = 2
+    steps: int, patches_per_frame: int, ratio: float, kind: str, tubelet: int = 2
 ) -> tuple[int, int, int]:
-    """(block, units, kept units) of a mask: units of `block` consecutive frames at one position
-    (block = T for tube, `tubelet` for tubelet, 1 for random), U = (T / block) * N of them, of which
-    round(U * (1 - ratio)) are kept (at least one kept and one masked). Visible tokens = kept * block.
+    """(block, units, kept units) of a mask over `steps` = T token time steps: units of `block`
+    consecutive steps at one position (block = T for tube, `tubelet` for tubelet, 1 for random),
+    U = (T / block) * N of them, of which round(U * (1 - ratio)) are kept (at least one kept and
+    one masked). Visible tokens = kept * block.
     """
     if kind not in MASK_TYPES:
         raise ValueError(f"unknown mask type {kind!r}; use one of {', '.join(MASK_TYPES)}")
-    block = {"tube": frames, "tubelet": tubelet, "random": 1}[kind]
-    if block < 1 or frames % block:
-        raise ValueError(f"clip length {frames} is not divisible by the tubelet length {block}")
-    units = (frames // block) * patches_per_frame
+    block = {"tube": steps, "tubelet": tubelet, "random": 1}[kind]
+    if block < 1 or steps % block:
+        raise ValueError(f"{steps} token time steps are not divisible by the tubelet length {block}")
+    units = (steps // block) * patches_per_frame
     return block, units, min(max(1, round(units * (1 - ratio))), units - 1)
 
 
 def make_mask(
     batch: int,
-    frames: int,
+    steps: int,
     patches_per_frame: int,
     ratio: float,
     kind: str,
@@ -89,13 +90,13 @@ def make_mask(
     """Sample which tokens the encoder sees.
 
     Returns ids_keep (B, L_vis) int64 sorted token indices and mask (B, L) bool, True = masked,
-    with L = T * N (T token time steps, N patches per frame). Masking works on units of `block`
+    with L = T * N (T = `steps` token time steps, N patches per frame). Masking works on units of `block`
     consecutive time steps at one spatial position (block = T for tube, `tubelet` for tubelet,
     1 for random): round(U * (1 - ratio)) of the U = (T / block) * N units are kept, so every clip
     keeps the same number of tokens (the batch stays rectangular). At least one unit is always
     kept and one masked.
     """
-    block, units, keep = mask_units(frames, patches_per_frame, ratio, kind, tubelet)
+    block, units, keep = mask_units(steps, patches_per_frame, ratio, kind, tubelet)
     kept_units = torch.rand(batch, units, generator=generator).argsort(dim=1)[:, :keep]  # (B, K)
     # unit u = time block tb * N + position n covers tokens (tb * block + j) * N + n, j < block
     first_token = (
@@ -103,7 +104,7 @@ def make_mask(
     ) * block * patches_per_frame + kept_units % patches_per_frame
     offsets = torch.arange(block) * patches_per_frame  # (block,)
     ids_keep = (first_token.unsqueeze(-1) + offsets).reshape(batch, -1).sort(dim=1).values
-    mask = torch.ones(batch, frames * patches_per_frame, dtype=torch.bool)
+    mask = torch.ones(batch, steps * patches_per_frame, dtype=torch.bool)
     mask.scatter_(1, ids_keep, False)
     return ids_keep, mask
 
@@ -129,10 +130,11 @@ def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=1).float()
 
 
-def sincos_3d(dim: int, frames: int, rows: int, cols: int) -> torch.Tensor:
-    """(T, R * C, dim) fixed position codes: frame, row and column codes in separate channel groups.
+def sincos_3d(dim: int, steps: int, rows: int, cols: int) -> torch.Tensor:
+    """(T, R * C, dim) fixed position codes of T = `steps` token time steps: time, row and column codes
+    in separate channel groups.
 
-    A quarter of the channels code the frame and the rest are split between row and column, so
+    A quarter of the channels code the time step and the rest are split between row and column, so
     tokens at the same place in different frames share most of their code (and vice versa).
     """
     if dim % 2:
@@ -140,10 +142,10 @@ def sincos_3d(dim: int, frames: int, rows: int, cols: int) -> torch.Tensor:
     time_dim = 2 * (dim // 8)
     row_dim = 2 * ((dim - time_dim) // 4)
     col_dim = dim - time_dim - row_dim
-    t = sincos_1d(time_dim, torch.arange(frames))[:, None, None, :].expand(frames, rows, cols, -1)
-    r = sincos_1d(row_dim, torch.arange(rows))[None, :, None, :].expand(frames, rows, cols, -1)
-    c = sincos_1d(col_dim, torch.arange(cols))[None, None, :, :].expand(frames, rows, cols, -1)
-    return torch.cat([t, r, c], dim=-1).reshape(frames, rows * cols, dim)
+    t = sincos_1d(time_dim, torch.arange(steps))[:, None, None, :].expand(steps, rows, cols, -1)
+    r = sincos_1d(row_dim, torch.arange(rows))[None, :, None, :].expand(steps, rows, cols, -1)
+    c = sincos_1d(col_dim, torch.arange(cols))[None, None, :, :].expand(steps, rows, cols, -1)
+    return torch.cat([t, r, c], dim=-1).reshape(steps, rows * cols, dim)
 
 
 def _blocks(dim: int, depth: int, heads: int, mlp_ratio: float) -> nn.TransformerEncoder:

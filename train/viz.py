@@ -112,6 +112,7 @@ def picture_rows(
     patches = patchify(video, patch_size, token_frames)  # (K, L, P)
     pred = pred.float()
     hidden = mask.unsqueeze(-1)  # (K, L, 1)
+    rows = {}
     if norm_pix_loss:
         weight = (~hidden).float()
         count = weight.sum(dim=(1, 2), keepdim=True).clamp(min=1) * patches.shape[-1]
@@ -120,23 +121,20 @@ def picture_rows(
         honest = pred * std + mean
         own_mean, own_var = patches.mean(dim=-1, keepdim=True), patches.var(dim=-1, keepdim=True)
         upper = pred * (own_var + 1e-6).sqrt() + own_mean
+        rows["upper_bound"] = torch.where(hidden, upper.clamp(0, 1), patches)
         target = normalize_patches(patches)
-    else:
-        honest = upper = pred
-        target = patches  # predictions are pixels already
+    else:  # raw-pixel targets: the prediction is shown as it is, nothing to de-normalize
+        honest, target = pred, patches
     grey = torch.full_like(patches, MASKED_GREY)
     error = ((pred - target) ** 2).mean(dim=-1, keepdim=True).expand_as(patches)
     error = torch.where(hidden, error, torch.full_like(error, float("nan")))
-    rows = {
+    rows |= {
         "original": patches,
         "masked": torch.where(hidden, grey, patches),
         "reconstruction": torch.where(hidden, honest.clamp(0, 1), patches),
         "prediction": torch.where(hidden, honest.clamp(0, 1), torch.full_like(patches, VISIBLE_WHITE)),
-        "upper_bound": torch.where(hidden, upper.clamp(0, 1), patches),
         "error": error,
     }
-    if not norm_pix_loss:
-        del rows["upper_bound"]
     out = {name: unpatchify(value, frames, size, patch_size, token_frames) for name, value in rows.items()}
     out["error"] = out["error"][:, :, :1]
     return out
