@@ -207,6 +207,7 @@ def _ddp_worker(
                                  steps=steps, world=world)  # fmt: skip
         if rank == 0:
             write_atomic(out, json.dumps(result))
+        dist.barrier()  # see train.loop: the last all-reduce must be released before the interpreter exits
     finally:
         dist.destroy_process_group()
 
