@@ -124,8 +124,9 @@ Exit codes:
     type=click.Choice(["all", "none"]),
     default="all",
     show_default=True,
-    help="all: also probe the no-learning pixels baseline and the shuffled-frames and first-frame-only "
-    "views of every source, with per-class recall, controls.png and `strength`; none: the gate only.",
+    help="all: also probe the no-learning pixels baseline and flow reference (block matching) and the "
+    "shuffled-frames and first-frame-only views of every source, with per-class recall, controls.png "
+    "and `strength`; none: the gate only.",
 )
 @click.option(
     "--require",
@@ -171,7 +172,10 @@ def main(
 
     Controls (on by default): `pixels`, RGB thumbnails at the same grid through the same pooling
     and heads (no learning: the floor to beat); views `shuffled` (each clip's frames in a seeded
-    random order) and `static` (frame 0 repeated) of every source; per-class recall of every row.
+    random order) and `static` (frame 0 repeated) of every source; per-class recall of every row;
+    `flow`, each encoder patch's block-matching displacement between consecutive frames through the
+    same pooling and heads (no learning: what a classical motion estimate reads; a reference that
+    enters neither the verdict nor the grid choice).
     Strength: strong when the gate passed AND pretrained beats pixels AND pretrained drops on
     shuffled frames, each with the 95% CI of the paired difference above zero; weak when the gate
     passed without both; none when the gate failed.

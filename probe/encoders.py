@@ -4,6 +4,8 @@
 - "random-<seed>": the same architecture (the checkpoint's saved ModelConfig) built by
   train.model.build_model right after torch.manual_seed(seed), for seed in 0..seeds-1.
 - "pixels": no encoder at all (probe.features.PIXELS), the floor a representation must beat.
+- "flow": no encoder either (probe.flow.FlowSource): block-matching displacement of each encoder
+  patch between consecutive frames, the reference a classical motion estimate sets.
 
 Every source sees the same decoded clips in the same batches and goes through the same
 `probe.features.extract_features` (eval mode, no gradients, the same pooling), so the comparison
@@ -22,6 +24,7 @@ from rich.progress import track
 from probe.data import iter_selected_frames
 from probe.evaluate import Source
 from probe.features import PIXELS, Grid, extract_features
+from probe.flow import FlowSource
 from train.checkpoint import load_for_eval
 from train.model import build_model
 
@@ -38,7 +41,7 @@ def resolve_device(device: str) -> torch.device:
 def load_sources(
     checkpoint: str, seeds: int, device: torch.device
 ) -> tuple[dict[Source, object], object, Path]:
-    """(Source -> model on `device` in eval mode, or PIXELS; the checkpoint's TrainConfig; its step folder)."""
+    """(Source -> model on `device` in eval mode, PIXELS or FlowSource; the checkpoint's TrainConfig; its step folder)."""
     pretrained, config, folder = load_for_eval(checkpoint, device=device)
     sources: dict[Source, object] = {Source.pretrained(): pretrained}
     for seed in range(seeds):
@@ -47,6 +50,7 @@ def load_sources(
     for model in sources.values():
         model.eval()
     sources[Source.pixels()] = PIXELS
+    sources[Source.flow()] = FlowSource(config.model.patch_size)
     return sources, config, folder
 
 

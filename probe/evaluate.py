@@ -2,14 +2,16 @@
 
 Pure computation on already-extracted features, so it is tested on planted feature sets and
 reused unchanged by the CLI. Sources (`Source`): the pretrained encoder, one or more random
-encoders (seeds), and the no-learning `pixels` baseline; each seen through views (probe.features:
+encoders (seeds), the no-learning `pixels` baseline and the no-learning `flow` reference
+(probe.flow: block-matching motion); each seen through views (probe.features:
 `ingested`, and for the controls `shuffled` and `static`). Every (source, view) row gets its own
 head (regularization by scene-grouped CV on the training scenes), fitted on the training clips
 of that view and scored on the validation clips of that view.
 
 The gate (probe.gate.decide) compares the `ingested` rows only: pretrained vs the best random
 encoder. The controls add two conditions for `strength` (probe.gate.strength): pretrained vs
-pixels, and pretrained as ingested vs pretrained on shuffled frames.
+pixels, and pretrained as ingested vs pretrained on shuffled frames. `flow` is reported beside
+them as a reference and enters neither the verdict nor the choice of the pooling grid.
 """
 
 from __future__ import annotations
@@ -33,8 +35,10 @@ from probe.stats import (
 )
 from probe.tasks import Task
 
-PRETRAINED, RANDOM, PIXELS, MAJORITY = "pretrained", "random", "pixels", "majority"
-KINDS = (PRETRAINED, RANDOM, PIXELS, MAJORITY)
+PRETRAINED, RANDOM, PIXELS, FLOW, MAJORITY = "pretrained", "random", "pixels", "flow", "majority"
+KINDS = (PRETRAINED, RANDOM, PIXELS, FLOW, MAJORITY)
+CONTROL_KINDS = (PIXELS, FLOW)
+"""The no-learning sources: reported only with the controls."""
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,7 @@ class Source:
     """One feature source the probe compares."""
 
     kind: str
-    """PRETRAINED, RANDOM, PIXELS or MAJORITY (the constant predictor; it has no features)."""
+    """PRETRAINED, RANDOM, PIXELS, FLOW or MAJORITY (the constant predictor; it has no features)."""
     seed: int | None = None
     """The initialisation seed of a RANDOM encoder; None for the others."""
 
@@ -58,13 +62,17 @@ class Source:
     def pixels(cls) -> Source:
         return cls(PIXELS)
 
+    @classmethod
+    def flow(cls) -> Source:
+        return cls(FLOW)
+
     @property
     def name(self) -> str:
-        """Display name: "pretrained", "random seed 3", "pixels", "majority"."""
+        """Display name: "pretrained", "random seed 3", "pixels", "flow", "majority"."""
         return f"random seed {self.seed}" if self.kind == RANDOM else self.kind
 
     def order(self) -> tuple[int, int]:
-        """Report order: pretrained, random seeds ascending, pixels, majority."""
+        """Report order: pretrained, random seeds ascending, pixels, flow, majority."""
         return KINDS.index(self.kind), -1 if self.seed is None else self.seed
 
 
@@ -189,7 +197,9 @@ def evaluate_encoders(
     source, for the `ingested` view at every candidate grid, and (controls=True) the `shuffled`
     and `static` views at least at the grid `select_grid` picks. Pixels always take part in the
     grid choice (so the gate's features do not depend on `controls`); with controls=False the
-    pixel and view rows are neither fitted nor reported and `strength` is None.
+    pixel and view rows are neither fitted nor reported and `strength` is None. A `flow` source,
+    when present, is scored at the chosen grid like pixels (with the controls only) and takes no
+    part in the grid choice or the verdict.
     """
     overlap = shared_scenes(train.scenes, val.scenes)
     if overlap:
@@ -203,20 +213,20 @@ def evaluate_encoders(
 
     choice, heads = select_grid(
         task,
-        {(s.name, g): x for (s, view, g), x in train.features.items() if view == INGESTED},
-        {source.name: source.kind for source in sources},
+        {(s.name, g): x for (s, view, g), x in train.features.items() if view == INGESTED and s.kind != FLOW},
+        {source.name: source.kind for source in sources if source.kind != FLOW},
         train.targets,
         train.scenes,
     )
     grid = choice.grid
-    reported = [source for source in sources if controls or source.kind != PIXELS]
+    reported = [source for source in sources if controls or source.kind not in CONTROL_KINDS]
     views = (INGESTED, SHUFFLED, STATIC) if controls else (INGESTED,)
     rows: list[ProbeRow] = []
     for view in views:
         for source in reported:
             head: FittedHead = (
                 heads[source.name]
-                if view == INGESTED
+                if view == INGESTED and source.name in heads
                 else fit_head(task, train.features[(source, view, grid)], train.targets, train.scenes)
             )
             row = _score(

@@ -103,6 +103,10 @@ def grid_pool(tokens: torch.Tensor, grid: Grid) -> torch.Tensor:
 
 def temporal_pool(per_step: torch.Tensor) -> torch.Tensor:
     """(B, T', F) -> (B, 3F): [mean over time, second-half mean − first-half mean, mean |step|]."""
+    if per_step.shape[1] == 1:  # one step (the single frame pair of a 2-frame clip): nothing changes
+        return torch.cat(
+            [per_step[:, 0], torch.zeros_like(per_step[:, 0]), torch.zeros_like(per_step[:, 0])], dim=1
+        )
     half = per_step.shape[1] // 2
     change = per_step[:, half:].mean(dim=1) - per_step[:, :half].mean(dim=1)
     step = (per_step[:, 1:] - per_step[:, :-1]).abs().mean(dim=1)

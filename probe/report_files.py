@@ -193,8 +193,9 @@ def markdown(result: ProbeResult, report: dict) -> str:
         lines += _controls_markdown(result)
     lines += ["## Pooling grid (grouped-CV score on the training scenes)", ""]
     pooling = result.pooling
-    names = [row.source.name for row in result.rows if row.view == INGESTED and row.source.kind != MAJORITY]
-    names += sorted(set(next(iter(pooling.cv_scores.values()))) - set(names))  # pixels when controls are off
+    chosen_by = set(next(iter(pooling.cv_scores.values())))  # every source but flow (a reference only)
+    names = [row.source.name for row in result.rows if row.view == INGESTED and row.source.name in chosen_by]
+    names += sorted(chosen_by - set(names))  # pixels when controls are off
     lines += [
         markdown_table(
             ["grid", *names, "kind-balanced mean"],
@@ -244,8 +245,10 @@ def _controls_markdown(result: ProbeResult) -> list[str]:
         "## Controls",
         "",
         f"{metric} [95% CI] per view: `shuffled` = each clip's frames in a seeded random order, "
-        "`static` = frame 0 repeated; `pixels` = RGB thumbnails at the pooling grid, no encoder. "
-        "A drop is as ingested − the view (paired CI): how much of the score needs motion.",
+        "`static` = frame 0 repeated; `pixels` = RGB thumbnails at the pooling grid, no encoder; "
+        "`flow` = each encoder patch's displacement between consecutive frames by block matching "
+        "(probe/flow.py), no learning: what a classical motion estimate reads, a reference outside "
+        "the verdict. A drop is as ingested − the view (paired CI): how much of the score needs motion.",
         "",
         markdown_table(
             ["source", *VIEWS, "drop when shuffled", "drop when static"],

@@ -19,6 +19,7 @@ def planted_split(
     *,
     order_free: bool = False,
     pixel_signal: float = 0.0,
+    flow_signal: float | None = None,
     grids=((1, 1),),
     random_seeds: int = 3,
 ) -> Split:
@@ -26,7 +27,8 @@ def planted_split(
 
     pretrained: `signal` on the ingested view; on the shuffled view the same signal when
     `order_free`, none otherwise; none on the static view. Random encoders: noise everywhere.
-    Pixels: `pixel_signal` on the ingested and shuffled views, none on static. The class
+    Pixels: `pixel_signal` on the ingested and shuffled views, none on static. Flow (only when
+    `flow_signal` is given): that signal as ingested, none on the other views. The class
     directions are fixed (the same in train and val); the noise is fresh per (source, view, grid).
     """
     labels = CLASSES[rng.integers(0, 4, len(scenes) * clips_per_scene)]
@@ -37,6 +39,8 @@ def planted_split(
         Source.pixels(): {INGESTED: pixel_signal, SHUFFLED: pixel_signal, STATIC: 0.0},
     }
     strength.update({Source.random(seed): dict.fromkeys(VIEWS, 0.0) for seed in range(random_seeds)})
+    if flow_signal is not None:
+        strength[Source.flow()] = {INGESTED: flow_signal, SHUFFLED: 0.0, STATIC: 0.0}
     features = {
         (source, view, tuple(grid)): (
             by_view[view] * onehot @ directions + rng.normal(size=(len(labels), DIM))

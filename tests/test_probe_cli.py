@@ -120,15 +120,16 @@ def test_random_checkpoint_fails_the_gate_deterministically(shards, tmp_path):
     assert (tmp_path / "a" / "confusion.png").is_file() and "FAIL" in (
         tmp_path / "a" / "report.md"
     ).read_text()
-    # Controls are on by default: pixels and the two views for every source, per-class recall.
+    # Controls are on by default: pixels, flow and the two views for every source, per-class recall.
     assert report["strength"] == "none" and (tmp_path / "a" / "controls.png").is_file()
     rows = report["controls"]["rows"]
     assert {(row["kind"], row["view"]) for row in rows} == {
         (kind, view)
-        for kind in ("pretrained", "random", "pixels")
+        for kind in ("pretrained", "random", "pixels", "flow")
         for view in ("ingested", "shuffled", "static")
     }
-    assert len(rows) == 3 * (1 + 2 + 1) and all(
+    assert "flow" not in report["pooling"]["cv_scores"][next(iter(report["pooling"]["cv_scores"]))]
+    assert len(rows) == 3 * (1 + 2 + 1 + 1) and all(
         set(row["per_class_recall"]) == set(report["classes"]) for row in rows
     )
     assert [c["name"] for c in report["conditions"]] == ["beats_random", "beats_pixels", "needs_order"]
