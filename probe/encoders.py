@@ -39,9 +39,13 @@ def resolve_device(device: str) -> torch.device:
 
 
 def load_sources(
-    checkpoint: str, seeds: int, device: torch.device
+    checkpoint: str, seeds: int, device: torch.device, flow: bool = True
 ) -> tuple[dict[Source, object], object, Path]:
-    """(Source -> model on `device` in eval mode, PIXELS or FlowSource; the checkpoint's TrainConfig; its step folder)."""
+    """(Source -> model on `device` in eval mode, PIXELS or FlowSource; the checkpoint's TrainConfig; its step folder).
+
+    Pixels are always included (they take part in the grid choice); flow only when `flow` (the
+    controls report it, nothing else uses it).
+    """
     pretrained, config, folder = load_for_eval(checkpoint, device=device)
     sources: dict[Source, object] = {Source.pretrained(): pretrained}
     for seed in range(seeds):
@@ -50,7 +54,8 @@ def load_sources(
     for model in sources.values():
         model.eval()
     sources[Source.pixels()] = PIXELS
-    sources[Source.flow()] = FlowSource(config.model.patch_size)
+    if flow:
+        sources[Source.flow()] = FlowSource(config.model.patch_size)
     return sources, config, folder
 
 

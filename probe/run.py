@@ -54,7 +54,7 @@ class ProbeConfig:
     seed: int = 0
     """Seed of the bootstrap resampling and of the shuffled view's frame permutations."""
     controls: bool = True
-    """Add the pixels baseline, the shuffled and static views and `strength` to the report."""
+    """Add the pixels baseline, the flow reference, the shuffled and static views and `strength` to the report."""
 
 
 def load_split_metadata(spec: str, max_clips: int | None) -> tuple[list[str], list[dict]]:
@@ -94,7 +94,9 @@ def run_probe(config: ProbeConfig) -> ProbeResult:
         )
 
     device = resolve_device(config.device)
-    sources, train_config, step_folder = load_sources(str(config.checkpoint), config.seeds, device)
+    sources, train_config, step_folder = load_sources(
+        str(config.checkpoint), config.seeds, device, flow=config.controls
+    )
     model_config = train_config.model
     check_clip_shape(model_config, train_metas + val_metas)
     pretrained = next(model for source, model in sources.items() if source.kind == PRETRAINED)
