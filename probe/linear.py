@@ -50,7 +50,9 @@ class RowSpace(TransformerMixin, BaseEstimator):
     fit(X (N, F)) keeps V (F, r), r <= N, the directions of the rows: from the eigenvectors U and
     eigenvalues s² of the Gram matrix X Xᵀ (N x N, far cheaper than an SVD of X when F >> N),
     V = Xᵀ U / s for the eigenvalues above RANK_TOLERANCE x the largest. transform(X' (M, F)) ->
-    X' V (M, r). With F <= N it is the identity.
+    X' V (M, r). With F <= N it is the identity. Rows that are all zero (a constant feature set
+    after standardization, e.g. `flow` on the static view) span nothing: V is then one zero
+    column, so the head still fits and predicts from its intercept alone.
     """
 
     RANK_TOLERANCE = 1e-10
@@ -60,7 +62,10 @@ class RowSpace(TransformerMixin, BaseEstimator):
         self.basis_ = None
         if features.shape[1] > features.shape[0]:
             eigenvalues, vectors = np.linalg.eigh(features @ features.T)
-            keep = eigenvalues > eigenvalues[-1] * self.RANK_TOLERANCE
+            keep = eigenvalues > max(eigenvalues[-1], 0.0) * self.RANK_TOLERANCE
+            if not keep.any():
+                self.basis_ = np.zeros((features.shape[1], 1))
+                return self
             self.basis_ = features.T @ (vectors[:, keep] / np.sqrt(eigenvalues[keep]))
         return self
 

@@ -22,6 +22,7 @@ from probe.features import (
     temporal_pool,
 )
 from probe.gate import FAIL, NONE, PASS, STRONG, WEAK, Verdict, compare, strength
+from probe.linear import fit_head, predict
 from probe.pooling import candidate_grids
 from probe.tasks import make_task
 from tests._probe_helpers import planted_split
@@ -177,3 +178,12 @@ def test_row_space_projection_is_exact_for_l2_heads():
     projected = Ridge(alpha=3.0).fit(span.transform(train), y).predict(span.transform(test))
     np.testing.assert_allclose(projected, full, atol=1e-8)
     assert RowSpace().fit(train[:, :20]).transform(test[:, :20]).shape == (10, 20)  # F <= N: identity
+
+
+def test_a_constant_feature_set_still_gets_a_head():
+    """All-zero standardized features with F > N (flow on the static view of few clips): intercept only."""
+    task = make_task("speed")
+    features = np.zeros((6, 40), np.float32)
+    speeds, scenes = np.arange(6, dtype=float), np.repeat(["a", "b", "c"], 2)
+    head = fit_head(task, features, speeds, scenes)
+    np.testing.assert_allclose(predict(head, np.ones((2, 40))), speeds.mean())
