@@ -10,7 +10,7 @@ import numpy as np
 
 from ingest.atomic import ensure_dir, write_atomic
 from ingest.report_format import dumps_json, fmt, fmt_ci, markdown_table
-from probe.evaluate import MAJORITY, ProbeResult, ProbeRow, Source
+from probe.evaluate import FLOW, MAJORITY, ProbeResult, ProbeRow, Source
 from probe.features import INGESTED, VIEWS
 from probe.gate import Comparison
 from probe.plots import plot_confusions, plot_controls, plot_speed
@@ -183,7 +183,13 @@ def markdown(result: ProbeResult, report: dict) -> str:
         markdown_table(
             ["source", *columns, f"95% CI of {metric}", "regularization"],
             [
-                [row.source.name, *(row.metrics[c] for c in columns), fmt_ci(row.ci), row.regularization]
+                [
+                    row.source.name
+                    + (" (reference, outside the verdict)" if row.source.kind == FLOW else ""),
+                    *(row.metrics[c] for c in columns),
+                    fmt_ci(row.ci),
+                    row.regularization,
+                ]
                 for row in ingested
             ],
         ),
