@@ -262,6 +262,7 @@ def tiny() -> TrainConfig:
     | the same on every token, 50% masking (training-scene CV 0.876: fits the 22 scenes) | 0.672      |
     | the same with random horizontal flips of the clips                          | 0.780             |
     | this preset with random horizontal flips                                    | 0.688             |
+    | targets: high-pass grey patches / Sobel gradients (edge targets, as MaskFeat's HOG) | 0.692 / 0.691 |
     | no learning: block-matching displacements, mvm-probe's `flow` (probe/flow.py) | 0.958           |
 
     The frames carry the label plainly (a left or right turn moves the picture about 2 px per frame
