@@ -28,6 +28,8 @@ MLP ratio r, stem channels C:
     decoder embed:        2 V d D
     decoder (L tokens):   decoder_depth [L (8 D^2 + 4 r D^2) + 4 L^2 D]
     head (L tokens):      2 L D 3 k p^2
+or, with camera-motion prediction (train/motion.py; the warp is not a matmul), instead of the last three:
+    motion head:          2 (3 (V / (T' - h)) d) (3 h k)          (h hidden token steps)
 tests/test_bench_gpu.py checks it against torch.utils.flop_counter on the real model.
 """
 
@@ -50,7 +52,7 @@ from ingest.atomic import ensure_dir, write_atomic
 from ingest.report_format import dumps_json
 from train.config import ModelConfig, TrainConfig, apply_overrides, preset
 from train.engine import build_optimizer, train_step, wrap_model
-from train.model import build_model, make_mask, mask_units, token_steps
+from train.model import build_model, future_steps, make_mask, mask_units, token_steps
 
 SIZE, CLIP_LEN = (144, 256), 8
 RESULTS_JSON = Path(__file__).resolve().parent / "results-gpu.json"
@@ -80,6 +82,9 @@ def forward_flops(cfg: ModelConfig) -> float:
     d, dd, r, c, half = cfg.embed_dim, cfg.decoder_dim, cfg.mlp_ratio, cfg.stem_channels, (p // 2) ** 2
     stem = visible * (2 * half * c * 27 * k + 2 * d * c * half)
     encoder = cfg.depth * (visible * (8 * d * d + 4 * r * d * d) + 4 * visible * visible * d)
+    if cfg.prediction == "camera-motion":
+        hidden = future_steps(steps, cfg.mask_ratio)
+        return float(stem + encoder + 2 * (3 * visible // (steps - hidden) * d) * (3 * hidden * k))
     decoder = cfg.decoder_depth * (tokens * (8 * dd * dd + 4 * r * dd * dd) + 4 * tokens * tokens * dd)
     return float(stem + encoder + 2 * visible * d * dd + decoder + 2 * tokens * dd * 3 * k * p * p)
 

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from train.data import to_video
+from train.motion import temporal_pool
 
 INGESTED, SHUFFLED, STATIC = "ingested", "shuffled", "static"
 VIEWS = (INGESTED, SHUFFLED, STATIC)
@@ -99,18 +100,6 @@ def grid_pool(tokens: torch.Tensor, grid: Grid) -> torch.Tensor:
     maps = tokens.reshape(batch * steps, rows, cols, dim).permute(0, 3, 1, 2)
     cells = F.adaptive_avg_pool2d(maps, grid)  # (B * T', d, gh, gw)
     return cells.permute(0, 2, 3, 1).reshape(batch, steps, -1)
-
-
-def temporal_pool(per_step: torch.Tensor) -> torch.Tensor:
-    """(B, T', F) -> (B, 3F): [mean over time, second-half mean − first-half mean, mean |step|]."""
-    if per_step.shape[1] == 1:  # one step (the single frame pair of a 2-frame clip): nothing changes
-        return torch.cat(
-            [per_step[:, 0], torch.zeros_like(per_step[:, 0]), torch.zeros_like(per_step[:, 0])], dim=1
-        )
-    half = per_step.shape[1] // 2
-    change = per_step[:, half:].mean(dim=1) - per_step[:, :half].mean(dim=1)
-    step = (per_step[:, 1:] - per_step[:, :-1]).abs().mean(dim=1)
-    return torch.cat([per_step.mean(dim=1), change, step], dim=1)
 
 
 def pool(tokens: torch.Tensor, grid: Grid) -> torch.Tensor:

@@ -28,14 +28,18 @@ def small_config(mask_type: str = "random", **data):
         tiny(),
         {"model": {"clip_len": 4, "image_size": [32, 64], "embed_dim": 32, "depth": 2, "num_heads": 2,
                    "decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2, "stem_channels": 8,
-                   "mask_type": mask_type},
+                   "mask_type": mask_type, "prediction": "camera-motion" if mask_type == "future" else "pixels"},
          "data": {"batch_size": 2, "workers": 0, **data}},
     )  # fmt: skip
 
 
-@pytest.mark.parametrize(("mask_type", "token_frames"), [("random", 1), ("tube", 1), ("random", 2)])
-def test_forward_flops_formula_matches_torch_flop_counter(mask_type, token_frames):
-    cfg = apply_overrides(small_config(mask_type), {"model": {"token_frames": token_frames}}).model
+@pytest.mark.parametrize(
+    ("mask_type", "token_frames", "prediction"),
+    [("random", 1, "pixels"), ("tube", 1, "pixels"), ("random", 2, "pixels"), ("future", 2, "camera-motion")],
+)
+def test_forward_flops_formula_matches_torch_flop_counter(mask_type, token_frames, prediction):
+    model_cfg = {"token_frames": token_frames, "prediction": prediction}
+    cfg = apply_overrides(small_config(mask_type), {"model": model_cfg}).model
     model = build_model(cfg)
     video = torch.rand(2, cfg.clip_len, 3, *cfg.image_size)
     ids_keep, mask = make_mask(2, model.token_steps, model.patches_per_frame, cfg.mask_ratio, cfg.mask_type,

@@ -287,7 +287,8 @@ def test_bad_data_gives_clear_errors(shard_dir, tmp_path):
         (["--model", "huge"], "huge"),
         (["--probe-every", "5"], "needs probe_shards"),
         (["--token-frames", "3"], "must divide the clip length"),
-        (["--mask-type", "tubelet", "--mask-tubelet", "3"], "must divide the"),
+        (["--mask-type", "tubelet", "--mask-tubelet", "3", "--prediction", "pixels"], "must divide the"),
+        (["--model", "tiny", "--mask-type", "tube"], "camera-motion needs model.mask_type future"),
     ],
 )
 def test_bad_options_are_usage_errors_without_traceback(shard_dir, tmp_path, args, message):

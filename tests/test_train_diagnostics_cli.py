@@ -18,7 +18,7 @@ def test_logged_diagnostics_and_a_firing_collapse_warning(tmp_path):
     config = tiny_config(tmp_path / "c.json", collapse_rankme=1e9, viz_every=4, log_every=2)
     result = run_train(
         ["--shards", str(train), "--out", str(tmp_path / "run"), "--model", "tiny", "--config", str(config),
-         "--steps", "4", "--device", "cpu", "--mask-type", "tubelet", "--viz-shards", str(val)]
+         "--steps", "4", "--device", "cpu", "--mask-type", "tubelet", "--prediction", "pixels", "--viz-shards", str(val)]
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "encoder collapse?" in result.stderr and "effective rank" in result.stderr

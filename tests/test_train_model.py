@@ -15,6 +15,7 @@ from train.model import (
     PIXEL_MEAN,
     PIXEL_STD,
     build_model,
+    future_steps,
     make_mask,
     masked_mse,
     patchify,
@@ -66,8 +67,13 @@ def test_mask_invariants(kind, ratio):
         assert torch.equal(kept, kept.sort().values) and len(set(kept.tolist())) == len(kept)
         assert torch.equal(~mask[clip], torch.zeros(tokens, dtype=torch.bool).index_fill(0, kept, True))
     masked_share = mask.float().mean().item()
-    assert abs(masked_share - ratio) < 0.05
     per_frame_masks = mask.reshape(3, frames, per_frame)
+    if kind == "future":  # whole last steps, the same in every clip, no randomness
+        hidden = future_steps(frames, ratio)
+        assert masked_share == hidden / frames and 1 <= hidden < frames
+        assert per_frame_masks[:, -hidden:].all() and not per_frame_masks[:, :-hidden].any()
+        return
+    assert abs(masked_share - ratio) < 0.05
     if kind == "tube":
         assert torch.equal(per_frame_masks, per_frame_masks[:, :1].expand_as(per_frame_masks))
     if kind == "tubelet":  # frames 2k and 2k+1 share their mask; consecutive tubelets differ

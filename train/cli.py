@@ -46,7 +46,7 @@ from train.data import ShardError, clip_shape, resolve_shards
 EXIT_FAILURE, EXIT_USAGE = 1, 2
 OPTIONS = (
     "data.shards", "steps", "data.batch_size", "data.repeat_aug", "data.workers", "model.mask_ratio", "model.mask_type", "model.mask_tubelet",
-    "model.token_frames", "model.pos_embed", "model.norm_pix_loss", "optim.lr", "seed", "device", "precision", "compile", "data.decoder",
+    "model.prediction", "model.token_frames", "model.pos_embed", "model.norm_pix_loss", "optim.lr", "seed", "device", "precision", "compile", "data.decoder",
     "data.on_bad_sample", "log_every", "viz_every", "viz_shards", "ckpt_every", "keep_ckpts", "max_nonfinite",
     "probe_every", "probe_shards", "probe_clips",
 )  # fmt: skip

@@ -26,6 +26,8 @@ from ingest.shards import PATCH_SIZE
 
 DECODERS = ("auto", "pyav-i420", "pyav", "decord", "torchcodec")
 """DataConfig.decoder values (train/data.py: hands_over_i420, rgb_decoder)."""
+PREDICTIONS = ("pixels", "camera-motion")
+"""ModelConfig.prediction values (train/model.py, train/motion.py)."""
 
 
 @dataclass
@@ -60,11 +62,17 @@ class ModelConfig:
     """Hidden width of each block's MLP relative to the token width."""
     mask_type: str = "tube"
     """"tube": the same spatial patches masked in every frame (VideoMAE); "tubelet": the same patch masked
-    through `mask_tubelet` consecutive frames; "random": independent per space-time patch."""
+    through `mask_tubelet` consecutive frames; "random": independent per space-time patch; "future":
+    the last round(mask_ratio x token time steps) whole time steps (at least one, never all)."""
     mask_tubelet: int = 2
     """Token time steps per masking unit when mask_type is "tubelet" (must divide clip_len / token_frames)."""
     mask_ratio: float = 0.9
     """Share of tokens hidden from the encoder."""
+    prediction: str = "pixels"
+    """How hidden patches are predicted. "pixels": MAE's light transformer decoder predicts each hidden
+    patch's pixels. "camera-motion" (needs mask_type "future" and norm_pix_loss off): the hidden frames
+    are the last visible frame warped by a camera motion (translation and expansion per frame) that
+    one linear layer reads from the visible tokens; the decoder_* fields are then unused (train/motion.py)."""
     norm_pix_loss: bool = True
     """Normalize each target patch by its own mean/std before the MSE (MAE's per-patch normalized targets)."""
     input_norm: bool = True
@@ -175,13 +183,36 @@ class TrainConfig:
 
 
 def tiny() -> TrainConfig:
-    """CPU demos and tests: a 4-block d=128 encoder on 2-frame tokens, sine-cosine positions, raw-pixel targets, random 0.9 masking.
+    """CPU demos and tests: a 4-block d=128 encoder on 2-frame tokens, sine-cosine positions, the last of 4
+    token steps hidden and predicted as the last visible frame moved by a camera motion (train/motion.py).
+
+    Round 6 (this preset; dev5 protocol A below: pre-training and heads on 22 scenes, scores on 1440
+    clips of 74 other scenes; pixels 0.744, random encoders 0.718 / 0.733 / 0.716):
+
+    | prediction of the hidden frames (1000 steps, development loop)                 | balanced accuracy |
+    |---------------------------------------------------------------------------------|-------------------|
+    | the last visible frame warped by a camera motion from one linear layer on every  | **0.902** (model seed 1: 0.905) |
+    | visible token's temporal summary (this preset)                                    |                   |
+    | the same, a 5x5 box blur on both sides of the loss                               | 0.923             |
+    | the same (blurred) with random horizontal flips                                  | 0.894             |
+    | the camera motion read by a linear layer from the mean visible token             | 0.550 (42 of 84 past tokens visible: 0.666) |
+    | a flow field per hidden token from the transformer decoder (21 / 84 past tokens visible) | 0.678 / 0.701 |
+    | pixel targets minus copying the nearest visible step (the motion residual)       | 0.727 (1 step hidden) / 0.579 (2) |
+    | displacement targets with flips and time reversal (hidden / all tokens)          | 0.652 / 0.641     |
+
+    The flow-field decoder learned one mean field for every clip (the same predicted displacement for
+    left, right, straight and stopped clips): the loss fell without any motion read from the visible
+    tokens. Three numbers per frame, read linearly from each token's change over time, make reading
+    the motion the easy way to lower the loss. Flips do not help; the blur's +0.02 is within what
+    two model seeds differ by, so the preset keeps the plain masked-patch MSE. (The development
+    loop measured the expansion per 10 px from the centre; the preset's unit is the patch, 16 px.)
+    Encoder cost: 84 of 112 tokens visible instead of 11, about NNN of the old step rate here.
 
     Tuning hygiene (issue 10.7): settings were compared only on development dataroots made with
     `mvm-synth --seed 1` (the demo uses seed 0), 160 frames per scene, 480 px, ingested at 64x112,
     T=8; `mvm-train` then `mvm-probe` with its controls. The demo's scenes were never looked at.
 
-    Round 3 (this preset). dev2 = 16 scenes (216 training clips, 98 validation clips in 5 scenes);
+    Round 3 (the preset of rounds 3-5: random 0.9 masking, a d=96 2-block pixel decoder). dev2 = 16 scenes (216 training clips, 98 validation clips in 5 scenes);
     dev3 = 32 scenes (432 / 196 in 10 scenes). Balanced accuracy on the validation scenes, best of
     3 random encoders of the same settings, pixels baseline 0.781 (dev2) / 0.775 (dev3):
 
@@ -288,13 +319,11 @@ def tiny() -> TrainConfig:
             embed_dim=128,
             depth=4,
             num_heads=4,
-            decoder_dim=96,
-            decoder_depth=2,
-            decoder_heads=4,
             token_frames=2,
             pos_embed="sincos",
-            mask_type="random",
-            mask_ratio=0.9,
+            mask_type="future",
+            mask_ratio=0.25,
+            prediction="camera-motion",
             norm_pix_loss=False,
         ),
         data=DataConfig(batch_size=16, workers=1, shuffle_buffer=64),
@@ -435,7 +464,8 @@ BOUNDS: dict[str, tuple[float | None, float | None, bool]] = {
 CHOICES: dict[str, tuple[str, ...]] = {
     "device": ("auto", "cpu", "cuda"),
     "precision": ("auto", "bf16", "fp32"),
-    "model.mask_type": ("tube", "tubelet", "random"),
+    "model.mask_type": ("tube", "tubelet", "random", "future"),
+    "model.prediction": PREDICTIONS,
     "model.pos_embed": ("learned", "sincos"),
     "data.decoder": DECODERS,
     "data.on_bad_sample": ("error", "skip"),
@@ -482,6 +512,13 @@ def validate(config: TrainConfig) -> None:
         raise ValueError(
             f"data.batch_size {config.data.batch_size} must be a multiple of data.repeat_aug {config.data.repeat_aug}"
         )
+    if config.model.prediction == "camera-motion" and (
+        config.model.mask_type != "future" or config.model.norm_pix_loss
+    ):
+        raise ValueError(
+            "model.prediction camera-motion needs model.mask_type future and model.norm_pix_loss off "
+            "(for other masks use --prediction pixels)"
+        )
     if config.probe_every > 0 and not config.probe_shards:
         raise ValueError("probe_every > 0 needs probe_shards (--probe-shards)")
     model = config.model
@@ -491,6 +528,10 @@ def validate(config: TrainConfig) -> None:
                 f"model.token_frames {model.token_frames} must divide the clip length {model.clip_len}"
             )
         steps = model.clip_len // model.token_frames
+        if model.mask_type == "future" and steps < 2:
+            raise ValueError(
+                f"model.mask_type future needs at least 2 token time steps, the clip has {steps}"
+            )
         if model.mask_type == "tubelet" and steps % model.mask_tubelet:
             raise ValueError(
                 f"model.mask_tubelet {model.mask_tubelet} must divide the {steps} token time steps of a clip "

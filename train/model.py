@@ -1,5 +1,8 @@
 """Masked video model: patch-local CNN embedding, space-time transformer encoder on visible
-tokens, light transformer decoder with mask tokens, MSE on masked patches.
+tokens, a light decoder, MSE on masked patches. Two decoders (cfg.prediction): "pixels", MAE's
+light transformer with mask tokens that predicts each hidden patch's pixels; "camera-motion", the
+hidden last frames as the last visible frame moved by a camera motion read from the visible tokens
+(train/motion.py).
 
 Tokens: one per (time step, spatial patch), ordered time-major: token l = t * N + n with
 N = (H / p) * (W / p) patches per frame and L = T' * N tokens per clip. A token covers
@@ -17,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from train.config import ModelConfig
+from train.config import PREDICTIONS, ModelConfig
+from train.motion import CameraMotionHead, camera_flow, warp
 
 
 def patchify(video: torch.Tensor, patch_size: int, token_frames: int = 1) -> torch.Tensor:
@@ -56,9 +60,15 @@ def token_steps(cfg: ModelConfig) -> int:
     return cfg.clip_len // cfg.token_frames
 
 
-MASK_TYPES = ("tube", "tubelet", "random")
+MASK_TYPES = ("tube", "tubelet", "random", "future")
 """Masking units, counted in token time steps: tube = one spatial patch through all T' steps
-(VideoMAE); tubelet = one spatial patch through `tubelet` consecutive steps; random = one token."""
+(VideoMAE); tubelet = one spatial patch through `tubelet` consecutive steps; random = one token;
+future = the last `future_steps` whole time steps (predict what comes next; the same for every clip)."""
+
+
+def future_steps(steps: int, ratio: float) -> int:
+    """Token time steps the `future` mask hides: round(steps * ratio), at least 1 and at most steps - 1."""
+    return min(steps - 1, max(1, round(steps * ratio)))
 
 
 def mask_units(
@@ -67,10 +77,15 @@ def mask_units(
     """(block, units, kept units) of a mask over `steps` = T token time steps: units of `block`
     consecutive steps at one position (block = T for tube, `tubelet` for tubelet, 1 for random),
     U = (T / block) * N of them, of which round(U * (1 - ratio)) are kept (at least one kept and
-    one masked). Visible tokens = kept * block.
+    one masked). Visible tokens = kept * block. future: units are tokens; the first
+    T - future_steps(T, ratio) time steps are kept.
     """
     if kind not in MASK_TYPES:
         raise ValueError(f"unknown mask type {kind!r}; use one of {', '.join(MASK_TYPES)}")
+    if kind == "future":
+        if steps < 2:
+            raise ValueError("the future mask needs at least 2 token time steps")
+        return 1, steps * patches_per_frame, (steps - future_steps(steps, ratio)) * patches_per_frame
     block = {"tube": steps, "tubelet": tubelet, "random": 1}[kind]
     if block < 1 or steps % block:
         raise ValueError(f"{steps} token time steps are not divisible by the tubelet length {block}")
@@ -94,9 +109,14 @@ def make_mask(
     consecutive time steps at one spatial position (block = T for tube, `tubelet` for tubelet,
     1 for random): round(U * (1 - ratio)) of the U = (T / block) * N units are kept, so every clip
     keeps the same number of tokens (the batch stays rectangular). At least one unit is always
-    kept and one masked.
+    kept and one masked. future: the last future_steps(T, ratio) time steps masked in every clip.
     """
     block, units, keep = mask_units(steps, patches_per_frame, ratio, kind, tubelet)
+    if kind == "future":  # no randomness: the first `keep` tokens (whole time steps) are visible
+        ids_keep = torch.arange(keep).expand(batch, -1).contiguous()
+        mask = torch.ones(batch, units, dtype=torch.bool)
+        mask[:, :keep] = False
+        return ids_keep, mask
     kept_units = torch.rand(batch, units, generator=generator).argsort(dim=1)[:, :keep]  # (B, K)
     # unit u = time block tb * N + position n covers tokens (tb * block + j) * N + n, j < block
     first_token = (
@@ -216,26 +236,49 @@ class MaskedVideoModel(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.decoder_dim))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
         rows, cols = height // cfg.patch_size, width // cfg.patch_size
+        self.grid = (rows, cols)
+        if cfg.prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {cfg.prediction!r}; use one of {', '.join(PREDICTIONS)}")
+        self.camera_motion = cfg.prediction == "camera-motion"
+        if self.camera_motion and (cfg.mask_type != "future" or cfg.norm_pix_loss):
+            raise ValueError(
+                "camera-motion prediction needs mask_type future and raw-pixel targets (norm_pix_loss off)"
+            )
+        transformer = not self.camera_motion  # MAE's light decoder: mask tokens, position codes, blocks
+        if transformer:
+            self.decoder_embed = nn.Linear(cfg.embed_dim, cfg.decoder_dim)
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.decoder_dim))
+            nn.init.trunc_normal_(self.mask_token, std=0.02)
         if cfg.pos_embed == "learned":
             self.space_pos = nn.Parameter(torch.zeros(1, 1, self.patches_per_frame, cfg.embed_dim))
             self.time_pos = nn.Parameter(torch.zeros(1, self.token_steps, 1, cfg.embed_dim))
-            self.decoder_space_pos = nn.Parameter(torch.zeros(1, 1, self.patches_per_frame, cfg.decoder_dim))
-            self.decoder_time_pos = nn.Parameter(torch.zeros(1, self.token_steps, 1, cfg.decoder_dim))
-            for param in (self.space_pos, self.time_pos, self.decoder_space_pos, self.decoder_time_pos):
+            learned = [self.space_pos, self.time_pos]
+            if transformer:
+                self.decoder_space_pos = nn.Parameter(
+                    torch.zeros(1, 1, self.patches_per_frame, cfg.decoder_dim)
+                )
+                self.decoder_time_pos = nn.Parameter(torch.zeros(1, self.token_steps, 1, cfg.decoder_dim))
+                learned += [self.decoder_space_pos, self.decoder_time_pos]
+            for param in learned:
                 nn.init.trunc_normal_(param, std=0.02)
         elif cfg.pos_embed == "sincos":
             # Fixed codes are not learned state: kept out of the state dict (persistent=False).
             encoder_codes = sincos_3d(cfg.embed_dim, self.token_steps, rows, cols)
-            decoder_codes = sincos_3d(cfg.decoder_dim, self.token_steps, rows, cols)
             self.register_buffer("fixed_pos", encoder_codes.reshape(1, -1, cfg.embed_dim), persistent=False)
-            self.register_buffer(
-                "decoder_fixed_pos", decoder_codes.reshape(1, -1, cfg.decoder_dim), persistent=False
-            )
+            if transformer:
+                decoder_codes = sincos_3d(cfg.decoder_dim, self.token_steps, rows, cols)
+                self.register_buffer(
+                    "decoder_fixed_pos", decoder_codes.reshape(1, -1, cfg.decoder_dim), persistent=False
+                )
         else:
             raise ValueError(f"unknown pos_embed {cfg.pos_embed!r}; use learned or sincos")
-        self.decoder = _blocks(cfg.decoder_dim, cfg.decoder_depth, cfg.decoder_heads, cfg.mlp_ratio)
-        self.decoder_norm = nn.LayerNorm(cfg.decoder_dim)
-        self.head = nn.Linear(cfg.decoder_dim, patch_dim)
+        if transformer:
+            self.decoder = _blocks(cfg.decoder_dim, cfg.decoder_depth, cfg.decoder_heads, cfg.mlp_ratio)
+            self.decoder_norm = nn.LayerNorm(cfg.decoder_dim)
+            self.head = nn.Linear(cfg.decoder_dim, patch_dim)
+        else:
+            hidden_frames = future_steps(self.token_steps, cfg.mask_ratio) * cfg.token_frames
+            self.motion_head = CameraMotionHead(cfg.embed_dim, rows, cols, hidden_frames)
 
     def position(self, decoder: bool = False) -> torch.Tensor:
         """(1, L, d) position embedding of every token (d = embed_dim, or decoder_dim for the decoder)."""
@@ -269,6 +312,21 @@ class MaskedVideoModel(nn.Module):
         full = full + self.position(decoder=True)
         return self.head(self.decoder_norm(self.decoder(full)))
 
+    def move_last_visible_frame(self, video: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+        """Camera-motion decoder (train/motion.py): the hidden frames as the last visible frame warped.
+
+        video (B, T, 3, H, W); latent (B, L_vis, d) of the `future` mask's visible tokens (the first
+        T_vis time steps, in order) -> pred (B, L, k * p * p * 3): the input on visible tokens, the
+        warped frame on hidden ones.
+        """
+        batch, k = video.shape[0], self.cfg.token_frames
+        visible_steps = latent.shape[1] // self.patches_per_frame
+        params = self.motion_head(latent.reshape(batch, visible_steps, *self.grid, -1))  # (B, F, 3)
+        last = video[:, visible_steps * k - 1]  # (B, 3, H, W)
+        moved = warp(last, camera_flow(params.float(), self.cfg.image_size, self.cfg.patch_size))
+        frames = torch.cat([video[:, : visible_steps * k], moved.to(video.dtype)], dim=1)
+        return patchify(frames, self.cfg.patch_size, k)
+
     def forward(
         self, video: torch.Tensor, ids_keep: torch.Tensor, mask: torch.Tensor
     ) -> dict[str, torch.Tensor]:
@@ -280,7 +338,10 @@ class MaskedVideoModel(nn.Module):
         """
         patches = patchify(video, self.cfg.patch_size, self.cfg.token_frames)
         latent = self.encode(patches, ids_keep)
-        pred = self.decode(latent, ids_keep)
+        if self.camera_motion:
+            pred = self.move_last_visible_frame(video, latent)
+        else:
+            pred = self.decode(latent, ids_keep)
         target = normalize_patches(patches) if self.cfg.norm_pix_loss else patches
         return {"loss": masked_mse(pred, target, mask), "pred": pred, "pooled": latent.float().mean(dim=1)}
 

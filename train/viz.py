@@ -268,6 +268,12 @@ def render(
             f"hidden information. Fixed validation clips and masks, eval mode; {cfg.mask_type} mask "
             f"{cfg.mask_ratio:.0%}."
         )
+    elif cfg.prediction == "camera-motion":
+        caption = (
+            "the hidden last frames predicted as the last visible frame moved by a camera motion read from the "
+            "visible tokens (train/motion.py);\nraw pixels, shown as is. Fixed validation clips, eval mode; "
+            f"{cfg.mask_type} mask {cfg.mask_ratio:.0%}."
+        )
     else:
         caption = f"raw pixel targets, prediction shown as is. Fixed validation clips and masks, eval mode; {cfg.mask_type} mask {cfg.mask_ratio:.0%}."
     image = compose(rows, f"step {step}: masked-video reconstruction", caption, ERROR_MAX[cfg.norm_pix_loss])

@@ -1,0 +1,101 @@
+"""Camera-motion decoder: the hidden last frames are the last visible frame, moved.
+
+With `decoder = "camera-motion"` (and the `future` mask: the last token step hidden), the model
+predicts each hidden frame by warping the last visible frame with a flow field of three numbers per
+hidden frame, read from the visible tokens:
+
+    flow(x, y) = (tx, ty) + s * ((x, y) - centre) / patch_size          (pixels)
+
+a translation (what turning and pitching the camera does to the picture) plus an expansion about
+the frame centre (what driving forward does), the camera model of view-synthesis self-supervision
+(SfMLearner). The loss is unchanged: MSE on the hidden patches' raw pixels. Zero motion is copying
+the last visible frame, so training starts at that copy and every gain is motion read from the
+visible frames.
+
+Why (issue 10, measured on development data, train/config.py `tiny()`): with a transformer decoder
+that predicts hidden pixels, the loss falls by predicting each patch's colour from its context,
+and at CPU-demo scale the encoder's features carry no more ego motion than a random encoder's.
+A decoder that can only move the last visible frame leaves motion as the one thing to learn.
+
+The head reads the visible tokens through `temporal_pool` (per token: mean over time, second-half
+minus first-half mean, mean |step|: the summary the probe also pools with, probe/features.py) and
+one linear layer, initialised at zero.
+
+    head = CameraMotionHead(embed_dim=128, rows=4, cols=7, hidden_frames=2)
+    params = head(tokens)                                  # (B, 2, 3): tx, ty, s per hidden frame
+    frames = warp(last_frame, camera_flow(params, (64, 112), patch_size=16))   # (B, 2, 3, 64, 112)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MOTION_PARAMS = 3
+"""Per hidden frame: translation tx, ty (pixels) and expansion rate s (pixels per patch of distance from the centre)."""
+
+
+def temporal_pool(per_step: torch.Tensor) -> torch.Tensor:
+    """(B, T', F) -> (B, 3F): [mean over time, second-half mean − first-half mean, mean |step|]."""
+    if per_step.shape[1] == 1:  # one step (the single frame pair of a 2-frame clip): nothing changes
+        return torch.cat(
+            [per_step[:, 0], torch.zeros_like(per_step[:, 0]), torch.zeros_like(per_step[:, 0])], dim=1
+        )
+    half = per_step.shape[1] // 2
+    change = per_step[:, half:].mean(dim=1) - per_step[:, :half].mean(dim=1)
+    step = (per_step[:, 1:] - per_step[:, :-1]).abs().mean(dim=1)
+    return torch.cat([per_step.mean(dim=1), change, step], dim=1)
+
+
+def camera_flow(params: torch.Tensor, size: tuple[int, int], patch_size: int) -> torch.Tensor:
+    """params (B, F, 3) [tx, ty, s] -> flow (B, F, 2, H, W) in pixels: (tx, ty) + s * (pixel − centre) / patch_size."""
+    height, width = size
+    ys = torch.arange(height, device=params.device, dtype=params.dtype) + 0.5 - height / 2
+    xs = torch.arange(width, device=params.device, dtype=params.dtype) + 0.5 - width / 2
+    tx, ty, rate = (params[..., i, None, None] for i in range(MOTION_PARAMS))  # (B, F, 1, 1) each
+    flow_x = tx + rate * xs.view(1, 1, 1, width) / patch_size
+    flow_y = ty + rate * ys.view(1, 1, height, 1) / patch_size
+    return torch.stack([flow_x.expand(-1, -1, height, width), flow_y.expand(-1, -1, height, width)], dim=2)
+
+
+def warp(source: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """source (B, 3, H, W), flow (B, F, 2, H, W) -> (B, F, 3, H, W): frame f at pixel p is source at p + flow_f(p).
+
+    Bilinear sampling, edge pixels repeated outside the frame; zero flow returns the source exactly.
+    """
+    batch, frames, _, height, width = flow.shape
+    ys, xs = torch.meshgrid(
+        torch.arange(height, device=flow.device, dtype=flow.dtype) + 0.5,
+        torch.arange(width, device=flow.device, dtype=flow.dtype) + 0.5,
+        indexing="ij",
+    )
+    # grid_sample's normalized coordinates (align_corners=False): -1 and 1 are the outer pixel edges
+    grid_x = (xs + flow[:, :, 0]) / width * 2 - 1
+    grid_y = (ys + flow[:, :, 1]) / height * 2 - 1
+    grid = torch.stack([grid_x, grid_y], dim=-1).reshape(batch * frames, height, width, 2)
+    repeated = source.unsqueeze(1).expand(-1, frames, -1, -1, -1).reshape(batch * frames, *source.shape[1:])
+    out = F.grid_sample(
+        repeated, grid.to(source.dtype), mode="bilinear", padding_mode="border", align_corners=False
+    )
+    return out.reshape(batch, frames, *source.shape[1:])
+
+
+class CameraMotionHead(nn.Module):
+    """Visible token grid (B, T_vis, R, C, d) -> camera motion (B, hidden_frames, 3) [tx, ty, s].
+
+    One linear layer on every token's temporal summary (temporal_pool over the visible steps), zero
+    at initialisation (training starts at zero motion: copying the last visible frame).
+    """
+
+    def __init__(self, embed_dim: int, rows: int, cols: int, hidden_frames: int):
+        super().__init__()
+        self.hidden_frames = hidden_frames
+        self.linear = nn.Linear(3 * rows * cols * embed_dim, hidden_frames * MOTION_PARAMS)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        batch, steps = tokens.shape[:2]
+        summary = temporal_pool(tokens.reshape(batch, steps, -1))  # (B, 3 * R * C * d)
+        return self.linear(summary).reshape(batch, self.hidden_frames, MOTION_PARAMS)
