@@ -29,7 +29,7 @@ grouped-CV balanced accuracy on the training scenes (5 scene folds):
     2x2    0.574        0.421 / 0.491 / 0.572    0.879    0.649
     4x7    0.696        0.633 / 0.636 / 0.564    0.868    0.725   <- chosen
 
-and with the current tiny preset (2-frame tokens, 1000 steps) on the 32-scene development
+and with the round-3 tiny preset (2-frame tokens, random 0.9 masking, 1000 steps) on the 32-scene development
 dataroot (432 training clips from 22 scenes):
 
     1x1    0.522        0.542 / 0.480 / 0.468    0.516    0.511

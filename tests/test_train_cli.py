@@ -289,6 +289,7 @@ def test_bad_data_gives_clear_errors(shard_dir, tmp_path):
         (["--token-frames", "3"], "must divide the clip length"),
         (["--mask-type", "tubelet", "--mask-tubelet", "3", "--prediction", "pixels"], "must divide the"),
         (["--model", "tiny", "--mask-type", "tube"], "camera-motion needs model.mask_type future"),
+        (["--model", "tiny", "--repeat-aug", "2"], "the future mask is the same every time"),
     ],
 )
 def test_bad_options_are_usage_errors_without_traceback(shard_dir, tmp_path, args, message):

@@ -52,7 +52,7 @@ def test_copy_loss_is_zero_on_a_static_clip_under_random_masking():
     assert copy_loss(torch.rand(2, 4, 3, 32, 48), mask, 16, norm_pix_loss=True) > 0.5  # noise: no copying
 
 
-def test_copy_loss_on_two_frame_tokens_copies_whole_tokens():
+def test_copy_loss_on_two_frame_tokens_copies_the_nearest_visible_frame():
     # T=4 in 2-frame tokens: 2 token steps; each position visible in exactly one of them
     still = torch.rand(2, 1, 3, 32, 48).expand(2, 4, 3, 32, 48).contiguous()
     visible_step = torch.arange(PER_FRAME) % 2
@@ -62,6 +62,12 @@ def test_copy_loss_on_two_frame_tokens_copies_whole_tokens():
     moving[:, 2:] = torch.rand(2, 2, 3, 32, 48)  # frames 2-3 (token step 1) differ from 0-1
     raw = copy_loss(moving, mask, 16, norm_pix_loss=False, token_frames=2)
     assert raw == pytest.approx(2 * torch.var(torch.rand(100000)).item(), rel=0.1)  # E(a - b)^2 = 2 var
+    # the future mask hides token step 1 (frames 2-3): both copy frame 1, the last visible frame,
+    # not frames 0-1 of the last visible token (what a zero-motion prediction does)
+    _, future = make_mask(2, 2, PER_FRAME, 0.5, "future", torch.Generator())
+    held = torch.rand(2, 4, 3, 32, 48)
+    held[:, 2:] = held[:, 1:2]
+    assert copy_loss(held, future, 16, norm_pix_loss=False, token_frames=2) == pytest.approx(0.0, abs=1e-9)
 
 
 def test_tube_masking_leaves_nothing_to_copy():

@@ -11,7 +11,7 @@ import pytest
 import torch
 from _train_helpers import moving_clip, small_model
 
-from train.config import OptimConfig
+from train.config import OptimConfig, tiny
 from train.engine import build_optimizer
 from train.model import build_model, make_mask, masked_mse, patchify
 from train.motion import CameraMotionHead, camera_flow, temporal_pool, warp
@@ -31,6 +31,15 @@ def test_zero_flow_returns_the_source_and_an_integer_shift_moves_it():
     flow[:, :, 0], flow[:, :, 1] = 2.0, -1.0  # frame at (y, x) = source at (y - 1, x + 2)
     moved = warp(source, flow)[:, 0]
     assert torch.allclose(moved[:, :, 1:, :-2], source[:, :, :-1, 2:], atol=1e-5)
+
+
+def test_a_non_finite_flow_gives_nan_frames_without_crashing():
+    flow = torch.zeros(2, 2, 2, 16, 24)
+    flow[0, 1, 0, 3, 4] = float("nan")
+    flow[1, 0, 1] = float("inf")
+    moved = warp(torch.rand(2, 3, 16, 24), flow)
+    assert moved[0, 1].isnan().all() and moved[1, 0].isnan().all()
+    assert moved[0, 0].isfinite().all() and moved[1, 1].isfinite().all()
 
 
 def test_camera_flow_is_a_translation_plus_an_expansion_about_the_centre():
@@ -121,3 +130,28 @@ def test_camera_motion_is_learnable_on_sliding_textures():
     moving = speeds != 0
     # moving_clip's frame t shows the texture from x + v t: frame t+1 at x is frame t at x + v, so tx = +v
     assert (torch.sign(tx[moving]) == torch.sign(speeds[moving])).float().mean().item() >= 0.9
+
+
+def test_every_parameter_of_the_tiny_preset_gets_a_gradient():
+    """DDP (no find_unused_parameters) needs every parameter in the loss; camera-motion builds no pixel decoder."""
+    cfg = dataclasses.replace(tiny().model, clip_len=8, image_size=(32, 48))
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    torch.nn.init.normal_(model.motion_head.linear.weight, std=0.01)
+    ids_keep, mask = make_mask(2, model.token_steps, model.patches_per_frame, cfg.mask_ratio, cfg.mask_type,
+                               torch.Generator())  # fmt: skip
+    model(torch.rand(2, 8, 3, 32, 48), ids_keep, mask)["loss"].backward()
+    unused = [name for name, param in model.named_parameters() if param.grad is None]
+    assert not unused and not hasattr(model, "mask_token")
+
+
+def test_a_mask_other_than_future_is_refused():
+    torch.manual_seed(0)
+    model = build_model(CFG)
+    ids_keep, mask = make_mask(
+        2, model.token_steps, model.patches_per_frame, 0.75, "random", torch.Generator()
+    )
+    with pytest.raises(ValueError, match="future mask"):
+        model(torch.rand(2, 8, 3, 32, 48), ids_keep, mask)
+    with pytest.raises(ValueError, match="camera-motion prediction needs mask_type future"):
+        build_model(dataclasses.replace(CFG, mask_type="tube"))

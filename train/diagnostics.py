@@ -1,10 +1,11 @@
 """Training diagnostics a shortcut or a collapse cannot hide: copy_loss, RankMe and temporal spread.
 
 copy_loss (logged in metrics.jsonl next to the loss): the masked-patch loss of a model that
-cannot see, only copy: each masked patch is predicted by the nearest-in-time visible patch at the
-same spatial position (the earlier one on a tie), in the same target space as the model's loss
-(per-patch normalized when the targets are). A position with no visible patch in the whole clip
-gets the clip's mean visible patch. When the training loss is not clearly below copy_loss, the
+cannot see, only copy: each frame of a masked patch is predicted by the nearest-in-time visible
+frame at the same spatial position (the earlier one on a tie), scored in the same target space as
+the model's loss (per-patch normalized when the targets are). A position with no visible patch in
+the whole clip gets the clip's mean visible patch. (Frame by frame since the camera-motion
+prediction; earlier logs copied whole 2-frame tokens, a weaker baseline by one frame.) When the training loss is not clearly below copy_loss, the
 model may be doing no more than copying; random masking of one-frame tokens makes copying cheap
 (copy_loss far below the mean-patch loss), tube masking makes it impossible.
 
@@ -21,13 +22,14 @@ per-clip mask nor position embeddings can make identical clips look different):
     reasons = collapse_reasons(signals, config.collapse_rankme, config.collapse_time_spread)
 
 Thresholds (TrainConfig: rankme < 1.05 or time_spread < 0.001 warns). A constant or
-position-only encoder gives 0 for both (below 1e-5 in floating point). Measured with the tiny
-preset on the seed-1 development data (batches of 16 training clips): at initialisation RankMe
+position-only encoder gives 0 for both (below 1e-5 in floating point). Measured with the round-3
+tiny preset (random 0.9 masking, pixel decoder) on the seed-1 development data (batches of 16 training clips): at initialisation RankMe
 1.4-1.5 and spread 0.03; random or tubelet-2 masking 0.75 ends at RankMe 4.5-4.9, spread
 0.05-0.06 (lowest on the way 1.37 / 0.017); tube masking ends at RankMe 2.5-3.7, spread
 0.008-0.047, after a loss plateau (steps ~70-350) with RankMe down to 1.13 and spread down to 0.0022;
 an earlier threshold of 0.005 fired 6 times in 300 steps of a healthy tube-0.9 mvm-train run
-there, so the thresholds sit between that plateau and a real collapse.
+there, so the thresholds sit between that plateau and a real collapse. The camera-motion tiny
+preset's demo run ends at RankMe 9.8, spread 0.10.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import numpy as np
 import torch
 
 from train.config import ModelConfig
-from train.model import make_mask, masked_mse, normalize_patches, patchify, token_steps
+from train.model import make_mask, masked_mse, normalize_patches, patchify, token_steps, unpatchify
 
 
 def fixed_mask(
@@ -80,18 +82,35 @@ def copy_predictions(target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def copy_loss(
     video: torch.Tensor, mask: torch.Tensor, patch_size: int, norm_pix_loss: bool, token_frames: int = 1
 ) -> float:
-    """Masked-token MSE of copy_predictions, in the model's target space.
+    """Masked-token MSE of copying, frame by frame, in the model's target space.
 
     video (B, T, 3, H, W) in [0, 1]; mask (B, L) bool with L = (T / k) * N tokens of k = token_frames
-    frames, True = masked -> float.
+    frames, True = masked -> float. Each hidden frame of a hidden token copies the nearest visible
+    frame at the same position (copy_predictions on the frame grid): with 2-frame tokens both hidden
+    frames after a visible token copy its last frame, which is what a zero-motion prediction does.
     """
-    batch = video.shape[0]
-    patches = patchify(video.float(), patch_size, token_frames)  # (B, L, P)
-    target = normalize_patches(patches) if norm_pix_loss else patches
-    steps = video.shape[1] // token_frames
-    grid = target.reshape(batch, steps, -1, target.shape[-1])  # (B, T', N, P)
-    pred = copy_predictions(grid, mask.reshape(batch, steps, -1).to(video.device))
-    return masked_mse(pred.reshape_as(target), target, mask.to(video.device)).item()
+    batch, frames = video.shape[:2]
+    patches = patchify(video.float(), patch_size, 1)  # (B, T * N, p * p * 3): one row per frame patch
+    per_frame = patches.reshape(batch, frames, -1, patches.shape[-1])  # (B, T, N, p * p * 3)
+    steps = frames // token_frames
+    frame_mask = mask.to(video.device).reshape(batch, steps, 1, -1).expand(-1, -1, token_frames, -1)
+    copied = copy_predictions(per_frame, frame_mask.reshape(batch, frames, -1))
+    copied = unpatchify(copied.reshape_as(patches), frames, tuple(video.shape[-2:]), patch_size, 1)
+    pred, target = (
+        patchify(copied, patch_size, token_frames),
+        patchify(video.float(), patch_size, token_frames),
+    )
+    if norm_pix_loss:
+        pred, target = normalize_patches(pred), normalize_patches(target)
+    # a position hidden in every step has nothing to copy: the clip's mean visible patch, in target space
+    mask = mask.to(video.device)
+    never_seen = (
+        mask.reshape(batch, steps, -1).all(dim=1, keepdim=True).expand(-1, steps, -1).reshape_as(mask)
+    )
+    visible = (~mask).unsqueeze(-1).to(target.dtype)
+    mean_patch = (target * visible).sum(dim=1, keepdim=True) / visible.sum(dim=1, keepdim=True).clamp(min=1)
+    pred = torch.where(never_seen.unsqueeze(-1), mean_patch.expand_as(pred), pred)
+    return masked_mse(pred, target, mask).item()
 
 
 def effective_rank(embeddings: torch.Tensor, rel_tol: float = 1e-5) -> float:

@@ -67,7 +67,8 @@ future = the last `future_steps` whole time steps (predict what comes next; the 
 
 
 def future_steps(steps: int, ratio: float) -> int:
-    """Token time steps the `future` mask hides: round(steps * ratio), at least 1 and at most steps - 1."""
+    """Token time steps the `future` mask hides of steps >= 2: Python's round(steps * ratio) (halves to
+    even), at least 1 and at most steps - 1."""
     return min(steps - 1, max(1, round(steps * ratio)))
 
 
@@ -232,17 +233,15 @@ class MaskedVideoModel(nn.Module):
         )
         self.encoder = _blocks(cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio)
         self.encoder_norm = nn.LayerNorm(cfg.embed_dim)
-        self.decoder_embed = nn.Linear(cfg.embed_dim, cfg.decoder_dim)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.decoder_dim))
-        nn.init.trunc_normal_(self.mask_token, std=0.02)
         rows, cols = height // cfg.patch_size, width // cfg.patch_size
         self.grid = (rows, cols)
         if cfg.prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {cfg.prediction!r}; use one of {', '.join(PREDICTIONS)}")
         self.camera_motion = cfg.prediction == "camera-motion"
-        if self.camera_motion and (cfg.mask_type != "future" or cfg.norm_pix_loss):
+        if self.camera_motion and (cfg.mask_type != "future" or cfg.norm_pix_loss or self.token_steps < 2):
             raise ValueError(
-                "camera-motion prediction needs mask_type future and raw-pixel targets (norm_pix_loss off)"
+                "camera-motion prediction needs mask_type future, raw-pixel targets (norm_pix_loss off) and at "
+                "least 2 token time steps"
             )
         transformer = not self.camera_motion  # MAE's light decoder: mask tokens, position codes, blocks
         if transformer:
@@ -320,7 +319,12 @@ class MaskedVideoModel(nn.Module):
         warped frame on hidden ones.
         """
         batch, k = video.shape[0], self.cfg.token_frames
-        visible_steps = latent.shape[1] // self.patches_per_frame
+        visible_steps = self.token_steps - future_steps(self.token_steps, self.cfg.mask_ratio)
+        if latent.shape[1] != visible_steps * self.patches_per_frame:
+            raise ValueError(
+                f"camera-motion prediction needs the future mask's {visible_steps * self.patches_per_frame} "
+                f"visible tokens, got {latent.shape[1]}"
+            )
         params = self.motion_head(latent.reshape(batch, visible_steps, *self.grid, -1))  # (B, F, 3)
         last = video[:, visible_steps * k - 1]  # (B, 3, H, W)
         moved = warp(last, camera_flow(params.float(), self.cfg.image_size, self.cfg.patch_size))

@@ -1,16 +1,17 @@
 """Camera-motion decoder: the hidden last frames are the last visible frame, moved.
 
-With `decoder = "camera-motion"` (and the `future` mask: the last token step hidden), the model
-predicts each hidden frame by warping the last visible frame with a flow field of three numbers per
-hidden frame, read from the visible tokens:
+With `prediction = "camera-motion"` (and the `future` mask: the last future_steps token steps
+hidden), the model predicts each hidden frame by warping the last visible frame with a flow field
+of three numbers per hidden frame, read from the visible tokens:
 
     flow(x, y) = (tx, ty) + s * ((x, y) - centre) / patch_size          (pixels)
 
-a translation (what turning and pitching the camera does to the picture) plus an expansion about
-the frame centre (what driving forward does), the camera model of view-synthesis self-supervision
+Pixel p of the hidden frame is the last visible frame at p + flow(p) (backward warping), so the
+picture moves by -(tx, ty) (what turning and pitching the camera does) and s < 0 expands it about
+the frame centre (what driving forward does): the camera model of view-synthesis self-supervision
 (SfMLearner). The loss is unchanged: MSE on the hidden patches' raw pixels. Zero motion is copying
-the last visible frame, so training starts at that copy and every gain is motion read from the
-visible frames.
+the last visible frame (the frame-level copy_loss, train/diagnostics.py), so training starts at
+that copy and every gain is motion read from the visible frames.
 
 Why (issue 10, measured on development data, train/config.py `tiny()`): with a transformer decoder
 that predicts hidden pixels, the loss falls by predicting each patch's colour from its context,
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 MOTION_PARAMS = 3
-"""Per hidden frame: translation tx, ty (pixels) and expansion rate s (pixels per patch of distance from the centre)."""
+"""Per hidden frame: tx, ty (pixels) and s (pixels per patch of distance from the centre) of the backward flow."""
 
 
 def temporal_pool(per_step: torch.Tensor) -> torch.Tensor:
@@ -62,7 +63,8 @@ def camera_flow(params: torch.Tensor, size: tuple[int, int], patch_size: int) ->
 def warp(source: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     """source (B, 3, H, W), flow (B, F, 2, H, W) -> (B, F, 3, H, W): frame f at pixel p is source at p + flow_f(p).
 
-    Bilinear sampling, edge pixels repeated outside the frame; zero flow returns the source exactly.
+    Bilinear sampling at pixel centres, edge pixels repeated outside the frame; zero flow returns the
+    source (to float rounding, ~4e-6 at 64x112); a frame whose flow is not finite comes out NaN.
     """
     batch, frames, _, height, width = flow.shape
     ys, xs = torch.meshgrid(
@@ -74,11 +76,14 @@ def warp(source: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     grid_x = (xs + flow[:, :, 0]) / width * 2 - 1
     grid_y = (ys + flow[:, :, 1]) / height * 2 - 1
     grid = torch.stack([grid_x, grid_y], dim=-1).reshape(batch * frames, height, width, 2)
+    # grid_sample turns coordinates into memory indices, and a NaN one crashes it on CPU (SIGSEGV).
+    # Beyond [-1, 1] border padding repeats the edge anyway, so the clamp changes nothing for a finite
+    # flow; a non-finite flow is carried into the output (0 * flow) for the trainer's non-finite guard.
+    safe = torch.nan_to_num(grid, nan=0.0).clamp(-2.0, 2.0).to(source.dtype)
     repeated = source.unsqueeze(1).expand(-1, frames, -1, -1, -1).reshape(batch * frames, *source.shape[1:])
-    out = F.grid_sample(
-        repeated, grid.to(source.dtype), mode="bilinear", padding_mode="border", align_corners=False
-    )
-    return out.reshape(batch, frames, *source.shape[1:])
+    out = F.grid_sample(repeated, safe, mode="bilinear", padding_mode="border", align_corners=False)
+    out = out.reshape(batch, frames, *source.shape[1:])
+    return out + 0 * flow.sum(dim=(2, 3, 4)).view(batch, frames, 1, 1, 1).to(out.dtype)
 
 
 class CameraMotionHead(nn.Module):
