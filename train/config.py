@@ -224,8 +224,9 @@ def tiny() -> TrainConfig:
     controls. The demo's scenes were never looked at to choose anything.
 
     Round 3 (the preset of rounds 3-5: random 0.9 masking, a d=96 2-block pixel decoder). dev2 =
-    16 scenes (216 training clips, 98 validation clips in 5 scenes); dev3 = 32 scenes (432 / 196 in 10 scenes). Balanced accuracy on the validation scenes, best of
-    3 random encoders of the same settings, pixels baseline 0.781 (dev2) / 0.775 (dev3):
+    16 scenes (216 training clips, 98 validation clips in 5 scenes); dev3 = 32 scenes (432 / 196 in
+    10 scenes). Balanced accuracy on the validation scenes, best of 3 random encoders of the same
+    settings, pixels baseline 0.781 (dev2) / 0.775 (dev3):
 
     | settings (1000 steps unless said)                          | data | pretrained | best random | copy_loss / loss |
     |------------------------------------------------------------|------|------------|-------------|------------------|

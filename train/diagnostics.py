@@ -5,9 +5,10 @@ cannot see, only copy: each frame of a masked patch is predicted by the nearest-
 frame at the same spatial position (the earlier one on a tie), scored in the same target space as
 the model's loss (per-patch normalized when the targets are). A position with no visible patch in
 the whole clip gets the clip's mean visible patch. (Frame by frame since the camera-motion
-prediction; earlier logs copied whole 2-frame tokens, a weaker baseline by one frame.) When the training loss is not clearly below copy_loss, the
-model may be doing no more than copying; random masking of one-frame tokens makes copying cheap
-(copy_loss far below the mean-patch loss), tube masking makes it impossible.
+prediction; earlier logs copied whole 2-frame tokens, a weaker baseline by one frame.) When the
+training loss is not clearly below copy_loss, the model may be doing no more than copying; random
+masking of one-frame tokens makes copying cheap (copy_loss far below the mean-patch loss), tube
+masking makes it impossible.
 
 Collapse signals, computed on one batch with ONE mask shared by every clip (so neither a
 per-clip mask nor position embeddings can make identical clips look different):
@@ -23,8 +24,8 @@ per-clip mask nor position embeddings can make identical clips look different):
 
 Thresholds (TrainConfig: rankme < 1.05 or time_spread < 0.001 warns). A constant or
 position-only encoder gives 0 for both (below 1e-5 in floating point). Measured with the round-3
-tiny preset (random 0.9 masking, pixel decoder) on the seed-1 development data (batches of 16 training clips): at initialisation RankMe
-1.4-1.5 and spread 0.03; random or tubelet-2 masking 0.75 ends at RankMe 4.5-4.9, spread
+tiny preset (random 0.9 masking, pixel decoder) on the seed-1 development data (batches of 16
+training clips): at initialisation RankMe 1.4-1.5 and spread 0.03; random or tubelet-2 masking 0.75 ends at RankMe 4.5-4.9, spread
 0.05-0.06 (lowest on the way 1.37 / 0.017); tube masking ends at RankMe 2.5-3.7, spread
 0.008-0.047, after a loss plateau (steps ~70-350) with RankMe down to 1.13 and spread down to 0.0022;
 an earlier threshold of 0.005 fired 6 times in 300 steps of a healthy tube-0.9 mvm-train run
