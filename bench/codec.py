@@ -1,6 +1,6 @@
 """Codec settings: encode and decode cost, size and fidelity of x264 presets, CRFs and fast-decode flags.
 
-The shards are encoded once and decoded on every epoch, so the defaults (ingest/video.py) are the
+The shards are encoded once and decoded on every epoch, so the defaults (mvm/video.py) are the
 settings with the cheapest decode that keeps PSNR >= 38 dB on this data. For each setting, the same
 clips (the bench shards' clips: their source frames read by the ingest's own reader) are encoded in
 memory, then every decoder path decodes them: RGB from each installed decoder, and PyAV's I420
@@ -31,7 +31,7 @@ class CodecSetting:
     preset: str
     """x264 preset."""
     fast_decode: bool
-    """CAVLC, no deblocking, no weighted prediction (ingest.video.FAST_DECODE_PARAMS)."""
+    """CAVLC, no deblocking, no weighted prediction (mvm.video.FAST_DECODE_PARAMS)."""
 
     @property
     def label(self) -> str:
@@ -50,14 +50,14 @@ FULL_GRID = tuple(
     ]
 )
 """Settings of the full bench: the old default, the new one without fast-decode, and CRF x preset
-with fast-decode. Every setting uses the clip-long macroblock-tree lookahead of ingest.video."""
+with fast-decode. Every setting uses the clip-long macroblock-tree lookahead of mvm.video."""
 QUICK_GRID = (OLD_DEFAULT, CodecSetting(14, "superfast", True))
 """Settings of the quick bench: the old default and the new one."""
 
 
 def decoder_paths() -> dict[str, Callable[[bytes], np.ndarray]]:
     """name -> decode function for every decoder path that runs here (RGB per decoder, PyAV I420)."""
-    from ingest.video import available_decoders, decode_clip, decode_i420
+    from mvm.video import available_decoders, decode_clip, decode_i420
 
     paths = {f"{name}_rgb": functools.partial(decode_clip, backend=name) for name in available_decoders()}
     paths["pyav_i420"] = decode_i420
@@ -75,7 +75,7 @@ def measure_setting(
     setting: CodecSetting, references: list[np.ndarray], decoders: dict, min_seconds: float
 ) -> dict:
     """Encode ms/clip, decode ms/clip per decoder path, KiB/clip and mean PSNR of one setting."""
-    from ingest.video import decode_clip, encode_clip, psnr
+    from mvm.video import decode_clip, encode_clip, psnr
 
     def encode():
         return (encode_clip(clip, setting.crf, setting.preset, setting.fast_decode) for clip in references)
@@ -111,8 +111,8 @@ def bench_codecs(
     """One row per setting in `grid`, on up to max_clips clips spread evenly over `clips`."""
     import torch
 
-    from ingest.sampling import spread_subset
-    from ingest.video import DEFAULT_CRF, DEFAULT_PRESET
+    from mvm.sampling import spread_subset
+    from mvm.video import DEFAULT_CRF, DEFAULT_PRESET
 
     torch.set_num_threads(1)
     chosen = [clips[index] for index in spread_subset(len(clips), max_clips)]

@@ -1,10 +1,10 @@
 """One-command GPU check: `make bench-gpu` or `python -m bench.gpu [--shards DIR]`.
 
 On a CUDA machine, in under 8 minutes, for the `small` and `base` presets at 144x256, T = 8
-(batch = the preset's per-GPU batch), it measures with train.engine (the trainer's own step):
+(batch = the preset's per-GPU batch), it measures with mvm.train.engine (the trainer's own step):
 - synthetic on-device batches (the model alone): step time, clips/s, peak memory, MFU, for
   bf16 autocast vs fp32 and eager vs torch.compile;
-- the real shard loader (train.loop.data_stream, the preset's W DataLoader workers, bf16 eager):
+- the real shard loader (mvm.train.loop.data_stream, the preset's W DataLoader workers, bf16 eager):
   data_wait_frac, step time and clips/s as training would see them;
 - with 2+ GPUs: DDP step time at world 1 and world N on synthetic batches (equal per-rank batch),
   and the exposed DDP overhead = step time(N) / step time(1) - 1.
@@ -47,12 +47,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from mvm.train.config import ModelConfig, TrainConfig, apply_overrides, preset
+from mvm.train.engine import build_optimizer, train_step, wrap_model
+from mvm.train.model import build_model, future_steps, make_mask, mask_units, token_steps
 
-from ingest.atomic import ensure_dir, write_atomic
-from ingest.report_format import dumps_json
-from train.config import ModelConfig, TrainConfig, apply_overrides, preset
-from train.engine import build_optimizer, train_step, wrap_model
-from train.model import build_model, future_steps, make_mask, mask_units, token_steps
+from mvm.atomic import ensure_dir, write_atomic
+from mvm.report_format import dumps_json
 
 SIZE, CLIP_LEN = (144, 256), 8
 RESULTS_JSON = Path(__file__).resolve().parent / "results-gpu.json"
@@ -160,12 +160,15 @@ def synthetic_steps(
 
 def loader_steps(config: TrainConfig, shards: str, device: torch.device, *, warmup: int, steps: int) -> dict:
     """The real input pipeline feeding train_step (bf16 on CUDA): data_wait_frac, step time, clips/s."""
-    from train.data import hands_over_i420, resolve_shards, shard_clip_counts, to_video
-    from train.loop import Position, data_stream, mask_generator
+    from mvm.train.data import hands_over_i420
+    from mvm.train.loop import Position, data_stream, mask_generator
+
+    from mvm.shards import resolve_shards, shard_clip_counts
+    from mvm.tensors import to_video
 
     urls = resolve_shards(shards)
     # The preset's decoder ("auto": I420 planes converted on the GPU), as the trainer runs it; a
-    # decoder that is not installed falls back to PyAV in train.data (decord is optional to carry).
+    # decoder that is not installed falls back to PyAV in mvm.train.data (decord is optional to carry).
     config = replace(config, data=replace(config.data, shards=shards))
     cfg_m = config.model
     torch.manual_seed(config.seed)
@@ -212,7 +215,7 @@ def _ddp_worker(
                                  steps=steps, world=world)  # fmt: skip
         if rank == 0:
             write_atomic(out, json.dumps(result))
-        dist.barrier()  # see train.loop: the last all-reduce must be released before the interpreter exits
+        dist.barrier()  # see mvm.train.loop: the last all-reduce must be released before the interpreter exits
     finally:
         dist.destroy_process_group()
 
@@ -349,7 +352,7 @@ def run_all(
 
 def markdown(results: dict) -> str:
     """The README table: one line per measurement, the device named in the heading."""
-    from ingest.report_format import fmt, markdown_table
+    from mvm.report_format import fmt, markdown_table
 
     lines = [f"GPU check on **{results['device']}** ({results['torch']}, {results['date']}; "
              f"{results['size']} T={results['clip_len']}, batch = the preset's per GPU):", ""]  # fmt: skip

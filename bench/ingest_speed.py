@@ -4,7 +4,7 @@ Rates on the same CAM_FRONT frames:
 - full-size decode: PIL decodes each 1600x900 JPEG completely (what a naive reader pays);
 - reduced-size decode: libjpeg DCT scaling (`Image.draft`) decodes straight to the smallest
   power-of-two reduction not below the target size; no resize, so this is the floor of reading;
-- the ingest's frame reader (`ingest.frames.load_frame`: DCT-scaled decode plus resize);
+- the ingest's frame reader (`mvm.ingest.frames.load_frame`: DCT-scaled decode plus resize);
 - whole ingest: `mvm-ingest --workers 1` (start-up, devkit load, validation, decode, resize,
   H.264 encode, tar writing, manifest), frames = every CAM_FRONT frame of the ingested scenes;
 - the same ingest without start-up, timed by the staging and finalize lines of its ingest.log;
@@ -67,9 +67,10 @@ def stage_profile(paths: list[Path], size: tuple[int, int], clip_len: int) -> li
     """
     import time
 
-    from ingest.frames import load_frame
-    from ingest.shards import tar_bytes
-    from ingest.video import encode_i420, rgb_to_i420
+    from mvm.ingest.frames import load_frame
+
+    from mvm.shards import tar_bytes
+    from mvm.video import encode_i420, rgb_to_i420
 
     def cpu_ms(action: Callable[[], object], frames: int) -> float:
         started = time.process_time()

@@ -1,6 +1,6 @@
 """Loader throughput: clips/s in one worker process for our shards and the alternatives.
 
-Ways to get the same T-frame clips at the training size, all through `train.data.iter_clips` (the
+Ways to get the same T-frame clips at the training size, all through `mvm.train.data.iter_clips` (the
 trainer's own reader) for the shards: (a) PyAV I420 planes, uint8 (T, 3H/2, W), what the trainer's
 workers hand over when the batch is converted to RGB on the GPU; (b) PyAV, (b2) decord and (b3)
 torchcodec RGB, uint8 (T, H, W, 3), for each decoder installed here; (c) the naive baseline a
@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ingest.atomic import atomic_path
-from ingest.shards import iter_samples, listed_shards, read_manifest
+from mvm.atomic import atomic_path
+from mvm.shards import iter_samples, listed_shards, read_manifest
 
 RESIZED_JPEG_QUALITY = 90
 """JPEG quality of the pre-resized folder (d): visually lossless, the usual choice for such caches."""
@@ -147,15 +147,15 @@ class ResizedJpegClips(torch.utils.data.Dataset):
 def shard_clips(urls: list[str], decoder: str, i420: bool = False) -> Iterator[np.ndarray]:
     """(a)/(b): the trainer's own single-process shard reader. Yields uint8 (T, H, W, 3), or
     uint8 (T, 3H/2, W) I420 planes with i420."""
-    from train.data import iter_clips
+    from mvm.train.data import iter_clips
 
     for _key, frames, _meta in iter_clips(urls, decoder=decoder, i420=i420):
         yield frames
 
 
 def repeated_rows(urls: list[str], repeat_aug: int, batch_size: int = 8) -> Iterator[torch.Tensor]:
-    """(a) with repeated sampling: the training rows `train.data.batches` makes of the I420 stream."""
-    from train.data import batches
+    """(a) with repeated sampling: the training rows `mvm.train.data.batches` makes of the I420 stream."""
+    from mvm.train.data import batches
 
     samples = (
         {"key": str(i), "frames": torch.from_numpy(f)} for i, f in enumerate(shard_clips(urls, "pyav", True))
@@ -245,7 +245,7 @@ SHARD_PATHS = ("shards_pyav_i420", "shards_pyav", "shards_decord", "shards_torch
 
 def loader_sources(setup: LoaderSetup, clips: list[ClipRef]) -> dict[str, Callable[[], Iterable[np.ndarray]]]:
     """name -> factory of a fresh pass over all clips, for every loader that runs here."""
-    from ingest.video import available_decoders
+    from mvm.video import available_decoders
 
     urls = [str(path) for path in shard_paths(setup.shard_dir)]
     naive = NaiveDevkitClips(setup.dataroot, setup.version, clips, setup.size)
@@ -272,8 +272,8 @@ def check_same_shape(sources: dict[str, Callable[[], Iterable[np.ndarray]]], siz
 
 
 def conversion_ms_per_clip(setup: LoaderSetup, min_seconds: float) -> float:
-    """CPU ms per clip of train.data.i420_to_rgb on a batch of 16 I420 clips (one thread)."""
-    from train.data import i420_to_rgb
+    """CPU ms per clip of mvm.tensors.i420_to_rgb on a batch of 16 I420 clips (one thread)."""
+    from mvm.tensors import i420_to_rgb
 
     urls = [str(path) for path in shard_paths(setup.shard_dir)]
     clips = [

@@ -92,6 +92,6 @@ def machine_info() -> dict:
 
 def decoder_status() -> dict[str, str]:
     """Video decoder -> "ok" or why it cannot run here (e.g. torchcodec without its FFmpeg or CUDA libraries)."""
-    from ingest.video import DECODERS, decoder_problem
+    from mvm.video import DECODERS, decoder_problem
 
     return {name: decoder_problem(name) or "ok" for name in DECODERS}

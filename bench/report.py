@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bench.loader import SHARD_PATHS
-from ingest.report_format import fmt, markdown_table
+from mvm.report_format import fmt, markdown_table
 
 TOLERANCE = 1.25
 """Allowed excess over linear time / flat memory before a scaling goal counts as missed (timing noise)."""
@@ -83,7 +83,7 @@ def evaluate_goals(results: dict) -> list[Goal]:
 def tables(results: dict) -> list[tuple[str, list[str], list[list]]]:
     """(title, header, rows of cells) for every section present, shared by rich and markdown output.
 
-    Cells are numbers or strings; numbers are written by ingest.report_format.fmt.
+    Cells are numbers or strings; numbers are written by mvm.report_format.fmt.
     """
     out = []
     if _ok(results, "loader"):

@@ -33,12 +33,12 @@ from pathlib import Path
 
 import click
 import numpy as np
+from mvm.ingest.config import IngestConfig
 
 from bench import codec, cost_scaling, ingest_speed, loader, machine, report, storage, training
 from bench.workspace import WORK_DIR, DatarootSpec, cached_dataroot, scene_names
-from ingest.atomic import ensure_dir, write_atomic
-from ingest.config import IngestConfig
-from ingest.report_format import dumps_json
+from mvm.atomic import ensure_dir, write_atomic
+from mvm.report_format import dumps_json
 
 TRAIN_SIZE = IngestConfig.size
 """(H, W) of the clips: the ingest's default --size, which the trainer takes from the shards."""
@@ -99,7 +99,7 @@ FULL = BenchConfig(dataroot=DatarootSpec(scenes=8, frames_per_scene=240))
 
 def ingest_resize(size: tuple[int, int]) -> Callable[[Path], np.ndarray]:
     """The ingest's own JPEG -> uint8 (H, W, 3) frame reader at `size` (DCT-scaled decode + resize)."""
-    from ingest.frames import load_frame
+    from mvm.ingest.frames import load_frame
 
     return lambda path: load_frame(path, size)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.loader import ClipRef, resized_frame_path, shard_paths
-from ingest.shards import iter_verified, listed_shards, read_manifest
+from mvm.shards import iter_verified, listed_shards, read_manifest
 
 
 def shard_bytes_per_clip(shard_dir: Path) -> float:
@@ -33,8 +33,8 @@ def frame_bytes_per_clip(clips: list[ClipRef], frame_path: Callable[[ClipRef, in
 
 
 def decoded_clips(shard_dir: Path) -> dict[str, np.ndarray]:
-    """key -> decoded frames uint8 (T, H, W, 3) of every clip, via ingest.video.decode_clip."""
-    from ingest.video import decode_clip
+    """key -> decoded frames uint8 (T, H, W, 3) of every clip, via mvm.video.decode_clip."""
+    from mvm.video import decode_clip
 
     clips = {}
     for path in shard_paths(shard_dir):
@@ -51,7 +51,7 @@ def mean_psnr(
     max_clips: int,
 ) -> float:
     """Mean over up to max_clips clips of the PSNR (dB) of the decoded clip vs its resized source frames."""
-    from ingest.video import psnr
+    from mvm.video import psnr
 
     decoded = decoded_clips(shard_dir)
     values = []

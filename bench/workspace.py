@@ -16,14 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ingest.atomic import open_append, write_atomic
+from mvm.atomic import open_append, write_atomic
 
 WORK_DIR = Path(__file__).resolve().parent / "work"
 
 
 @dataclass(frozen=True)
 class DatarootSpec:
-    """Arguments of `ingest.synth.generate`; the cache key of a generated dataroot."""
+    """Arguments of `mvm.synth.generate`; the cache key of a generated dataroot."""
 
     version: str = "v1.0-mini"
     """nuScenes version folder name of the synthetic dataroot."""
@@ -52,7 +52,7 @@ def cached_dataroot(
     Generation writes into a `.partial` folder that is renamed when complete, so an interrupted
     run never leaves a folder that looks cached.
     """
-    from ingest.synth import generate
+    from mvm.synth import generate
 
     final = work_dir / spec.key
     if (final / "READY").exists():

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from mvm.ingest.frames import FrameError, load_frame
 
-from ingest.frames import FrameError, load_frame
-from ingest.motion import ego_motion_label
-from ingest.sampling import spread_subset
-from ingest.shards import (
+from mvm.ego_motion import ego_motion_label
+from mvm.sampling import spread_subset
+from mvm.shards import (
     FORMAT_VERSION,
     RESERVED,
     ShardError,
@@ -27,7 +27,7 @@ from ingest.shards import (
     sha256_file,
     shard_path,
 )
-from ingest.video import decode_clip, psnr
+from mvm.video import decode_clip, psnr
 
 WRITER_CONFIG = ("dataroot", "version", "clip_len", "stride", "size", "max_gap_ms")
 """Config fields of the manifest that the audit checks clips against."""
@@ -275,7 +275,7 @@ def psnr_check(manifest: dict, shard_dir: Path, psnr_clips: int, min_psnr: float
             "--psnr-clips 0" if psnr_clips <= 0 else f"dataroot {dataroot} not reachable"
         )
         return check
-    from ingest.tables import open_nuscenes  # the devkit load is only needed here
+    from mvm.ingest.tables import open_nuscenes  # the devkit load is only needed here
 
     nusc = open_nuscenes(dataroot, config["version"])
     total = manifest["total_clips"]

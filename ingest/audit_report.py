@@ -9,11 +9,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from mvm.ingest.audit import Check, Stats  # noqa: E402
 
-from ingest.atomic import ensure_dir, save_figure, write_atomic  # noqa: E402
-from ingest.audit import Check, Stats  # noqa: E402
-from ingest.motion import EGO_MOTION_CLASSES  # noqa: E402
-from ingest.report_format import dumps_json, fmt, markdown_table  # noqa: E402
+from mvm.atomic import ensure_dir, save_figure, write_atomic  # noqa: E402
+from mvm.ego_motion import EGO_MOTION_CLASSES  # noqa: E402
+from mvm.report_format import dumps_json, fmt, markdown_table  # noqa: E402
 
 
 def _bar(path: Path, counts: dict, title: str, xlabel: str, ylabel: str = "clips") -> None:
@@ -53,7 +53,7 @@ def write_plots(report_dir: Path, stats: Stats, manifest: dict | None) -> list[s
     )
     names.append("rejects.png")
     labels = {name: stats.labels.get(name, 0) for name in EGO_MOTION_CLASSES}
-    _bar(report_dir / "ego_motion.png", labels, "ego-motion labels (ingest.motion)", "class")
+    _bar(report_dir / "ego_motion.png", labels, "ego-motion labels (mvm.ego_motion)", "class")
     names.append("ego_motion.png")
     return names
 

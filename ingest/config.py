@@ -6,7 +6,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 
-from ingest.video import DEFAULT_CRF, DEFAULT_PRESET
+from mvm.video import DEFAULT_CRF, DEFAULT_PRESET
 
 
 @dataclass(frozen=True)

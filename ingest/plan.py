@@ -16,11 +16,12 @@ from pathlib import Path
 
 import av
 import numpy as np
+from mvm.ingest.config import IngestConfig
+from mvm.ingest.stage import staging_paths
 from PIL import features
 
-from ingest.atomic import PARTIAL_SUFFIX, ensure_dir, write_atomic
-from ingest.config import IngestConfig
-from ingest.shards import (
+from mvm.atomic import PARTIAL_SUFFIX, ensure_dir, write_atomic
+from mvm.shards import (
     FORMAT_NAME,
     FORMAT_VERSION,
     SHARD_PATTERN,
@@ -35,8 +36,7 @@ from ingest.shards import (
     tar_bytes,
     write_manifest,
 )
-from ingest.stage import staging_paths
-from ingest.video import encode_clip
+from mvm.video import encode_clip
 
 LEDGER_PATTERN = re.compile(r"part-(\d{4})-of-(\d{4})\.json")
 

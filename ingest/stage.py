@@ -13,16 +13,16 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+from mvm.ingest.chain import Reject, split_segments
+from mvm.ingest.config import IngestConfig
+from mvm.ingest.frames import FrameError, load_frame
+from mvm.ingest.tables import SceneJob
 
-from ingest.atomic import write_atomic
-from ingest.chain import Reject, split_segments
-from ingest.config import IngestConfig
-from ingest.frames import FrameError, load_frame
-from ingest.motion import clip_motion
-from ingest.sampling import clip_span, clip_starts, scene_rng
-from ingest.shards import FORMAT_VERSION, clip_key, dumps, sha256_bytes, sha256_file, tar_bytes
-from ingest.tables import SceneJob
-from ingest.video import encode_i420, rgb_to_i420
+from mvm.atomic import write_atomic
+from mvm.ego_motion import clip_motion
+from mvm.sampling import clip_span, clip_starts, scene_rng
+from mvm.shards import FORMAT_VERSION, clip_key, dumps, sha256_bytes, sha256_file, tar_bytes
+from mvm.video import encode_i420, rgb_to_i420
 
 
 def staging_paths(staging_dir: Path, scene: str) -> tuple[Path, Path]:

@@ -11,9 +11,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mvm.ingest.chain import Reject, walk_chain
 from nuscenes.nuscenes import NuScenes
-
-from ingest.chain import Reject, walk_chain
 
 CHANNEL = "CAM_FRONT"
 
@@ -104,7 +103,7 @@ class SceneTables:
             return None
 
     def job(self, name: str) -> SceneJob:
-        """Walk the CAM_FRONT chain of scene `name` (see ingest.chain.walk_chain)."""
+        """Walk the CAM_FRONT chain of scene `name` (see mvm.ingest.chain.walk_chain)."""
         scene = self.scenes[name]
         samples = sorted(self._samples_by_scene[scene["token"]], key=lambda sample: sample["timestamp"])
         keyframes = [sample["data"][CHANNEL] for sample in samples if CHANNEL in sample["data"]]

@@ -6,15 +6,15 @@ import sys
 from pathlib import Path
 
 import click
+from mvm.probe.gate import PASS, STRONG
+from mvm.probe.run import ProbeConfig, SceneOverlapError, run_probe
+from mvm.probe.tasks import TASKS
 from rich.console import Console
 
-from ingest.atomic import OutputError
-from ingest.motion import MotionThresholds
-from ingest.shards import DamagedShardError
-from ingest.video import DECODERS
-from probe.gate import PASS, STRONG
-from probe.run import ProbeConfig, SceneOverlapError, run_probe
-from probe.tasks import TASKS
+from mvm.atomic import OutputError
+from mvm.ego_motion import MotionThresholds
+from mvm.shards import DamagedShardError
+from mvm.video import DECODERS
 
 EXIT_PASS, EXIT_ERROR, EXIT_USAGE, EXIT_FAIL = 0, 1, 2, 3
 
@@ -158,7 +158,7 @@ def main(
     --val-shards, and compare with the same architecture randomly initialised and with the
     majority-class (or mean) predictor, on identical clips and splits.
 
-    Features (probe/features.py): the encoder on unmasked clips, its tokens averaged over a grid
+    Features (mvm/features.py): the encoder on unmasked clips, its tokens averaged over a grid
     of cells per frame, summarised over time by their mean, second-half minus first-half change
     and mean absolute frame-to-frame change. The grid (1x1, 2x2 or the full token layout) is
     chosen by scene-grouped CV on the training scenes only and used for every source. Heads:

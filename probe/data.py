@@ -2,8 +2,8 @@
 
 The metadata pass lets the CLI refuse overlapping train/val scenes and choose a `--max-clips`
 subset before any model is loaded or any video decoded. Both passes read the shards through
-ingest.shards.iter_verified (names checked against the manifest, sha256 verified on first open,
-errors naming shard and key) and decode with train.data.decode_sample.
+mvm.shards.iter_verified (names checked against the manifest, sha256 verified on first open,
+errors naming shard and key) and decode with mvm.train.data.decode_sample.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import json
 from collections.abc import Iterator
 
 import numpy as np
+from mvm.train.data import decode_sample
 
-from ingest.shards import DamagedShardError
-from ingest.shards import iter_verified as iter_samples
-from train.data import decode_sample
+from mvm.shards import DamagedShardError
+from mvm.shards import iter_verified as iter_samples
 
 PROBE_FIELDS = ("key", "scene", "clip_len", "size", "speed_mps", "yaw_rate_rps")
 """Metadata fields the probe reads (shards/README.md); a clip without them is refused by name."""

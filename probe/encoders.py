@@ -1,14 +1,14 @@
 """The sources the gate compares, and their features on a clip set.
 
-- "pretrained": the checkpoint, loaded with train.checkpoint.load_for_eval.
+- "pretrained": the checkpoint, loaded with mvm.train.checkpoint.load_for_eval.
 - "random-<seed>": the same architecture (the checkpoint's saved ModelConfig) built by
-  train.model.build_model right after torch.manual_seed(seed), for seed in 0..seeds-1.
-- "pixels": no encoder at all (probe.features.PIXELS), the floor a representation must beat.
-- "flow": no encoder either (probe.flow.FlowSource): block-matching displacement of each encoder
+  mvm.train.model.build_model right after torch.manual_seed(seed), for seed in 0..seeds-1.
+- "pixels": no encoder at all (mvm.features.PIXELS), the floor a representation must beat.
+- "flow": no encoder either (mvm.probe.flow.FlowSource): block-matching displacement of each encoder
   patch between consecutive frames, the reference a classical motion estimate sets.
 
 Every source sees the same decoded clips in the same batches and goes through the same
-`probe.features.extract_features` (eval mode, no gradients, the same pooling), so the comparison
+`mvm.features.extract_features` (eval mode, no gradients, the same pooling), so the comparison
 differs only in the weights.
 """
 
@@ -19,14 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from mvm.probe.data import iter_selected_frames
+from mvm.probe.evaluate import Source
+from mvm.probe.flow import FlowSource
+from mvm.train.checkpoint import load_for_eval
+from mvm.train.model import build_model
 from rich.progress import track
 
-from probe.data import iter_selected_frames
-from probe.evaluate import Source
-from probe.features import PIXELS, Grid, extract_features
-from probe.flow import FlowSource
-from train.checkpoint import load_for_eval
-from train.model import build_model
+from mvm.features import PIXELS, Grid, extract_features
 
 
 def resolve_device(device: str) -> torch.device:

@@ -3,13 +3,13 @@
 Pure computation on already-extracted features, so it is tested on planted feature sets and
 reused unchanged by the CLI. Sources (`Source`): the pretrained encoder, one or more random
 encoders (seeds), the no-learning `pixels` baseline and the no-learning `flow` reference
-(probe.flow: block-matching motion); each seen through views (probe.features:
+(mvm.probe.flow: block-matching motion); each seen through views (mvm.features:
 `ingested`, and for the controls `shuffled` and `static`). Every (source, view) row gets its own
 head (regularization by scene-grouped CV on the training scenes), fitted on the training clips
 of that view and scored on the validation clips of that view.
 
-The gate (probe.gate.decide) compares the `ingested` rows only: pretrained vs the best random
-encoder. The controls add two conditions for `strength` (probe.gate.strength): pretrained vs
+The gate (mvm.probe.gate.decide) compares the `ingested` rows only: pretrained vs the best random
+encoder. The controls add two conditions for `strength` (mvm.probe.gate.strength): pretrained vs
 pixels, and pretrained as ingested vs pretrained on shuffled frames. `flow` is reported beside
 them as a reference and enters neither the verdict nor the choice of the pooling grid.
 """
@@ -20,12 +20,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from probe.features import INGESTED, SHUFFLED, STATIC, Grid
-from probe.gate import Comparison, Verdict, compare, decide, strength
-from probe.linear import FittedHead, fit_head, predict
-from probe.pooling import PoolingChoice, select_grid
-from probe.stats import (
+from mvm.probe.gate import Comparison, Verdict, compare, decide, strength
+from mvm.probe.linear import FittedHead, fit_head, predict
+from mvm.probe.pooling import PoolingChoice, select_grid
+from mvm.probe.stats import (
     bootstrap_scores,
     paired_difference,
     percentile_interval,
@@ -33,7 +31,9 @@ from probe.stats import (
     scene_resamples,
     task_metrics,
 )
-from probe.tasks import Task
+from mvm.probe.tasks import Task
+
+from mvm.features import INGESTED, SHUFFLED, STATIC, Grid
 
 PRETRAINED, RANDOM, PIXELS, FLOW, MAJORITY = "pretrained", "random", "pixels", "flow", "majority"
 KINDS = (PRETRAINED, RANDOM, PIXELS, FLOW, MAJORITY)
@@ -126,7 +126,7 @@ class ProbeResult:
     conditions: list[Comparison]
     """beats_random (the gate's comparison), then with controls beats_pixels and needs_order."""
     strength: str | None
-    """"strong", "weak" or "none" (probe.gate.strength); None when the controls were off."""
+    """"strong", "weak" or "none" (mvm.probe.gate.strength); None when the controls were off."""
     strength_reason: str
     best_random: Source
     difference_ci_vs_best_seed: tuple[float, float]

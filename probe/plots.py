@@ -1,6 +1,6 @@
 """The probe's PNGs: controls.png (every source and view, per-class recall), confusion.png, speed.png.
 
-Written through ingest.atomic.save_figure; numbers through ingest.report_format.fmt.
+Written through mvm.atomic.save_figure; numbers through mvm.report_format.fmt.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from mvm.probe.evaluate import MAJORITY, RANDOM, ProbeResult, Source  # noqa: E402
 from sklearn.metrics import confusion_matrix  # noqa: E402
 
-from ingest.atomic import save_figure  # noqa: E402
-from ingest.report_format import fmt  # noqa: E402
-from probe.evaluate import MAJORITY, RANDOM, ProbeResult, Source  # noqa: E402
-from probe.features import INGESTED, VIEWS  # noqa: E402
+from mvm.atomic import save_figure  # noqa: E402
+from mvm.features import INGESTED, VIEWS  # noqa: E402
+from mvm.report_format import fmt  # noqa: E402
 
 
 def plot_controls(result: ProbeResult, path: Path) -> None:

@@ -3,7 +3,7 @@
 Why a choice at all: averaging every token of a frame (the global 1x1 grid) throws away where
 things are, which a raw-pixel thumbnail keeps; the pixel baseline would then win on layout alone,
 and how coarse the pooling is would decide the ranking. So features keep a grid of cell
-averages per time step (probe/features.py), and the same grid is used for every encoder and for
+averages per time step (mvm/features.py), and the same grid is used for every encoder and for
 the pixel baseline (whose "tokens" are pixels, so at the same grid it is a thumbnail of exactly
 that resolution: neither side gets more spatial detail than the other).
 
@@ -13,7 +13,7 @@ encoder's full token layout R x C (the finest grid an encoder has; 4x7 for the t
 64x112 with 16-pixel patches). Finer grids would give pixels detail no encoder can have.
 
 Selection (`select_grid`): for each candidate grid, each source's linear head is fitted with its
-regularization chosen by scene-grouped CV on the training clips (probe.linear.fit_head); the grid
+regularization chosen by scene-grouped CV on the training clips (mvm.probe.linear.fit_head); the grid
 with the highest *kind-balanced* mean CV score wins: the mean of (pretrained, the mean over random
 encoders, pixels), so neither the pretrained encoder nor the three random seeds decide alone.
 Ties go to the coarser grid. Only training features, targets and scenes are passed in: validation
@@ -46,10 +46,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from mvm.probe.linear import FittedHead, fit_head
+from mvm.probe.tasks import Task
 
-from probe.features import Grid
-from probe.linear import FittedHead, fit_head
-from probe.tasks import Task
+from mvm.features import Grid
 
 
 def candidate_grids(layout: tuple[int, int]) -> list[Grid]:

@@ -1,21 +1,21 @@
 """Write the probe's outputs: DIR/report.json, DIR/report.md, DIR/confusion.png or DIR/speed.png,
-and with the controls DIR/controls.png (probe/plots.py). Every file goes through ingest.atomic;
-numbers and tables through ingest.report_format."""
+and with the controls DIR/controls.png (probe/plots.py). Every file goes through mvm.atomic;
+numbers and tables through mvm.report_format."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+from mvm.probe.evaluate import FLOW, MAJORITY, ProbeResult, ProbeRow, Source
+from mvm.probe.gate import Comparison
+from mvm.probe.plots import plot_confusions, plot_controls, plot_speed
+from mvm.probe.stats import CI_LEVEL
+from mvm.probe.tasks import class_counts
 
-from ingest.atomic import ensure_dir, write_atomic
-from ingest.report_format import dumps_json, fmt, fmt_ci, markdown_table
-from probe.evaluate import FLOW, MAJORITY, ProbeResult, ProbeRow, Source
-from probe.features import INGESTED, VIEWS
-from probe.gate import Comparison
-from probe.plots import plot_confusions, plot_controls, plot_speed
-from probe.stats import CI_LEVEL
-from probe.tasks import class_counts
+from mvm.atomic import ensure_dir, write_atomic
+from mvm.features import INGESTED, VIEWS
+from mvm.report_format import dumps_json, fmt, fmt_ci, markdown_table
 
 
 def grid_name(grid) -> str:

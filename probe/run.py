@@ -6,17 +6,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from mvm.probe.data import read_metadata
+from mvm.probe.encoders import encode_clips, load_sources, resolve_device
+from mvm.probe.evaluate import PRETRAINED, ProbeResult, Split, evaluate_encoders, shared_scenes
+from mvm.probe.pooling import candidate_grids
+from mvm.probe.report_files import write_outputs
+from mvm.probe.tasks import make_task, targets
 
-from ingest.motion import MotionThresholds
-from ingest.sampling import spread_subset
-from probe.data import read_metadata
-from probe.encoders import encode_clips, load_sources, resolve_device
-from probe.evaluate import PRETRAINED, ProbeResult, Split, evaluate_encoders, shared_scenes
-from probe.features import INGESTED, VIEWS, token_layout
-from probe.pooling import candidate_grids
-from probe.report_files import write_outputs
-from probe.tasks import make_task, targets
-from train.data import resolve_shards
+from mvm.ego_motion import MotionThresholds
+from mvm.features import INGESTED, VIEWS, token_layout
+from mvm.sampling import spread_subset
+from mvm.shards import resolve_shards
 
 
 class SceneOverlapError(ValueError):
@@ -46,7 +46,7 @@ class ProbeConfig:
     device: str = "auto"
     """Where encoders run: "auto", "cpu" or "cuda"."""
     decoder: str = "auto"
-    """RGB video decoder (ingest.video.DECODERS or "auto" = the fastest measured, PyAV)."""
+    """RGB video decoder (mvm.video.DECODERS or "auto" = the fastest measured, PyAV)."""
     max_clips: int | None = None
     """Cap per split (evenly spread over the split); None = all clips."""
     bootstrap: int = 1000

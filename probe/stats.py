@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Callable
 
 import numpy as np
+from mvm.probe.tasks import Task
 from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
@@ -20,8 +21,6 @@ from sklearn.metrics import (
     mean_absolute_error,
     r2_score,
 )
-
-from probe.tasks import Task
 
 CI_LEVEL = 0.95
 

@@ -1,7 +1,7 @@
 """Proxy tasks of the probe: targets computed from the clip metadata alone (no nuScenes re-read).
 
 - `ego-motion` (classification, primary metric balanced accuracy): `stopped` / `straight` /
-  `left` / `right` from the clip's ego poses via `ingest.motion` (positive yaw rate =
+  `left` / `right` from the clip's ego poses via `mvm.ego_motion` (positive yaw rate =
   counter-clockwise = left, as in nuScenes' global frame).
 - `speed` (regression, primary metric R²): mean ego speed in m/s over the clip.
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ingest.motion import EGO_MOTION_CLASSES, MotionThresholds, clip_motion, ego_motion_label
+from mvm.ego_motion import EGO_MOTION_CLASSES, MotionThresholds, clip_motion, ego_motion_label
 
 TASKS = ("ego-motion", "speed")
 

@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from slurm.settings import SweepSettings, format_size
+from mvm.slurm.settings import SweepSettings, format_size
 
 ROOT = Path(__file__).resolve().parents[1]
 """The repository whose slurm/*.sh and *.sbatch the Slurm jobs run (the checkout holding this module)."""
@@ -208,7 +208,7 @@ def _synth_job(settings: SweepSettings) -> Job:
 
 
 def _scenes_job(settings: SweepSettings, python: str, after: tuple) -> Job:
-    argv = (python, "-m", "slurm.sweep_cli", "scenes", "--dataroot", str(settings.dataroot),
+    argv = (python, "-m", "mvm.slurm.sweep_cli", "scenes", "--dataroot", str(settings.dataroot),
             "--version", settings.version, "--split", settings.train_split, "--seed", str(settings.seed),
             "--scales", ",".join(map(str, settings.scales)), "--out", str(scene_list(settings, 0).parent))  # fmt: skip
     return Job("scenes", "run", argv, after)
@@ -226,7 +226,7 @@ def ingest_inputs(settings: SweepSettings, clip_len: int) -> dict[Path, str]:
 def plan_sweep(settings: SweepSettings, exists: Callable[[Path], bool], python: str) -> Plan:
     """The jobs still needed, given which output files `exists` (Path.exists, or a set in tests).
 
-    `python` runs `-m slurm.sweep_cli scenes` (the scene chunks) before the first chunk ingest.
+    `python` runs `-m mvm.slurm.sweep_cli scenes` (the scene chunks) before the first chunk ingest.
     """
     every = experiments(settings)
     planned = [e for e in every if not exists(experiment_dir(settings, e) / "probe" / "report.json")]

@@ -1,6 +1,6 @@
 """`mvm-report`: collect training runs and their probes into scaling.json, scaling.md and PNG plots.
 
-mvm-report sweep --out sweep/report          # a sweep folder from slurm/scaling.sh (make sweep)
+mvm-report sweep --out sweep/report          # a sweep folder from mvm.slurm/scaling.sh (make sweep)
 mvm-report runs/a runs/b --out report        # any mvm-train run folders
 """
 
@@ -11,11 +11,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 import click
+from mvm.slurm.report_collect import RunRecord, collect
+from mvm.slurm.report_plots import AXES, plot_all, series
 
-from ingest.atomic import OutputError, ensure_dir, write_atomic
-from ingest.report_format import MISSING, dumps_json, fmt, fmt_ci, markdown_table
-from slurm.report_collect import RunRecord, collect
-from slurm.report_plots import AXES, plot_all, series
+from mvm.atomic import OutputError, ensure_dir, write_atomic
+from mvm.report_format import MISSING, dumps_json, fmt, fmt_ci, markdown_table
 
 COLUMNS = ("run", "preset", "scale", "train clips", "T", "world", "steps", "final loss", "clips/s", "step s",
            "DDP overhead", "data wait", "comm", "peak MB", "probe (95% CI)", "best random", "gate")  # fmt: skip
@@ -73,7 +73,7 @@ def markdown(records: list[RunRecord], skipped: list[dict], plots: list[Path]) -
     help="Output folder for scaling.json, scaling.md and the PNG plots (created).",
 )
 def main(paths: tuple[Path, ...], out: Path) -> None:
-    """Collect runs under PATHS (sweep folders from slurm/scaling.sh, or mvm-train run folders)
+    """Collect runs under PATHS (sweep folders from mvm.slurm/scaling.sh, or mvm-train run folders)
     into a scaling report.
 
     A run is a folder with config.json and metrics.jsonl; its probe is mvm-probe's report.json in

@@ -129,8 +129,8 @@ def _experiment_and_probe(run: Path) -> tuple[Path, dict | None, dict | None]:
 
 
 def _count_clips(spec: str) -> int | None:
-    # Imported here: train.data pulls in torch, which the rest of the report never needs.
-    from train.data import ShardError, resolve_shards, shard_clip_counts
+    # Imported here: mvm.train.data pulls in torch, which the rest of the report never needs.
+    from mvm.shards import ShardError, resolve_shards, shard_clip_counts
 
     try:
         return sum(shard_clip_counts(resolve_shards(spec)))

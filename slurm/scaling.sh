@@ -8,7 +8,7 @@
 #   slurm/scaling.sh --dry-run [--local] SWEEP_DIR   print the plan's job lines; submit or run nothing
 #
 # The plan (which ingests, runs and probes, and what waits for what) is computed by slurm/plan.py:
-# `python -m slurm.sweep_cli plan` prints one line per job (id, how, what it waits for, command;
+# `python -m mvm.slurm.sweep_cli plan` prints one line per job (id, how, what it waits for, command;
 # tab-separated), and this script only submits them (sbatch, recording job ids for the
 # dependencies) or runs them in order. Planning writes sweep.env and runs/*/experiment.json.
 #
@@ -68,7 +68,7 @@ if [[ "$mode" == slurm ]]; then
 fi
 # The site's dataroot and version are the Slurm-mode defaults (site.env does not export them).
 plan=$(MVM_DATAROOT="${MVM_DATAROOT:-}" MVM_VERSION="${MVM_VERSION:-}" \
-  python -m slurm.sweep_cli plan "${plan_args[@]}" "$sweep") || exit $?
+  python -m mvm.slurm.sweep_cli plan "${plan_args[@]}" "$sweep") || exit $?
 if [[ -n "$dry_run" ]]; then
   echo "$plan"
   exit 0

@@ -3,7 +3,7 @@
 Defaults that the sweep shares with the rest of mvm are read from the code, not re-typed: the base
 clip length T and the cluster frame size are `IngestConfig`'s defaults (T = 8, 144x256), the
 default T values are that base halved, as is and x1.5 (4 8 12), and a frame size that is not a
-multiple of the patch size (`ingest.shards.PATCH_SIZE`) draws `mvm-ingest`'s own warning.
+multiple of the patch size (`mvm.shards.PATCH_SIZE`) draws `mvm-ingest`'s own warning.
 
     settings_from_env(os.environ, "local", Path("sweep"))   # -> SweepSettings, or SettingsError
 """
@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
-
-from ingest.config import IngestConfig
+from mvm.ingest.config import IngestConfig
 
 MODES = ("local", "slurm")
 
@@ -162,8 +161,8 @@ def _words(name: str, text: str) -> tuple[str, ...]:
 
 
 def _size(text: str) -> tuple[int, int]:
-    # Imported here: ingest.cli loads the devkit; its parse_size is the one HxW rule (even, patch warning).
-    from ingest.cli import parse_size
+    # Imported here: mvm.ingest.cli loads the devkit; its parse_size is the one HxW rule (even, patch warning).
+    from mvm.ingest.cli import parse_size
 
     try:
         return parse_size(text)

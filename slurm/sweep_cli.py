@@ -1,7 +1,7 @@
 """What slurm/scaling.sh calls: `plan` prints the sweep's jobs, `scenes` writes its training-scene chunks.
 
-    MVM_SWEEP_STEPS=20 python -m slurm.sweep_cli plan --local sweep     # show a local sweep's jobs
-    python -m slurm.sweep_cli scenes --dataroot D --version v1.0-mini --split mini_train \\
+    MVM_SWEEP_STEPS=20 python -m mvm.slurm.sweep_cli plan --local sweep     # show a local sweep's jobs
+    python -m mvm.slurm.sweep_cli scenes --dataroot D --version v1.0-mini --split mini_train \\
         --seed 0 --scales 1,2 --out sweep/scenes
 """
 
@@ -13,11 +13,11 @@ import sys
 from pathlib import Path
 
 import click
+from mvm.slurm.plan import experiment_dir, experiment_record, job_line, plan_sweep, scene_chunks
+from mvm.slurm.settings import SettingsError, settings_from_env
 
-from ingest.atomic import OutputError, ensure_dir, write_atomic
-from ingest.report_format import dumps_json
-from slurm.plan import experiment_dir, experiment_record, job_line, plan_sweep, scene_chunks
-from slurm.settings import SettingsError, settings_from_env
+from mvm.atomic import OutputError, ensure_dir, write_atomic
+from mvm.report_format import dumps_json
 
 EXIT_CODES = "Exit codes: 0 success; 2 usage error (a setting or argument); 1 failure (reading or writing)."
 
@@ -97,8 +97,8 @@ def scenes(dataroot: Path, nusc_version: str, split: str, seed: int, scales: str
 
     Scale scales[K] trains on chunks 0..K: the first scales[K]/max(scales) of the shuffled scenes.
     """
-    # Imported here: ingest.scenes loads the devkit's split lists.
-    from ingest.scenes import SceneSpecError, resolve_scenes
+    # Imported here: mvm.ingest.scenes loads the devkit's split lists.
+    from mvm.ingest.scenes import SceneSpecError, resolve_scenes
 
     try:
         scale_list = [int(scale) for scale in scales.split(",")]

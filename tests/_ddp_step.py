@@ -1,4 +1,4 @@
-"""Two optimizer steps through train.engine on a fixed global batch, split over the ranks.
+"""Two optimizer steps through mvm.train.engine on a fixed global batch, split over the ranks.
 
     python tests/_ddp_step.py OUT.pt [--compile]                        # one process, whole batch
     torchrun --nproc_per_node=2 --standalone tests/_ddp_step.py OUT.pt  # DDP (gloo), half each
@@ -18,10 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
-
-from train.config import ModelConfig, OptimConfig  # noqa: E402
-from train.engine import build_optimizer, train_step, wrap_model  # noqa: E402
-from train.model import build_model, make_mask  # noqa: E402
+from mvm.train.config import ModelConfig, OptimConfig  # noqa: E402
+from mvm.train.engine import build_optimizer, train_step, wrap_model  # noqa: E402
+from mvm.train.model import build_model, make_mask  # noqa: E402
 
 GLOBAL_BATCH, CLIP_LEN, SIZE = 4, 4, (32, 48)
 
@@ -51,7 +50,7 @@ def main(out: Path, compile_model: bool) -> None:
             grads = {f"grad.{name}": p.grad.detach().clone() for name, p in model.named_parameters()}
             torch.save({**params, **grads}, out)
         if world > 1:
-            dist.barrier()  # why: train.loop, before its final barrier (without it ~1 run in 20 aborts)
+            dist.barrier()  # why: mvm.train.loop, before its final barrier (without it ~1 run in 20 aborts)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

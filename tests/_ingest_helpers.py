@@ -8,10 +8,9 @@ import shutil
 from pathlib import Path
 
 from click.testing import CliRunner, Result
-
-from ingest.audit_cli import main as audit_main
-from ingest.cli import ingest_main
-from ingest.synth import generate
+from mvm.ingest.audit_cli import main as audit_main
+from mvm.ingest.cli import ingest_main
+from mvm.synth import generate
 
 VERSION = "v1.0-mini"
 SCENES = 3

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+from mvm.probe.evaluate import Source, Split
 
-from probe.evaluate import Source, Split
-from probe.features import INGESTED, SHUFFLED, STATIC, VIEWS
+from mvm.features import INGESTED, SHUFFLED, STATIC, VIEWS
 
 CLASSES = np.array(["stopped", "straight", "left", "right"])
 DIM = 24

@@ -10,7 +10,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from ingest.shards import FORMAT_NAME, FORMAT_VERSION
+from mvm.shards import FORMAT_NAME, FORMAT_VERSION
 
 EXPERIMENTS = [(1, 8, 1, 0.40), (2, 8, 1, 0.50), (4, 8, 1, 0.60), (4, 4, 1, 0.45), (4, 8, 2, 0.58)]
 """(data scale, T, world size, probe metric): the default --local sweep's five experiments."""
@@ -21,7 +21,7 @@ def write_shards(folder: Path, clips: list[int]) -> None:
     names = [f"shard-{index:06d}.tar" for index in range(len(clips))]
     for name in names:
         (folder / name).write_bytes(b"")
-    # A valid manifest: readers validate it (ingest.shards.read_manifest) before counting clips.
+    # A valid manifest: readers validate it (mvm.shards.read_manifest) before counting clips.
     empty = hashlib.sha256(b"").hexdigest()
     shards = [{"name": n, "clips": c, "bytes": 0, "sha256": empty} for n, c in zip(names, clips, strict=True)]
     manifest = {

@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import train.loop  # noqa: E402
-from train.cli import main  # noqa: E402
+import mvm.train.loop  # noqa: E402
+from mvm.train.cli import main  # noqa: E402
 
 
 def children() -> list[int]:
@@ -50,5 +50,5 @@ def faulty(step_fn):
 
 
 if __name__ == "__main__":
-    train.loop.train_step = faulty(train.loop.train_step)
+    mvm.train.loop.train_step = faulty(mvm.train.loop.train_step)
     main()

@@ -1,6 +1,6 @@
 """Small shard folders in the contract format (shards/README.md) for the trainer tests.
 
-Clips are a random texture sliding by a per-clip velocity, encoded with ingest.video.encode_clip,
+Clips are a random texture sliding by a per-clip velocity, encoded with mvm.video.encode_clip,
 so the decoder, the tar layout and the manifest are the real ones; only the content is made up.
 """
 
@@ -16,9 +16,9 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+from mvm.train.config import ModelConfig
 
-from ingest.video import encode_clip
-from train.config import ModelConfig
+from mvm.video import encode_clip
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = REPO / ".venv" / "bin"
@@ -119,7 +119,7 @@ def run_train(
     """
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **(env_extra or {})}
     env.update({f"MVM_FAULT_{name}": str(value) for name, value in (faults or {}).items()})
-    target = [str(FAULTS)] if faults else ["-m", "train.cli"]
+    target = [str(FAULTS)] if faults else ["-m", "mvm.train.cli"]
     if nproc > 1:
         command = [str(VENV_BIN / "torchrun"), f"--nproc_per_node={nproc}", "--standalone", *target]
     else:

@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 from _ingest_helpers import audit, ingest
 
-from ingest.shards import iter_samples, sha256_file, tar_bytes
-from ingest.video import decode_clip, encode_clip
+from mvm.shards import iter_samples, sha256_file, tar_bytes
+from mvm.video import decode_clip, encode_clip
 
 
 def copy_output(source, target):

@@ -24,12 +24,11 @@ import pytest
 from _ingest_helpers import VERSION
 from _train_helpers import write_shards
 from click.testing import CliRunner
-
-from ingest.audit_cli import main as audit_main
-from ingest.cli import ingest_main
-from ingest.synth.cli import main as synth_main
-from probe.cli import main as probe_main
-from slurm.report import main as report_main
+from mvm.ingest.audit_cli import main as audit_main
+from mvm.ingest.cli import ingest_main
+from mvm.probe.cli import main as probe_main
+from mvm.slurm.report import main as report_main
+from mvm.synth.cli import main as synth_main
 
 CLIS = {
     "mvm-ingest": ingest_main,

@@ -14,7 +14,7 @@ import pytest
 from bench import codec, report
 from bench.run import BenchConfig, run_bench
 from bench.workspace import DatarootSpec
-from ingest.video import available_decoders
+from mvm.video import available_decoders
 
 TINY = BenchConfig(
     dataroot=DatarootSpec(scenes=2, frames_per_scene=24, width=320),

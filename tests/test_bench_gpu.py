@@ -12,13 +12,13 @@ import time
 import pytest
 import torch
 from _train_helpers import REPO, write_shards
+from mvm.train.config import apply_overrides, tiny
+from mvm.train.model import build_model, make_mask
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench import gpu
-from ingest.report_format import dumps_json
-from train.config import apply_overrides, tiny
-from train.model import build_model, make_mask
+from mvm.report_format import dumps_json
 
 torch.set_num_threads(1)
 
@@ -108,7 +108,7 @@ def test_training_and_bench_gpu_import_no_devkit():
     """A GPU image has no nuScenes devkit: training, loading and bench.gpu must not import it."""
     code = (
         "import sys; sys.modules['nuscenes'] = None\n"  # any `import nuscenes` now raises ImportError
-        "import train.cli, train.loop, train.data, bench.gpu\n"
+        "import mvm.train.cli, mvm.train.loop, mvm.train.data, bench.gpu\n"
         "assert not [m for m, mod in sys.modules.items() if m.startswith('nuscenes') and mod is not None]\n"
     )
     result = subprocess.run(

@@ -1,7 +1,7 @@
 """Issue 11's attacks on ingest, audit and the shard readers, each reproduced and now refused.
 
 One test (or parametrized case) per row of the issue's table that ingest, audit or a reader
-(train.data / probe.data through ingest.shards) owns; the training-loop rows live with the trainer
+(mvm.train.data / mvm.probe.data through mvm.shards) owns; the training-loop rows live with the trainer
 tests. Every case asserts the fixed behaviour: nothing written outside the folder, a clear
 message, the documented exit code.
 """
@@ -21,14 +21,14 @@ import pytest
 from _ingest_helpers import audit, cam_front_chains, copy_dataroot, ingest
 from _train_helpers import REPO, VENV_BIN, write_shards
 from click.testing import CliRunner
+from mvm.probe.data import read_metadata
+from mvm.synth.cli import main as synth_main
+from mvm.train.config import DataConfig
+from mvm.train.data import epoch_samples
+from mvm.train.split import plan_epoch
 from PIL import Image
 
-from ingest.shards import MANIFEST, ShardError, iter_verified, sha256_file
-from ingest.synth.cli import main as synth_main
-from probe.data import read_metadata
-from train.config import DataConfig
-from train.data import epoch_samples, resolve_shards, shard_clip_counts
-from train.split import plan_epoch
+from mvm.shards import MANIFEST, ShardError, iter_verified, resolve_shards, sha256_file, shard_clip_counts
 
 OUTSIDE = b"a file outside every output folder\n"
 
@@ -102,7 +102,7 @@ def test_symlinked_log_or_output_folder_is_refused(dataroot, tmp_path, outside):
 
 
 def test_figures_are_saved_atomically_and_closed_even_when_refused(tmp_path, outside):
-    """ingest.atomic.save_figure, the one way plots are written: a PNG replaces a symlink planted at
+    """mvm.atomic.save_figure, the one way plots are written: a PNG replaces a symlink planted at
     the final name (the link's target is untouched), a symlinked folder is refused with OutputError,
     and the figure is closed in both cases (no figures pile up in a long sweep)."""
     import matplotlib
@@ -110,7 +110,7 @@ def test_figures_are_saved_atomically_and_closed_even_when_refused(tmp_path, out
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ingest.atomic import OutputError, save_figure
+    from mvm.atomic import OutputError, save_figure
 
     out = tmp_path / "plots"
     out.mkdir()

@@ -1,4 +1,4 @@
-"""ingest.video: H.264/MP4 round trip, fidelity, byte determinism, decoders and the I420 path."""
+"""mvm.video: H.264/MP4 round trip, fidelity, byte determinism, decoders and the I420 path."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ingest.video import (
+from mvm.video import (
     DECODERS,
     available_decoders,
     decode_clip,
@@ -61,7 +61,7 @@ def test_encoding_is_deterministic_within_and_across_processes(natural_clip, tmp
     assert encode_clip(natural_clip) == first
     np.save(tmp_path / "clip.npy", natural_clip)
     script = (
-        "import sys, numpy as np; from ingest.video import encode_clip; "
+        "import sys, numpy as np; from mvm.video import encode_clip; "
         f"sys.stdout.buffer.write(encode_clip(np.load({str(tmp_path / 'clip.npy')!r})))"
     )
     other = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True).stdout

@@ -1,4 +1,4 @@
-"""mvm-probe end to end on real shards (synth -> mvm-ingest) and real checkpoints (train.checkpoint)."""
+"""mvm-probe end to end on real shards (synth -> mvm-ingest) and real checkpoints (mvm.train.checkpoint)."""
 
 from __future__ import annotations
 
@@ -6,23 +6,23 @@ import functools
 import json
 from pathlib import Path
 
+import mvm.probe.cli as probe_cli
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from mvm.ingest.cli import ingest_main
+from mvm.probe.cli import EXIT_FAIL, EXIT_USAGE, main
+from mvm.probe.evaluate import evaluate_encoders
+from mvm.probe.tasks import make_task
+from mvm.synth import generate
+from mvm.train.checkpoint import save
+from mvm.train.config import apply_overrides, from_dict, preset
+from mvm.train.model import build_model
+from mvm.train.online_probe import OnlineProbe
 
-import probe.cli as probe_cli
-from ingest.cli import ingest_main
-from ingest.synth import generate
-from probe.cli import EXIT_FAIL, EXIT_USAGE, main
-from probe.evaluate import evaluate_encoders
-from probe.tasks import make_task
+from mvm.shards import resolve_shards
 from tests._probe_helpers import planted_split
-from train.checkpoint import save
-from train.config import apply_overrides, from_dict, preset
-from train.data import resolve_shards
-from train.model import build_model
-from train.online_probe import OnlineProbe
 
 SIZE = (32, 64)
 CLIP_LEN = 8

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import mvm.probe.pooling
 import numpy as np
 import pytest
 import torch
+from mvm.probe.evaluate import Source, evaluate_encoders
+from mvm.probe.gate import FAIL, NONE, PASS, STRONG, WEAK, Verdict, compare, strength
+from mvm.probe.linear import fit_head, predict
+from mvm.probe.pooling import candidate_grids
+from mvm.probe.tasks import make_task
 
-import probe.pooling
-from probe.evaluate import Source, evaluate_encoders
-from probe.features import (
+from mvm.features import (
     INGESTED,
     PIXELS,
     SHUFFLED,
@@ -21,10 +25,6 @@ from probe.features import (
     shuffled_order,
     temporal_pool,
 )
-from probe.gate import FAIL, NONE, PASS, STRONG, WEAK, Verdict, compare, strength
-from probe.linear import fit_head, predict
-from probe.pooling import candidate_grids
-from probe.tasks import make_task
 from tests._probe_helpers import planted_split
 
 
@@ -94,13 +94,13 @@ def test_grid_selection_sees_training_scenes_only(monkeypatch):
     train = planted_split(rng, [f"t{i}" for i in range(6)], 12, 2.0, pixel_signal=1.0, grids=grids)
     val = planted_split(rng, [f"v{i}" for i in range(4)], 12, 2.0, pixel_signal=1.0, grids=grids)
     seen = []
-    real = probe.pooling.fit_head
+    real = mvm.probe.pooling.fit_head
 
     def spy(task, features, targets, scenes):
         seen.append((features, targets, scenes))
         return real(task, features, targets, scenes)
 
-    monkeypatch.setattr(probe.pooling, "fit_head", spy)
+    monkeypatch.setattr(mvm.probe.pooling, "fit_head", spy)
     result = evaluate_encoders(task, train, val, n_boot=100, controls=False)
     sources = {source for source, _, _ in train.features}
     assert len(seen) == len(sources) * len(grids)  # one head per (source, grid), nothing more
@@ -149,8 +149,7 @@ def test_strength_on_planted_features(order_free):
 def test_model_token_grid_lays_out_the_encoder_tokens():
     """token_grid is the unmasked encoder output, time-major tokens laid out as (B, T, H/p, W/p, d)."""
     from _train_helpers import small_model
-
-    from train.model import build_model, patchify
+    from mvm.train.model import build_model, patchify
 
     torch.manual_seed(0)
     model = build_model(small_model(stem_channels=4, embed_dim=8, depth=1, decoder_dim=8)).eval()
@@ -165,9 +164,8 @@ def test_model_token_grid_lays_out_the_encoder_tokens():
 
 def test_row_space_projection_is_exact_for_l2_heads():
     """Ridge on the projected features predicts exactly what ridge on the full features does (F > N)."""
+    from mvm.probe.linear import RowSpace
     from sklearn.linear_model import Ridge
-
-    from probe.linear import RowSpace
 
     rng = np.random.default_rng(0)
     train, test, y = rng.normal(size=(30, 400)), rng.normal(size=(10, 400)), rng.normal(size=30)

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 from _sweep_helpers import make_sweep, write_probe, write_run
-
-from slurm.report_collect import collect, find_runs, with_ddp_overhead
-from slurm.report_plots import series
+from mvm.slurm.report_collect import collect, find_runs, with_ddp_overhead
+from mvm.slurm.report_plots import series
 
 MVM_REPORT = Path(sys.executable).parent / "mvm-report"
 

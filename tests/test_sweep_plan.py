@@ -10,9 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from ingest.config import IngestConfig
-from slurm.plan import (
+from mvm.ingest.config import IngestConfig
+from mvm.slurm.plan import (
     experiment_record,
     experiments,
     job_line,
@@ -20,7 +19,7 @@ from slurm.plan import (
     scene_chunks,
     train_resources,
 )
-from slurm.settings import SettingsError, settings_from_env
+from mvm.slurm.settings import SettingsError, settings_from_env
 
 PYTHON = sys.executable
 SWEEP = Path("/sweeps/s")
@@ -149,7 +148,7 @@ def test_slurm_plan_submits_with_resources_and_never_synthesizes():
     settings = _settings("slurm", gpus_per_node=4, worlds="1 8", clip_lens="8")
     jobs = _by_id(_plan(settings))
     assert "synth" not in jobs and jobs["scenes"].how == "run"
-    assert jobs["scenes"].argv[:4] == (PYTHON, "-m", "slurm.sweep_cli", "scenes")
+    assert jobs["scenes"].argv[:4] == (PYTHON, "-m", "mvm.slurm.sweep_cli", "scenes")
     ingest = jobs["ingest-T8-val"]
     assert ingest.how == "ingest" and ingest.argv[1].endswith("slurm/ingest.sh")
     assert ingest.argv[2:5] == ("--logs", f"{SWEEP}/logs", "--")
@@ -186,7 +185,7 @@ def test_job_line_splits_back_into_the_same_arguments_in_bash():
 
 def test_plan_cli_writes_settings_and_experiments_and_prints_lines(tmp_path):
     env = {**os.environ, "MVM_SWEEP_STEPS": "7", "MVM_SWEEP_TRAIN_ARGS": "--note 'it''s'"}
-    done = subprocess.run([PYTHON, "-m", "slurm.sweep_cli", "plan", "--local", tmp_path / "s"], env=env,
+    done = subprocess.run([PYTHON, "-m", "mvm.slurm.sweep_cli", "plan", "--local", tmp_path / "s"], env=env,
                           capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr
     lines = [line.split("\t") for line in done.stdout.splitlines()]
@@ -201,7 +200,7 @@ def test_plan_cli_writes_settings_and_experiments_and_prints_lines(tmp_path):
     assert shown.stdout.strip() == "7|--note its|local"
     record = json.loads((tmp_path / "s" / "runs" / "x4-T8-w2" / "experiment.json").read_text())
     assert record["world_size"] == 2 and record["steps"] == 7
-    bad = subprocess.run([PYTHON, "-m", "slurm.sweep_cli", "plan", "--local", tmp_path / "t"],
+    bad = subprocess.run([PYTHON, "-m", "mvm.slurm.sweep_cli", "plan", "--local", tmp_path / "t"],
                          env={**env, "MVM_SWEEP_SCALES": "1 two"}, capture_output=True, text=True)  # fmt: skip
     assert bad.returncode == 2 and "MVM_SWEEP_SCALES" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "t").exists()
@@ -211,7 +210,7 @@ def test_scenes_cli_writes_chunks_of_the_training_split(tmp_path):
     names = ["scene-0061", "scene-0553", "scene-0655", "scene-0757", "scene-1077"]  # v1.0-mini's mini_train
     (tmp_path / "v1.0-mini").mkdir()
     (tmp_path / "v1.0-mini" / "scene.json").write_text(json.dumps([{"name": n} for n in names]))
-    args = [PYTHON, "-m", "slurm.sweep_cli", "scenes", "--dataroot", tmp_path, "--version", "v1.0-mini",
+    args = [PYTHON, "-m", "mvm.slurm.sweep_cli", "scenes", "--dataroot", tmp_path, "--version", "v1.0-mini",
             "--split", "mini_train", "--seed", "0", "--out", tmp_path / "scenes"]  # fmt: skip
     done = subprocess.run([*args, "--scales", "1,2"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

@@ -9,21 +9,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from mvm.probe.linear import fit_head, predict
+from mvm.probe.stats import balanced_accuracy
+from mvm.probe.tasks import make_task
+from mvm.synth import generate
+from mvm.synth.cli import main
+from mvm.synth.dataroot import MARKER
+from mvm.synth.plan import plan_scene
+from mvm.synth.schedule import TICK_US, scene_names, sensor_times
+from mvm.synth.trajectory import poses_at
 from nuscenes.nuscenes import NuScenes
 from nuscenes.utils import splits
 from PIL import Image
 from sklearn.model_selection import GroupKFold
 
-from ingest.motion import EGO_MOTION_CLASSES, clip_motion, ego_motion_label, yaw_from_quaternion
-from ingest.synth import generate
-from ingest.synth.cli import main
-from ingest.synth.dataroot import MARKER
-from ingest.synth.plan import plan_scene
-from ingest.synth.schedule import TICK_US, scene_names, sensor_times
-from ingest.synth.trajectory import poses_at
-from probe.linear import fit_head, predict
-from probe.stats import balanced_accuracy
-from probe.tasks import make_task
+from mvm.ego_motion import EGO_MOTION_CLASSES, clip_motion, ego_motion_label, yaw_from_quaternion
 
 WIDTH = 256
 FRAMES = 120
@@ -242,8 +242,8 @@ def test_every_plan_has_all_motion_kinds_in_both_layouts():
 def test_turn_direction_is_not_in_a_still_frame(tmp_path):
     """Left and right turns look alike in a single frame and differ in the motion.
 
-    On a small trainval dataroot, 8-frame clips labelled left or right (ingest.motion) are
-    classified by a logistic regression (probe.linear.fit_head) in scene-grouped
+    On a small trainval dataroot, 8-frame clips labelled left or right (mvm.ego_motion) are
+    classified by a logistic regression (mvm.probe.linear.fit_head) in scene-grouped
     cross-validation: from grey thumbnails of the first frame (8x14 and 16x28) the balanced
     accuracy stays near chance; from a pixel motion feature (the horizontal image flow of each
     region, by least squares over the clip's frame differences) it is high.
@@ -299,7 +299,7 @@ def region_flow(frames: np.ndarray, rows: int = 2, columns: int = 4) -> np.ndarr
 
 
 def grouped_score(features: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float:
-    """Balanced accuracy of probe.linear.fit_head's logistic regression in scene-grouped 5-fold CV."""
+    """Balanced accuracy of mvm.probe.linear.fit_head's logistic regression in scene-grouped 5-fold CV."""
     task = make_task("ego-motion")
     predicted = np.empty(len(labels), dtype=labels.dtype)
     for train, test in GroupKFold(n_splits=5).split(features, labels, groups):

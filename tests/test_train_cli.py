@@ -17,10 +17,9 @@ import pytest
 import torch
 from _train_helpers import REPO, VENV_BIN, read_keys, run_train, tiny_config, write_shards
 from click.testing import CliRunner
-
-from train.checkpoint import complete_checkpoints, load_for_eval
-from train.cli import main
-from train.metrics import read_jsonl
+from mvm.train.checkpoint import complete_checkpoints, load_for_eval
+from mvm.train.cli import main
+from mvm.train.metrics import read_jsonl
 
 torch.set_num_threads(1)
 
@@ -118,7 +117,7 @@ def check_damaged_checkpoint_fallback(whole: Path, common: list[str], tmp_path: 
     state = damaged / "checkpoints" / "step-000012" / "state.pt"
     state.write_bytes(state.read_bytes()[:1000])
     probe_load = subprocess.run(
-        [sys.executable, "-c", f"from train.checkpoint import load_for_eval; load_for_eval({str(damaged)!r})"],
+        [sys.executable, "-c", f"from mvm.train.checkpoint import load_for_eval; load_for_eval({str(damaged)!r})"],
         cwd=REPO, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     check(probe_load)
@@ -216,7 +215,7 @@ def test_ddp_matches_one_process_on_the_same_global_batch(tmp_path):
 
 @pytest.mark.slow
 def test_compiled_ddp_matches_one_process(tmp_path):
-    """torch.compile outside DDP (train.engine.wrap_model): inductor on CPU, ~1 CPU-minute per rank."""
+    """torch.compile outside DDP (mvm.train.engine.wrap_model): inductor on CPU, ~1 CPU-minute per rank."""
     single = ddp_step(tmp_path / "one.pt", 1)
     compiled = ddp_step(tmp_path / "two.pt", 2, "--compile")
     assert max_difference(single, compiled, "grad.") < 1e-5
@@ -338,8 +337,8 @@ def test_resume_that_changes_the_data_is_refused(shard_dir, tmp_path):
 
 
 def test_options_are_generated_from_documented_config_fields():
-    from train.cli import OPTIONS
-    from train.config import BOUNDS, CHOICES, TrainConfig, field_info, get_field
+    from mvm.train.cli import OPTIONS
+    from mvm.train.config import BOUNDS, CHOICES, TrainConfig, field_info, get_field
 
     by_name = {param.name: param for param in main.params}
     for dotted in OPTIONS:

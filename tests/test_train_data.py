@@ -1,4 +1,4 @@
-"""train.data: shard resolution, the real DataLoader stream (order, resume, disjoint ranks), bad shards,
+"""mvm.train.data: shard resolution, the real DataLoader stream (order, resume, disjoint ranks), bad shards,
 the I420 hand-over and its conversion on the batch, repeated sampling."""
 
 from __future__ import annotations
@@ -11,20 +11,13 @@ import numpy as np
 import pytest
 import torch
 from _train_helpers import write_shards
+from mvm.train.config import DataConfig, preset, validate
+from mvm.train.data import batches, epoch_samples, iter_clips
+from mvm.train.split import plan_epoch
 
-from train.config import DataConfig, preset, validate
-from train.data import (
-    ShardError,
-    batches,
-    clip_shape,
-    epoch_samples,
-    i420_to_rgb,
-    iter_clips,
-    resolve_shards,
-    shard_clip_counts,
-    to_video,
-)
-from train.split import plan_epoch
+from mvm.shards import ShardError, resolve_shards, shard_clip_counts
+from mvm.shards import clip_shape_of as clip_shape
+from mvm.tensors import i420_to_rgb, to_video
 
 torch.set_num_threads(1)
 SHAPE = (8, 32, 64, 3)
@@ -149,7 +142,7 @@ def test_i420_conversion_inverts_the_ingest_and_matches_the_rgb_decode():
     import matplotlib.cbook
     from PIL import Image
 
-    from ingest.video import decode_clip, decode_i420, encode_clip, psnr, rgb_to_i420
+    from mvm.video import decode_clip, decode_i420, encode_clip, psnr, rgb_to_i420
 
     photo = Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).convert("RGB")
     source = np.stack(

@@ -1,4 +1,4 @@
-"""train.diagnostics: copy_loss on clips where copying is exact or impossible; the collapse detector
+"""mvm.train.diagnostics: copy_loss on clips where copying is exact or impossible; the collapse detector
 fires on constant and position-only encoders and stays quiet on a (briefly) trained one."""
 
 from __future__ import annotations
@@ -6,9 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 from _train_helpers import small_model
-
-from train.config import OptimConfig, TrainConfig
-from train.diagnostics import (
+from mvm.train.config import OptimConfig, TrainConfig
+from mvm.train.diagnostics import (
     collapse_reasons,
     collapse_signals,
     copy_loss,
@@ -16,8 +15,8 @@ from train.diagnostics import (
     effective_rank,
     fixed_mask,
 )
-from train.engine import build_optimizer, train_step
-from train.model import build_model, make_mask, masked_mse, normalize_patches, patchify
+from mvm.train.engine import build_optimizer, train_step
+from mvm.train.model import build_model, make_mask, masked_mse, normalize_patches, patchify
 
 torch.set_num_threads(1)
 

@@ -1,4 +1,4 @@
-"""train.model: patchify inverse, masking invariants, no leak of masked pixels, loss on masked patches
+"""mvm.train.model: patchify inverse, masking invariants, no leak of masked pixels, loss on masked patches
 only, position codes, input standardization."""
 
 from __future__ import annotations
@@ -8,9 +8,8 @@ import dataclasses
 import pytest
 import torch
 from _train_helpers import small_model
-
-from train.config import PRESETS, ModelConfig, from_dict, tiny, to_dict
-from train.model import (
+from mvm.train.config import PRESETS, ModelConfig, from_dict, tiny, to_dict
+from mvm.train.model import (
     MASK_TYPES,
     PIXEL_MEAN,
     PIXEL_STD,
@@ -142,7 +141,7 @@ def test_loss_depends_only_on_masked_targets():
 
 
 def test_pooled_features_shape_and_motion_sensitivity():
-    from probe.features import pool
+    from mvm.features import pool
 
     torch.manual_seed(0)
     model = build_model(CFG).eval()

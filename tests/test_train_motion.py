@@ -1,4 +1,4 @@
-"""train.motion: the camera-motion decoder. Warping is exact where it should be, zero motion is
+"""mvm.train.motion: the camera-motion decoder. Warping is exact where it should be, zero motion is
 copying the last visible frame, hidden frames never reach the encoder, and the motion is learnable
 (a model trained on sliding textures beats copying and reads the direction of motion)."""
 
@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 from _train_helpers import moving_clip, small_model
+from mvm.train.config import OptimConfig, tiny
+from mvm.train.engine import build_optimizer
+from mvm.train.model import build_model, make_mask, masked_mse, patchify
+from mvm.train.motion import CameraMotionHead, camera_flow, warp
 
-from train.config import OptimConfig, tiny
-from train.engine import build_optimizer
-from train.model import build_model, make_mask, masked_mse, patchify
-from train.motion import CameraMotionHead, camera_flow, temporal_pool, warp
+from mvm.features import temporal_pool
 
 torch.set_num_threads(1)
 

@@ -1,12 +1,11 @@
-"""train.split: disjoint, complete, equal-step shard splits for 1-4 ranks x 0-3 workers; resume replay."""
+"""mvm.train.split: disjoint, complete, equal-step shard splits for 1-4 ranks x 0-3 workers; resume replay."""
 
 from __future__ import annotations
 
 import itertools
 
 import pytest
-
-from train.split import consumed_per_worker, plan_epoch, steps_per_epoch
+from mvm.train.split import consumed_per_worker, plan_epoch, steps_per_epoch
 
 COUNT_SETS = [[5, 3, 7], [1], [4, 4, 4, 4, 4, 4, 1], [2, 9], [32, 32, 32, 32, 32, 7], [3] * 13]
 

@@ -1,4 +1,4 @@
-"""train.viz: a picture from a tiny model: size, honest reconstruction row, fixed clips, atomic write."""
+"""mvm.train.viz: a picture from a tiny model: size, honest reconstruction row, fixed clips, atomic write."""
 
 from __future__ import annotations
 
@@ -7,12 +7,9 @@ import io
 import numpy as np
 import torch
 from _train_helpers import small_model, write_shards
-from PIL import Image
-
-from train.data import resolve_shards
-from train.diagnostics import fixed_mask
-from train.model import build_model, make_mask, unpatchify
-from train.viz import (
+from mvm.train.diagnostics import fixed_mask
+from mvm.train.model import build_model, make_mask, unpatchify
+from mvm.train.viz import (
     LABEL_WIDTH,
     MAX_FRAMES,
     MIN_FRAME_WIDTH,
@@ -24,6 +21,9 @@ from train.viz import (
     png_bytes,
     render,
 )
+from PIL import Image
+
+from mvm.shards import resolve_shards
 
 torch.set_num_threads(1)
 

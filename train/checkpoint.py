@@ -7,7 +7,7 @@ fact) is reported by path and skipped for the newest earlier complete one, both 
 resumes (`load_newest`) and when the probe loads an encoder (`load_for_eval`).
 state.pt holds only tensors and plain Python values, so it loads with weights_only=True:
 model, optimizer, step, data position, RNG states. The LR schedule is a pure function of the
-step and the saved config (train.engine.lr_at), so restoring the step restores the schedule.
+step and the saved config (mvm.train.engine.lr_at), so restoring the step restores the schedule.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from mvm.train.config import TrainConfig, apply_overrides, from_dict, to_dict
+from mvm.train.model import MaskedVideoModel, build_model
 
-from ingest.atomic import atomic_path, ensure_dir, write_atomic
-from ingest.report_format import dumps_json
-from train.config import TrainConfig, apply_overrides, from_dict, to_dict
-from train.model import MaskedVideoModel, build_model
+from mvm.atomic import atomic_path, ensure_dir, write_atomic
+from mvm.report_format import dumps_json
 
 MARKER = "COMPLETE"
 
@@ -186,7 +186,7 @@ def resume_state(resume: str, run: Path, warn: Callable[[str], None] = _warn) ->
 
 def same_shards(a: str, b: str) -> bool:
     """Whether two shard specs name the same files (a moved or deleted old spec counts as different)."""
-    from train.data import ShardError, resolve_shards
+    from mvm.shards import ShardError, resolve_shards
 
     try:
         return [Path(u).resolve() for u in resolve_shards(a)] == [

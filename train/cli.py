@@ -3,7 +3,7 @@
 Single process (CPU or one GPU):
     mvm-train --shards shards/train --out runs/small --model small
 DDP on one machine, K processes (gloo on CPU, NCCL on GPU; rank and world come from torchrun):
-    torchrun --nproc_per_node=K -m train.cli --shards shards/train --out runs/small --model small
+    torchrun --nproc_per_node=K -m mvm.train.cli --shards shards/train --out runs/small --model small
 Multi-node under Slurm (one torchrun per node): slurm/train_ddp.sbatch.
 CPU smoke test (a few seconds):
     mvm-train --shards demo/shards/train --out /tmp/smoke --model tiny --steps 20 --device cpu
@@ -13,7 +13,7 @@ consumed), loss.png, viz/step-NNNNNN.png, checkpoints/step-NNNNNN/ and, with the
 tensorboard package, tensorboard/. Rerunning the same command resumes from the newest loadable
 checkpoint (--resume auto) and continues the same data stream mid-epoch.
 
-Options that set a config field are generated from train/config.py (help = the field's
+Options that set a config field are generated from mvm.train/config.py (help = the field's
 docstring, range = config.BOUNDS); `OPTIONS` lists which fields are options.
 """
 
@@ -24,11 +24,8 @@ from pathlib import Path
 
 import click
 import torch
-from rich.console import Console
-
-from ingest.atomic import OutputError
-from train.checkpoint import CheckpointError, resume_state, resumed_config
-from train.config import (
+from mvm.train.checkpoint import CheckpointError, resume_state, resumed_config
+from mvm.train.config import (
     BOUNDS,
     CHOICES,
     TrainConfig,
@@ -41,7 +38,10 @@ from train.config import (
     size_problem,
     validate,
 )
-from train.data import ShardError, clip_shape, resolve_shards
+from rich.console import Console
+
+from mvm.atomic import OutputError
+from mvm.shards import ShardError, clip_shape_of, resolve_shards
 
 EXIT_FAILURE, EXIT_USAGE = 1, 2
 OPTIONS = (
@@ -117,7 +117,7 @@ def resolve_config(model: str, config_file: str | None, fields: dict) -> TrainCo
     if config_file:
         config = apply_overrides(config, load_overrides(config_file))
     config = apply_overrides(config, nested(fields))
-    clip_len, size = clip_shape(resolve_shards(config.data.shards))
+    clip_len, size = clip_shape_of(resolve_shards(config.data.shards))
     problem = size_problem(size, config.model.patch_size)
     if problem:
         raise ValueError(problem)
@@ -177,14 +177,14 @@ def main(run: Path, model: str, resume: str, config_file: str | None, **fields) 
     except (ValueError, FileNotFoundError) as error:
         raise click.UsageError(str(error)) from None
 
-    from train.loop import train  # imported after option checks: --help and usage errors stay fast
+    from mvm.train.loop import train  # imported after option checks: --help and usage errors stay fast
 
     try:
         code = train(config, run, state, console)
     except ShardError as error:
         # Errors raised in a DataLoader worker arrive wrapped with the worker's traceback; its last line is ours.
         last = str(error).strip().splitlines()[-1]
-        message = last.split("ShardError: ", 1)[-1]  # drop "ingest.shards.[Damaged]ShardError: " if wrapped
+        message = last.split("ShardError: ", 1)[-1]  # drop "mvm.shards.[Damaged]ShardError: " if wrapped
         fail(f"data error: {message}", EXIT_FAILURE)
     except OutputError as error:
         fail(str(error), EXIT_FAILURE)

@@ -22,7 +22,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ingest.shards import PATCH_SIZE
+from mvm.shards import PATCH_SIZE
 
 DECODERS = ("auto", "pyav-i420", "pyav", "decord", "torchcodec")
 """DataConfig.decoder values (train/data.py: hands_over_i420, rgb_decoder)."""
@@ -76,7 +76,7 @@ class ModelConfig:
     norm_pix_loss: bool = True
     """Normalize each target patch by its own mean/std before the MSE (MAE's per-patch normalized targets)."""
     input_norm: bool = True
-    """Standardize the stem's input pixels with train.model's PIXEL_MEAN / PIXEL_STD (as MAE does), so
+    """Standardize the stem's input pixels with mvm.train.model's PIXEL_MEAN / PIXEL_STD (as MAE does), so
     content features start on the scale of the position codes, in random and trained encoders alike.
     Checkpoints saved before this field existed load with False, the behaviour they were trained with."""
     pos_embed: str = "learned"
@@ -183,146 +183,18 @@ class TrainConfig:
 
 
 def tiny() -> TrainConfig:
-    """CPU demos and tests: a 4-block d=128 encoder on 2-frame tokens, sine-cosine positions, the last of 4
-    token steps hidden and predicted as the last visible frame moved by a camera motion (train/motion.py).
+    """CPU demos and tests: future prediction by a camera-motion warp (not high-ratio masking).
 
-    Round 6 (this preset). dev5 = `mvm-synth --seed 2`, protocol A of round 4 (pre-training and
-    probe heads on 22 training scenes, scores on 1440 clips of 74 other scenes; pixels 0.744, random
-    encoders 0.718 / 0.733 / 0.716). A development loop on decoded clips with this model code:
+    A 4-block d=128 encoder on 2-frame tokens with sine-cosine positions. The mask hides the last
+    of 4 token steps (`mask_type="future"`, 25 % of the tokens, the same in every clip); the hidden
+    frames are predicted as the last visible frame warped by a camera motion (tx, ty, expansion)
+    that one linear layer reads from the visible tokens' temporal summary (train/motion.py). The
+    loss is the MSE on the hidden patches' raw pixels. 1000 steps is what `make demo` affords.
 
-    | prediction of the hidden frames (1000 steps, development loop)                 | balanced accuracy |
-    |---------------------------------------------------------------------------------|-------------------|
-    | the last visible frame warped by a camera motion from one linear layer on every  | **0.902** (model seed 1: 0.905) |
-    | visible token's temporal summary (this preset)                                    |                   |
-    | the same, 1500 steps                                                              | 0.908             |
-    | the same, protocol B (67 scenes -> 29; pixels 0.800, random encoders 0.795-0.829, | 0.937             |
-    | the label-trained encoder 0.972, flow 0.977)                                      |                   |
-    | the same, a 5x5 box blur on both sides of the loss                               | 0.923             |
-    | the same (blurred) with random horizontal flips                                  | 0.894             |
-    | the camera motion read by a linear layer from the mean visible token             | 0.550 (42 of 84 past tokens visible: 0.666) |
-    | a flow field per hidden token from the transformer decoder (21 / 84 past tokens visible) | 0.678 / 0.701 |
-    | pixel targets minus copying the nearest visible step (the motion residual)       | 0.727 (1 step hidden) / 0.579 (2) |
-    | displacement targets with flips and time reversal (hidden / all tokens)          | 0.652 / 0.641     |
-
-    The flow-field decoder learned one mean field for every clip (the same predicted displacement for
-    left, right, straight and stopped clips): the loss fell without any motion read from the visible
-    tokens. Three numbers per frame, read linearly from each token's change over time, make reading
-    the motion the easy way to lower the loss. Flips do not help. The blur's +0.02 is one run
-    against one (not repeated with another seed); the preset keeps the plain masked-patch MSE, the
-    same loss as the pixel decoder's, so copy_loss and the pictures mean the same. (The development
-    loop measured the expansion per 10 px from the centre; the preset's unit is the patch, 16 px.)
-    Cost: the encoder sees 84 of 112 tokens instead of 11; `make demo` trains at 76.8 clips/s (the
-    previous preset: 110). On the demo (its first look at the demo's scenes, after the choice):
-    gate pass, 0.937 against the best random encoder's 0.745, strength strong (README). The same
-    `mvm-train` + `mvm-probe` on dev3 (seed 1, the demo's size): gate pass, 0.765 against 0.683
-    (difference CI [+0.030, +0.137]), strength weak (pixels 0.775; training-scene CV 0.883 against
-    pixels 0.783).
-
-    Tuning hygiene (issue 10.7): settings were compared only on development dataroots made with
-    `mvm-synth --seed 1` (rounds 1-3) and `--seed 2` (rounds 4-6); the demo uses seed 0. Seed 1:
-    160 frames per scene, 480 px, ingested at 64x112, T=8; `mvm-train` then `mvm-probe` with its
-    controls. The demo's scenes were never looked at to choose anything.
-
-    Round 3 (the preset of rounds 3-5: random 0.9 masking, a d=96 2-block pixel decoder). dev2 =
-    16 scenes (216 training clips, 98 validation clips in 5 scenes); dev3 = 32 scenes (432 / 196 in
-    10 scenes). Balanced accuracy on the validation scenes, best of 3 random encoders of the same
-    settings, pixels baseline 0.781 (dev2) / 0.775 (dev3):
-
-    | settings (1000 steps unless said)                          | data | pretrained | best random | copy_loss / loss |
-    |------------------------------------------------------------|------|------------|-------------|------------------|
-    | round 2 preset (learned pos., per-patch normalized targets) | dev2 | 0.665      | 0.592       | 0.83 / 0.57      |
-    | + sine-cosine positions                                     | dev2 | 0.710      | 0.524       | 0.84 / 0.60      |
-    | + raw-pixel targets                                         | dev2 | 0.741      | 0.524       | 0.022 / 0.010    |
-    | + 2-frame tokens, random 0.9 (1.6x faster steps)            | dev2 | 0.695      | 0.600       | 0.022 / 0.011    |
-    | the same                                                    | dev3 | 0.649      | 0.601       | 0.022 / 0.011    |
-    | the same, 2000 steps                                        | dev3 | 0.643      | 0.601       |                  |
-    | + input standardization (kept: the random encoders gain)    | dev3 | 0.620      | 0.683       | 0.022 / 0.012    |
-    | the same, lr 3e-3                                           | dev3 | 0.644      | 0.683       |                  |
-
-    Tried and dropped on dev3 (all with 2-frame tokens): 75% masking (0.634 with a hidden clip
-    end), the last or first half of each clip hidden (0.643; the loss stayed above copying the
-    last visible frame), frame-difference targets (0.685, but the loss never left 1.0: nothing
-    learned), 8-pixel patches (0.668; random encoders 0.718), one-frame tokens with random 0.75
-    masking (0.595; loss above copy_loss), a 192-wide decoder with 75% masking (0.644; random
-    encoders 0.683), targets average-pooled to 4x4 pixels per patch (0.636). In every run the loss stops near 0.010 after ~150
-    steps: the model predicts each masked patch's colour from its context (0.0082 is the
-    patch-mean-colour oracle on dev3) but does not learn to carry texture or motion within the
-    budget, so its features do not beat random encoders with standardized inputs, nor pixels.
-    Input standardization is kept although it lowered the pretrained score: without it the
-    random encoders' content features drown in the position codes, a handicap that made the gate
-    look better than the training was. 1000 steps is what `make demo` affords.
-
-    Round 4 (no change to the preset): a larger, less noisy check. dev5 = `mvm-synth --seed 2`,
-    96 scenes; pre-training and the probe head use 22 training scenes (the demo's size, 434
-    clips), scores are on the other 74 scenes (1440 clips; 95% scene-bootstrap CIs of one score
-    about +-0.03, against +-0.06 to +-0.13 on the demo's 10 validation scenes).
-    Objectives were trained by a development loop on decoded clips with this preset's model code
-    (uniform clip sampling, batch 16, lr 1e-3, 50 warm-up steps), not by `mvm-train`:
-
-    | features probed (4x7 grid, final encoder layer unless said)  | balanced accuracy |
-    |---------------------------------------------------------------|-------------------|
-    | pixels / random encoders seed 0, 1, 2                         | 0.744 / 0.718, 0.733, 0.716 |
-    | this preset, 1000 / 4000 steps                                | 0.713 / 0.723     |
-    | per-patch normalized targets; the same with tube 0.5 masking  | 0.723; 0.682      |
-    | data2vec-style targets (EMA teacher's top-4 block outputs)    | 0.714 (teacher 0.712) |
-    | pixel + data2vec targets                                      | 0.716 (teacher 0.684) |
-    | SimMIM-style (encoder sees mask tokens, random 0.75)          | 0.692             |
-    | the CNN stem's output alone: random seed 0 / this preset / data2vec | 0.787 / 0.789 / 0.785 |
-    | supervised upper bound: the same encoder trained on the labels | 0.790 (training-scene CV 0.985) |
-
-    Every objective lands within noise of the random encoders (paired CIs of this preset minus the
-    best random encoder: [-0.055, +0.012] after 1000 steps, [-0.046, +0.022] after 4000). The
-    supervised row (cross-entropy on the 22 scenes' labels through the probe's pooling and a
-    linear layer) gains about 0.06 over random encoders (CI [+0.022, +0.089]); it is not the
-    ceiling at this data size, see round 5 (with horizontal flips it reaches 0.961).
-
-    With all 67 training scenes for pre-training and heads (scored on the 29 validation scenes)
-    the room is larger, and still unused: supervised 0.972; random encoders 0.820 / 0.829 / 0.795;
-    pixels 0.800; this preset 0.777 after 1000 steps, 0.830 after 4000, 0.799 after 12000 (mean
-    logged loss 0.010 over the last 400 steps of the 1000-step run, 0.0047 over the last 1000 of
-    the 12000-step run: it reconstructs better, the probe does not follow); data2vec-style 0.809 (teacher
-    0.816), after 4000 steps 0.808 / 0.809; a decoder that attends only within +-1 time step, row
-    and column (motion-compensated copying made local and quick to learn), random 0.75 masking:
-    0.772 (raw targets) / 0.805 (per-patch normalized).
-
-    Probed block by block, the features lose ego-motion information in the transformer for random
-    and trained encoders alike (random seed 0: stem 0.787, blocks 1-4 0.751, 0.736, 0.730, 0.736,
-    final 0.718; this preset: 0.789, 0.747, 0.730, 0.716, 0.724, 0.713): at this budget training
-    does not make the blocks add what the probe needs, and the stems, trained or not, are equally
-    good motion filters.
-
-    Round 5 (no change to the preset; dev5, protocol of round 4: 22 scenes -> 74): objectives whose
-    success needs motion, and the label's visibility in the frames.
-
-    | objective (1000 steps, development loop)                                   | balanced accuracy |
-    |-----------------------------------------------------------------------------|-------------------|
-    | 2 of the 4 token steps hidden whole, 28 tokens kept among the others        | 0.718             |
-    | the same with per-patch normalized targets                                  | 0.720             |
-    | the last token step hidden (predict the future), 28 earlier tokens kept     | 0.710             |
-    | targets: each token's block-matching cost volume (+-4 px; motion targets)   | 0.690             |
-    | pixel + cost-volume targets                                                 | 0.682             |
-    | targets: each token's displacement (dx, dy), hidden tokens                  | 0.674             |
-    | the same on every token, 50% masking (training-scene CV 0.876: fits the 22 scenes) | 0.672      |
-    | the same with random horizontal flips of the clips                          | 0.780             |
-    | the same, 3000 steps (training-scene CV 0.940: it fits the scenes again)    | 0.745             |
-    | this preset with random horizontal flips                                    | 0.688             |
-    | targets: high-pass grey patches / Sobel gradients (edge targets, as MaskFeat's HOG) | 0.692 / 0.691 |
-    | no learning: block-matching displacements, mvm-probe's `flow` (probe/flow.py) | 0.958           |
-    | supervised (round 4's row) with random horizontal flips, left/right swapped | 0.961             |
-
-    The frames carry the label plainly (a left or right turn moves the picture about 2 px per frame
-    sideways; `flow` reads it at 0.958, 0.977 with 67 scenes), so the failure is the encoder's, not
-    the data's or the probe's, and the encoder can learn it from 22 scenes: trained on the labels
-    with flips it scores 0.961 (paired CI against the best random encoder [+0.194, +0.258]; without
-    flips it memorizes the scenes: 0.790, training-scene CV 0.985). The pre-training objective is
-    the bottleneck, not the data size. Only displacement targets with flips beat the random encoders
-    (0.780 vs 0.733): that is distilling the hand-made motion estimate rather than masked video
-    modeling, it stays 0.18 below the estimate itself, and +0.05 is below what the demo's 10
-    validation scenes resolve; not adopted. Flips do not help the pixel objective.
-
-    Round 2 (learned positions, per-patch normalized targets, one-frame tokens; dev2): tube 0.9
-    0.607, tubelet-2 0.9 0.665, tubelet-2 0.9 at lr 2e-3 0.612. Round 1 (an earlier world whose road
-    announced turns): random 0.75 0.332, tubelet-2 0.75 0.294, tube 0.75 0.399, tube 0.9 0.566.
+    It is not the design's masked video modeling (a high masked fraction, reconstruction of the
+    masked content): that is `--prediction pixels` with a tube or random mask, the `small` and
+    `base` presets. How this objective was chosen, round by round with every table, and what the
+    others scored: docs/experiments.md.
     """
     return TrainConfig(
         preset="tiny",

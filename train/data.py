@@ -1,81 +1,32 @@
 """Streaming clips from WebDataset shards (format: shards/README.md) as small generator stages.
 
-Pipeline of one rank, per epoch (train.split decides who reads what):
+Pipeline of one rank, per epoch (mvm.train.split decides who reads what):
     shard list -> this rank's slots -> this worker's slot -> raw samples (tar members grouped by key,
     filtered by epoch index) -> seeded shuffle buffer -> skip already consumed (resume) -> decode
     (I420 planes or RGB, `hands_over_i420`) -> main process: round robin over workers -> batches of
     uint8 clips (each repeated `repeat_aug` times) -> on the training device: float (B, T, 3, H, W).
-Seeds come from (seed, epoch, rank, worker). Shards are read only through ingest.shards: every
+Seeds come from (seed, epoch, rank, worker). Shards are read only through mvm.shards: every
 shard must be listed in its folder's manifest (names validated, never outside the folder) and is
 checked against the manifest's sha256 the first time a process opens it.
 """
 
 from __future__ import annotations
 
-import glob
 import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import braceexpand
 import numpy as np
 import torch
+from mvm.train.split import SlotPlan, consumed_per_worker
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ingest.shards import DamagedShardError, ShardError, listed_entry, listed_shards, read_manifest
-from ingest.shards import clip_shape as manifest_clip_shape
+from mvm.shards import DamagedShardError, ShardError
 
 # The one sample reader: raw samples {"key", "url", "index", "<ext>": bytes} of a listed shard,
 # its sha256 checked against the manifest on first open in this process.
-from ingest.shards import iter_verified as iter_samples
-from ingest.video import decode_clip, decode_i420
-from train.split import SlotPlan, consumed_per_worker
-
-
-def _resolve_one(part: str) -> list[str]:
-    path = Path(part)
-    if path.is_dir():
-        return [str(url) for url in listed_shards(path, read_manifest(path))]
-    if "{" in part:
-        return list(braceexpand.braceexpand(part))
-    if any(char in part for char in "*?["):
-        matches = sorted(glob.glob(part))
-        if not matches:
-            raise ShardError(f"shard pattern {part} matches no file")
-        return matches
-    return [part]
-
-
-def resolve_shards(spec: str) -> list[str]:
-    """Shard paths from a folder with manifest.json, a brace pattern, a glob, or a comma list of those.
-
-    Every shard must be listed in the manifest of its folder (so a stray or planted file, or a
-    name pointing outside the folder, is refused). Raises ShardError naming every missing shard
-    before any work is done.
-    """
-    urls = [url for part in spec.split(",") if part.strip() for url in _resolve_one(part.strip())]
-    if not urls:
-        raise ShardError(f"shard spec {spec!r} names no shards")
-    missing = [url for url in urls if not Path(url).is_file()]
-    if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise ShardError(f"{len(missing)} of {len(urls)} shards missing: {shown}")
-    for url in urls:
-        listed_entry(url)
-    return urls
-
-
-def shard_clip_counts(urls: list[str]) -> list[int]:
-    """Clips per shard, from the manifest of each shard's folder."""
-    return [listed_entry(url)["clips"] for url in urls]
-
-
-def clip_shape(urls: list[str]) -> tuple[int, tuple[int, int]]:
-    """(clip_len, (H, W)) from the manifests' config; ShardError if the shards' folders disagree."""
-    shapes = {manifest_clip_shape(read_manifest(folder), folder) for folder in {Path(u).parent for u in urls}}
-    if len(shapes) != 1:
-        raise ShardError(f"shard folders hold clips of different shapes (clip_len, size): {sorted(shapes)}")
-    return shapes.pop()
+from mvm.shards import iter_verified as iter_samples
+from mvm.video import decode_clip, decode_i420
 
 
 def decode_sample(
@@ -83,9 +34,9 @@ def decode_sample(
 ) -> tuple[np.ndarray, dict]:
     """mp4 + json of a raw sample -> (frames, metadata); ShardError naming shard and key.
 
-    frames: uint8 (T, H, W, 3) RGB from `decoder` (a DataConfig.decoder or an ingest.video decoder
+    frames: uint8 (T, H, W, 3) RGB from `decoder` (a DataConfig.decoder or an mvm.video decoder
     name), or with i420=True uint8 (T, 3H/2, W) I420 planes
-    from PyAV (ingest.video.decode_i420). shape: the expected RGB (T, H, W, 3), checked either way.
+    from PyAV (mvm.video.decode_i420). shape: the expected RGB (T, H, W, 3), checked either way.
     """
     where = f"shard {sample['url']}, sample {sample['key']}"
     if "mp4" not in sample or "json" not in sample:
@@ -118,7 +69,7 @@ def hands_over_i420(decoder: str) -> bool:
 
 
 def rgb_decoder(decoder: str) -> str:
-    """The ingest.video decoder name behind a DataConfig.decoder ("pyav-i420" decodes with PyAV)."""
+    """The mvm.video decoder name behind a DataConfig.decoder ("pyav-i420" decodes with PyAV)."""
     return "pyav" if decoder == "pyav-i420" else decoder
 
 
@@ -266,43 +217,3 @@ def batches(
                 stacked = stacked.repeat_interleave(repeat_aug, dim=0)
             yield [key for key in keys for _ in range(repeat_aug)], stacked, used, bad
             keys, frames, bad, used = [], [], [], 0
-
-
-YUV_TO_RGB = np.linalg.inv(np.array([[66, 129, 25], [-38, -74, 112], [112, -94, -18]]) / 256.0).tolist()
-"""Rows R, G, B of the inverse of ingest.video.rgb_to_yuv420's integer BT.601 matrix (Y-16, U-128, V-128)."""
-
-
-def i420_to_rgb(planes: torch.Tensor) -> torch.Tensor:
-    """uint8 (..., 3H/2, W) I420 planes -> float (..., 3, H, W) RGB in [0, 1], on planes' device.
-
-    The inverse of ingest.video.rgb_to_yuv420 (BT.601 limited range; its integer matrix inverted
-    exactly, chroma repeated over its 2x2 block). FFmpeg's own RGB conversion rounds about one
-    level low; the two differ by at most 3/255 (tests/test_train_data.py).
-    """
-    rows, width = planes.shape[-2:]
-    height = rows * 2 // 3
-    lead = planes.shape[:-2]
-    flat = planes.reshape(*lead, rows * width)  # the planes one after the other (H need not be 4k)
-    luma = (
-        flat[..., : height * width].reshape(*lead, 1, height, width).float().sub_(16.0).mul_(YUV_TO_RGB[0][0])
-    )
-    u, v = (
-        flat[..., height * width :].reshape(*lead, 2, height // 2, width // 2).float().sub_(128.0).unbind(-3)
-    )
-    # Chroma terms of R, G, B at chroma resolution, then each repeated over its 2x2 block.
-    chroma = torch.stack([YUV_TO_RGB[row][1] * u + YUV_TO_RGB[row][2] * v for row in range(3)], dim=-3)
-    chroma = chroma[..., :, None, :, None].expand(*lead, 3, height // 2, 2, width // 2, 2)
-    rgb = luma + chroma.reshape(*lead, 3, height, width)
-    return rgb.div_(255.0).clamp_(0.0, 1.0)
-
-
-def to_video(frames: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A batch as the workers hand it over -> float (B, T, 3, H, W) in [0, 1] on `device`.
-
-    frames: uint8 (B, T, H, W, 3) RGB, or uint8 (B, T, 3H/2, W) I420 planes (converted after the
-    copy, on `device`: half the bytes to move and, on a GPU, a conversion that costs nothing).
-    """
-    frames = frames.to(device, non_blocking=True)
-    if frames.ndim == 4:
-        return i420_to_rgb(frames)
-    return frames.permute(0, 1, 4, 2, 3).float().div_(255.0)

@@ -37,9 +37,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
-from train.config import ModelConfig
-from train.model import make_mask, masked_mse, normalize_patches, patchify, token_steps, unpatchify
+from mvm.train.config import ModelConfig
+from mvm.train.model import make_mask, masked_mse, normalize_patches, patchify, token_steps, unpatchify
 
 
 def fixed_mask(

@@ -25,18 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
-
-from ingest.atomic import ensure_dir, write_atomic
-from ingest.report_format import dumps_json
-from train import checkpoint
-from train.config import TrainConfig, to_dict
-from train.data import ShardError, batches, epoch_samples, resolve_shards, shard_clip_counts, to_video
-from train.diagnostics import collapse_reasons, fixed_mask, logged_step_diagnostics
-from train.engine import STAT_NAMES, build_optimizer, lr_at, train_step, wrap_model
-from train.metrics import (
+from mvm.train import checkpoint
+from mvm.train.config import TrainConfig, to_dict
+from mvm.train.data import batches, epoch_samples
+from mvm.train.diagnostics import collapse_reasons, fixed_mask, logged_step_diagnostics
+from mvm.train.engine import STAT_NAMES, build_optimizer, lr_at, train_step, wrap_model
+from mvm.train.metrics import (
     MetricsLog,
     peak_mem_mb,
     plot_curves,
@@ -45,9 +39,17 @@ from train.metrics import (
     tensorboard_writer,
     truncate_after,
 )
-from train.model import build_model, make_mask
-from train.split import plan_epoch, steps_per_epoch
-from train.viz import fixed_viz_inputs, render
+from mvm.train.model import build_model, make_mask
+from mvm.train.split import plan_epoch, steps_per_epoch
+from mvm.train.viz import fixed_viz_inputs, render
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from mvm.atomic import ensure_dir, write_atomic
+from mvm.report_format import dumps_json
+from mvm.shards import ShardError, resolve_shards, shard_clip_counts
+from mvm.tensors import to_video
 
 EXIT_NONFINITE = 3
 """Exit code after too many non-finite steps in a row (a checkpoint is written first)."""
@@ -90,7 +92,7 @@ def data_stream(
 ) -> Iterator[tuple[Position, tuple[list[str], torch.Tensor, int, list[str]]]]:
     """Endless (position after the batch, (keys, frames uint8 (B, T, H, W, 3), used, bad reasons)).
 
-    Each epoch is planned by train.split (the same plan on every rank, no communication) and
+    Each epoch is planned by mvm.train.split (the same plan on every rank, no communication) and
     every rank yields exactly `steps_per_epoch` batches, so no rank waits at a collective another
     never reaches. `start` resumes mid-epoch: already consumed samples are skipped undecoded.
     """
@@ -146,11 +148,11 @@ def use_bf16(config: TrainConfig, device: torch.device) -> bool:
 
 
 def online_probe(config: TrainConfig):
-    """train.online_probe.OnlineProbe when probe_every is set; None otherwise."""
+    """mvm.train.online_probe.OnlineProbe when probe_every is set; None otherwise."""
     if config.probe_every <= 0:
         return None
     # Imported here: it pulls in scikit-learn, which a run without --probe-every never needs.
-    from train.online_probe import OnlineProbe
+    from mvm.train.online_probe import OnlineProbe
 
     return OnlineProbe(
         resolve_shards(config.probe_shards), max_clips=config.probe_clips, decoder=config.data.decoder

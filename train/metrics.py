@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ingest.atomic import ensure_dir, open_append, save_figure, write_atomic
+from mvm.atomic import ensure_dir, open_append, save_figure, write_atomic
 
 
 def peak_mem_mb(device: torch.device) -> float:

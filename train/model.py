@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from mvm.train.config import PREDICTIONS, ModelConfig
+from mvm.train.motion import CameraMotionHead, camera_flow, warp
 from torch import nn
-
-from train.config import PREDICTIONS, ModelConfig
-from train.motion import CameraMotionHead, camera_flow, warp
 
 
 def patchify(video: torch.Tensor, patch_size: int, token_frames: int = 1) -> torch.Tensor:
@@ -354,7 +353,7 @@ class MaskedVideoModel(nn.Module):
         """Frozen-encoder token features of unmasked clips laid out in space and time.
 
         video (B, T, 3, H, W) float in [0, 1] -> (B, T', H / p, W / p, embed_dim) float32, with T'
-        token time steps (T for one-frame tokens). The probes pool this (probe/features.py).
+        token time steps (T for one-frame tokens). The probes pool this (mvm/features.py).
         """
         patches = patchify(video, self.cfg.patch_size, self.cfg.token_frames)
         tokens = self.encode(patches, None).float()

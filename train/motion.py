@@ -19,7 +19,7 @@ and at CPU-demo scale the encoder's features carry no more ego motion than a ran
 A decoder that can only move the last visible frame leaves motion as the one thing to learn.
 
 The head reads the visible tokens through `temporal_pool` (per token: mean over time, second-half
-minus first-half mean, mean |step|: the summary the probe also pools with, probe/features.py) and
+minus first-half mean, mean |step|: the summary the probe also pools with, mvm/features.py) and
 one linear layer, initialised at zero.
 
     head = CameraMotionHead(embed_dim=128, rows=4, cols=7, hidden_frames=2)
@@ -33,20 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mvm.features import temporal_pool
+
 MOTION_PARAMS = 3
 """Per hidden frame: tx, ty (pixels) and s (pixels per patch of distance from the centre) of the backward flow."""
-
-
-def temporal_pool(per_step: torch.Tensor) -> torch.Tensor:
-    """(B, T', F) -> (B, 3F): [mean over time, second-half mean − first-half mean, mean |step|]."""
-    if per_step.shape[1] == 1:  # one step (the single frame pair of a 2-frame clip): nothing changes
-        return torch.cat(
-            [per_step[:, 0], torch.zeros_like(per_step[:, 0]), torch.zeros_like(per_step[:, 0])], dim=1
-        )
-    half = per_step.shape[1] // 2
-    change = per_step[:, half:].mean(dim=1) - per_step[:, :half].mean(dim=1)
-    step = (per_step[:, 1:] - per_step[:, :-1]).abs().mean(dim=1)
-    return torch.cat([per_step.mean(dim=1), change, step], dim=1)
 
 
 def camera_flow(params: torch.Tensor, size: tuple[int, int], patch_size: int) -> torch.Tensor:

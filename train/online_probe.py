@@ -1,6 +1,6 @@
 """A cheap ego-motion probe to run during training.
 
-Its features come from `probe.features.extract_features`, the one feature path it shares with
+Its features come from `mvm.features.extract_features`, the one feature path it shares with
 the `mvm-probe` gate (same grid pooling, same temporal summary), so the number logged during
 training and the gate's verdict look at the same kind of features.
 
@@ -23,8 +23,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.preprocessing import StandardScaler
 
-from ingest.motion import clip_motion, ego_motion_label
-from probe.features import INGESTED, Grid, extract_features
+from mvm.ego_motion import clip_motion, ego_motion_label
+from mvm.features import INGESTED, Grid, extract_features
 
 ONLINE_GRID: Grid = (2, 2)
 """The online probe's fixed pooling grid (the gate chooses among 1x1, 2x2 and the token layout)."""
@@ -43,9 +43,9 @@ def split_scenes(scenes: Iterable[str], test_fraction: float = 0.3) -> tuple[set
 class OnlineProbe:
     """Ego-motion linear probe on a fixed, cached set of clips, evaluated on a model in training.
 
-    urls: shard URLs (as from `train.data.resolve_shards`); max_clips: how many clips (the first
+    urls: shard URLs (as from `mvm.train.data.resolve_shards`); max_clips: how many clips (the first
     ones in shard order) are decoded and cached, once, at construction; decoder: "decord"|"pyav";
-    grid: the (gh, gw) grid the tokens are averaged over per frame (probe/features.py); the gate
+    grid: the (gh, gw) grid the tokens are averaged over per frame (mvm/features.py); the gate
     chooses its grid by CV, this trend line keeps a fixed one so its numbers stay comparable.
     """
 
@@ -58,7 +58,7 @@ class OnlineProbe:
         regularization: float = 1.0,
         grid: Grid = ONLINE_GRID,
     ):
-        from train.data import iter_clips
+        from mvm.train.data import iter_clips
 
         clips, labels, scenes = [], [], []
         for _key, frames, meta in iter_clips(urls, decoder=decoder):

@@ -25,13 +25,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from mvm.train.data import ShardError, iter_clips
+from mvm.train.model import normalize_patches, patchify, unpatchify
 from PIL import Image, ImageDraw, ImageFont
 
-from ingest.atomic import write_atomic
-from ingest.sampling import spread_subset
-from probe.features import frames_to_video
-from train.data import ShardError, iter_clips
-from train.model import normalize_patches, patchify, unpatchify
+from mvm.atomic import write_atomic
+from mvm.sampling import spread_subset
+from mvm.tensors import frames_to_video
 
 MASKED_GREY = 0.5
 """Fill value of hidden patches in the 'masked input' row."""
@@ -220,8 +220,9 @@ def fixed_viz_inputs(config, patches_per_frame: int) -> tuple[torch.Tensor, torc
     Clips come from config.viz_shards, else config.probe_shards, else the training shards; masks
     are the run's fixed masks (train/diagnostics.py fixed_mask), so pictures compare over training.
     """
-    from train.data import resolve_shards
-    from train.diagnostics import fixed_mask
+    from mvm.train.diagnostics import fixed_mask
+
+    from mvm.shards import resolve_shards
 
     spec = config.viz_shards or config.probe_shards or config.data.shards
     clips = pick_viz_clips(resolve_shards(spec), config.viz_clips, decoder=config.data.decoder)

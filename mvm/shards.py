@@ -16,6 +16,7 @@ and, where there is one, the key.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import io
 import json
@@ -25,7 +26,9 @@ import tarfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from ingest.atomic import write_atomic
+import braceexpand
+
+from mvm.atomic import write_atomic
 
 FORMAT_NAME = "mvm-shards"
 FORMAT_VERSION = 1
@@ -265,3 +268,52 @@ def iter_verified(path: str | Path) -> Iterator[dict]:
     """iter_samples of a shard listed in its folder's manifest, verified first (verify_listed)."""
     verify_listed(path)
     yield from iter_samples(path)
+
+
+# --- Shard sets: what the trainer, the probe, the sweep and the bench read -------------------------
+
+
+def _resolve_one(part: str) -> list[str]:
+    path = Path(part)
+    if path.is_dir():
+        return [str(url) for url in listed_shards(path, read_manifest(path))]
+    if "{" in part:
+        return list(braceexpand.braceexpand(part))
+    if any(char in part for char in "*?["):
+        matches = sorted(glob.glob(part))
+        if not matches:
+            raise ShardError(f"shard pattern {part} matches no file")
+        return matches
+    return [part]
+
+
+def resolve_shards(spec: str) -> list[str]:
+    """Shard paths from a folder with manifest.json, a brace pattern, a glob, or a comma list of those.
+
+    Every shard must be listed in the manifest of its folder (so a stray or planted file, or a
+    name pointing outside the folder, is refused). Raises ShardError naming every missing shard
+    before any work is done.
+    """
+    urls = [url for part in spec.split(",") if part.strip() for url in _resolve_one(part.strip())]
+    if not urls:
+        raise ShardError(f"shard spec {spec!r} names no shards")
+    missing = [url for url in urls if not Path(url).is_file()]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise ShardError(f"{len(missing)} of {len(urls)} shards missing: {shown}")
+    for url in urls:
+        listed_entry(url)
+    return urls
+
+
+def shard_clip_counts(urls: list[str]) -> list[int]:
+    """Clips per shard, from the manifest of each shard's folder."""
+    return [listed_entry(url)["clips"] for url in urls]
+
+
+def clip_shape_of(urls: list[str]) -> tuple[int, tuple[int, int]]:
+    """(clip_len, (H, W)) from the manifests' config; ShardError if the shards' folders disagree."""
+    shapes = {clip_shape(read_manifest(folder), folder) for folder in {Path(u).parent for u in urls}}
+    if len(shapes) != 1:
+        raise ShardError(f"shard folders hold clips of different shapes (clip_len, size): {sorted(shapes)}")
+    return shapes.pop()

@@ -9,7 +9,7 @@ frame "crossing ahead, turned left" vs "street ahead, turned right" gave the dir
 (measured on a demo-sized dataroot: first-frame 16x28 thumbnails separated left from right
 at 0.72-0.78 balanced accuracy with 9-12 m squares and radii of 0.75-1 half side). The car
 drives on the centre line (the middle lane of three), so left and right turns are mirror
-images. World (ingest.synth.world) and route (ingest.synth.trajectory) are both built from the
+images. World (mvm.synth.world) and route (mvm.synth.trajectory) are both built from the
 grid and never from each other.
 """
 

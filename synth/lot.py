@@ -14,8 +14,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-
-from ingest.synth.trajectory import MAX_ACCEL, MAX_BRAKE, STEP_S, Trajectory
+from mvm.synth.trajectory import MAX_ACCEL, MAX_BRAKE, STEP_S, Trajectory
 
 FULL_TURN_SPEED = 2.0
 """Below this speed (m/s) the yaw rate shrinks linearly to zero at standstill."""

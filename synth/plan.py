@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
-
-from ingest.synth.grid import StreetGrid, draw_grid
-from ingest.synth.lot import MAX_LOT_SPEED, integrate, plan_segments
-from ingest.synth.schedule import TICK_US, SensorTimes, rng_for, sensor_times
-from ingest.synth.trajectory import PHRASES, Maneuver, Trajectory, drive, maneuvers_of, plan_route
+from mvm.synth.grid import StreetGrid, draw_grid
+from mvm.synth.lot import MAX_LOT_SPEED, integrate, plan_segments
+from mvm.synth.schedule import TICK_US, SensorTimes, rng_for, sensor_times
+from mvm.synth.trajectory import PHRASES, Maneuver, Trajectory, drive, maneuvers_of, plan_route
 
 LOCATIONS = {
     "singapore-onenorth": ("n015", 8),

@@ -15,16 +15,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from mvm.synth.camera import Camera
+from mvm.synth.plan import ScenePlan, plan_scene
+from mvm.synth.render import Renderer
+from mvm.synth.schedule import VERSIONS, rng_for, scene_names
+from mvm.synth.tables import TableBuilder
+from mvm.synth.world import build_lot_world, build_world
 from PIL import Image
 
-from ingest.atomic import atomic_path, ensure_dir, write_atomic
-from ingest.motion import yaw_from_quaternion
-from ingest.synth.camera import Camera
-from ingest.synth.plan import ScenePlan, plan_scene
-from ingest.synth.render import Renderer
-from ingest.synth.schedule import VERSIONS, rng_for, scene_names
-from ingest.synth.tables import TableBuilder
-from ingest.synth.world import build_lot_world, build_world
+from mvm.atomic import atomic_path, ensure_dir, write_atomic
+from mvm.ego_motion import yaw_from_quaternion
 
 MARKER = "mvm-synth.json"
 """Marker file name in the dataroot."""
@@ -62,7 +62,7 @@ def prepare_output(out: Path) -> None:
 
     A previous output (it holds the marker) loses exactly the entries this generator writes;
     anything else in the folder is left alone. Any other non-empty folder is refused, and so is a
-    symlink or a file at `out` (ingest.atomic.OutputError).
+    symlink or a file at `out` (mvm.atomic.OutputError).
     """
     ensure_dir(out)  # before clearing anything: never through a symlink
     if check_output(out):
@@ -100,7 +100,7 @@ def generate(
 
     out: dataroot folder; must be new, empty, or a previous mvm-synth output (replaced).
     version: v1.0-mini (scenes from mini_train/mini_val, at most 10) or v1.0-trainval (scenes
-        from train/val). About 30% of the scenes carry val names (at least one from two scenes
+        from mvm.train/val). About 30% of the scenes carry val names (at least one from two scenes
         on), the first names of the sorted split lists, independent of the seed.
     scenes: number of scenes (one log each).
     frames_per_scene: CAM_FRONT frames per scene (real nuScenes: about 240 in 20 s).

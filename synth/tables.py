@@ -9,17 +9,16 @@ and visibility tables hold nuScenes' usual vocabulary, and the map masks are sma
 from __future__ import annotations
 
 import numpy as np
-
-from ingest.synth.camera import (
+from mvm.synth.camera import (
     CAM_FRONT_ROTATION,
     CAM_FRONT_TRANSLATION,
     LIDAR_TOP_ROTATION,
     LIDAR_TOP_TRANSLATION,
     Camera,
 )
-from ingest.synth.plan import ScenePlan
-from ingest.synth.schedule import next_sample_index, token
-from ingest.synth.trajectory import poses_at
+from mvm.synth.plan import ScenePlan
+from mvm.synth.schedule import next_sample_index, token
+from mvm.synth.trajectory import poses_at
 
 CHANNELS = {"CAM_FRONT": "camera", "LIDAR_TOP": "lidar"}
 """Channels written, with their modality. LIDAR_TOP files are empty placeholder point clouds."""

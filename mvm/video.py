@@ -229,7 +229,7 @@ def _decode_pyav(mp4: bytes) -> np.ndarray:
 def decode_i420(mp4: bytes) -> np.ndarray:
     """Decode MP4 bytes without colour conversion: uint8 (T, 3H/2, W) I420 planes (Y, then U, then V).
 
-    PyAV hands over the decoder's own planes; convert with train.data.i420_to_rgb on the batch.
+    PyAV hands over the decoder's own planes; convert with mvm.tensors.i420_to_rgb on the batch.
     """
     frames = []
     for frame in _pyav_frames(mp4):

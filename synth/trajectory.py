@@ -1,6 +1,6 @@
 """Ego trajectories of synthetic scenes: a route through the street grid, driven with a speed plan.
 
-The route is planned in space first, on the scene's StreetGrid (ingest.synth.grid): straight
+The route is planned in space first, on the scene's StreetGrid (mvm.synth.grid): straight
 along street centrelines, and at each crossing straight on or a 90° turn on an arc inside the
 crossing's paved square. Turning is a choice made at a crossing that looks the same in all four
 directions, so nothing ahead of the car announces it; turns alternate in direction and a scene
@@ -19,8 +19,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-
-from ingest.synth.grid import StreetGrid
+from mvm.synth.grid import StreetGrid
 
 STEP_S = 0.005
 """Integration step of the ego dynamics."""

@@ -1,4 +1,4 @@
-"""`mvm-synth`: write a synthetic nuScenes-format dataroot (see ingest.synth.dataroot.generate)."""
+"""`mvm-synth`: write a synthetic nuScenes-format dataroot (see mvm.synth.dataroot.generate)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import time
 from pathlib import Path
 
 import click
+from mvm.synth.camera import image_size
+from mvm.synth.dataroot import DEFAULT_DROP_RATE, OutputFolderError, check_output, generate
+from mvm.synth.schedule import VERSIONS, scene_names
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -15,10 +18,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from ingest.atomic import OutputError
-from ingest.synth.camera import image_size
-from ingest.synth.dataroot import DEFAULT_DROP_RATE, OutputFolderError, check_output, generate
-from ingest.synth.schedule import VERSIONS, scene_names
+from mvm.atomic import OutputError
 
 EPILOG = """\b
 Exit codes: 0 success; 2 usage error (invalid option value, e.g. 0 scenes, a width that

@@ -28,8 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from train.data import to_video
-from train.motion import temporal_pool
+from mvm.tensors import frames_to_video
 
 INGESTED, SHUFFLED, STATIC = "ingested", "shuffled", "static"
 VIEWS = (INGESTED, SHUFFLED, STATIC)
@@ -72,9 +71,16 @@ def apply_view(clip: np.ndarray, view: str, seed: int, clip_index: int) -> np.nd
     raise ValueError(f"unknown view {view!r}; expected one of {VIEWS}")
 
 
-def frames_to_video(frames: np.ndarray) -> torch.Tensor:
-    """uint8 (B, T, H, W, 3) RGB -> float32 (B, T, 3, H, W) in [0, 1], the input of the encoders."""
-    return to_video(torch.from_numpy(np.ascontiguousarray(frames)), torch.device("cpu"))
+def temporal_pool(per_step: torch.Tensor) -> torch.Tensor:
+    """(B, T', F) -> (B, 3F): [mean over time, second-half mean − first-half mean, mean |step|]."""
+    if per_step.shape[1] == 1:  # one step (the single frame pair of a 2-frame clip): nothing changes
+        return torch.cat(
+            [per_step[:, 0], torch.zeros_like(per_step[:, 0]), torch.zeros_like(per_step[:, 0])], dim=1
+        )
+    half = per_step.shape[1] // 2
+    change = per_step[:, half:].mean(dim=1) - per_step[:, :half].mean(dim=1)
+    step = (per_step[:, 1:] - per_step[:, :-1]).abs().mean(dim=1)
+    return torch.cat([per_step.mean(dim=1), change, step], dim=1)
 
 
 def batched(clips: Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:

@@ -1,6 +1,6 @@
 """The procedural 3D world a synthetic scene is rendered in, fixed in global coordinates.
 
-The world is the scene's street grid (ingest.synth.grid) and nothing else: streets with lane
+The world is the scene's street grid (mvm.synth.grid) and nothing else: streets with lane
 markings and crosswalks, paved crossing squares, and blocks that are either built (rows of
 buildings along two sides, trees and poles along the others) or open paved plazas with a few
 trees, poles and kiosks. Each block's content is drawn from its own generator keyed by (scene,
@@ -15,8 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from ingest.synth.grid import LANE_M, StreetGrid
+from mvm.synth.grid import LANE_M, StreetGrid
 
 TEXTURE_SIZE = 1024
 """Finest texture level in texels per side (the texture tiles the ground plane)."""

@@ -14,12 +14,15 @@ is removed, so failed writes leave nothing behind.
     ensure_dir(out)                                   # refuses symlinked / non-folder outputs
     with open_append(out / "ingest.log") as log:      # logs: appended, never through a symlink
         log.write("line\n")
+    with exclusive_lock(out, "mvm-ingest"):           # one writer per output folder
+        ...
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import tempfile
 from collections.abc import Iterator
@@ -133,3 +136,43 @@ def write_atomic(path: str | Path, data: bytes | str) -> None:
     payload = data.encode() if isinstance(data, str) else data
     with atomic_path(path) as temporary, open(temporary, "wb") as handle:
         handle.write(payload)
+
+
+LOCK_NAME = ".mvm.lock"
+"""The lock file every tool takes in the folder it writes (tools skip it when listing outputs)."""
+
+
+class BusyError(OutputError):
+    """Another process holds the output folder's lock."""
+
+
+@contextlib.contextmanager
+def exclusive_lock(folder: str | Path, tool: str, name: str = LOCK_NAME) -> Iterator[Path]:
+    """Hold an advisory lock (flock) on `folder/name` for the block: one writer per output folder.
+
+    A second writer gets BusyError at once (naming the holder's tool and pid, when readable)
+    instead of waiting or writing over the first one's files. The lock is released by the kernel
+    when the process dies, so a crash never leaves a stale lock; the file itself stays (it is
+    empty but for the holder's description) and is reused by the next run. The folder is created
+    and checked like ensure_dir; a symlink planted at the lock's name is refused (O_NOFOLLOW).
+    """
+    lock_path = ensure_dir(folder) / name
+    try:
+        handle = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise OutputError(f"refusing to lock {lock_path}: it is a symlink") from None
+        raise OutputError(_describe(error, lock_path)) from None
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(handle, 200, 0).decode(errors="replace").strip() or "another process"
+            raise BusyError(
+                f"{folder} is in use by {holder}: one writer per folder (wait for it, or use another folder)"
+            ) from None
+        os.ftruncate(handle, 0)
+        os.pwrite(handle, f"{tool} (pid {os.getpid()})".encode(), 0)
+        yield lock_path
+    finally:
+        os.close(handle)  # releases the flock
