@@ -47,12 +47,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from mvm.train.config import ModelConfig, TrainConfig, apply_overrides, preset
-from mvm.train.engine import build_optimizer, train_step, wrap_model
-from mvm.train.model import build_model, future_steps, make_mask, mask_units, token_steps
 
 from mvm.atomic import ensure_dir, write_atomic
 from mvm.report_format import dumps_json
+from mvm.train.config import ModelConfig, TrainConfig, apply_overrides, preset
+from mvm.train.engine import build_optimizer, train_step, wrap_model
+from mvm.train.model import build_model, future_steps, make_mask, mask_units, token_steps
 
 SIZE, CLIP_LEN = (144, 256), 8
 RESULTS_JSON = Path(__file__).resolve().parent / "results-gpu.json"
@@ -160,11 +160,10 @@ def synthetic_steps(
 
 def loader_steps(config: TrainConfig, shards: str, device: torch.device, *, warmup: int, steps: int) -> dict:
     """The real input pipeline feeding train_step (bf16 on CUDA): data_wait_frac, step time, clips/s."""
-    from mvm.train.data import hands_over_i420
-    from mvm.train.loop import Position, data_stream, mask_generator
-
     from mvm.shards import resolve_shards, shard_clip_counts
     from mvm.tensors import to_video
+    from mvm.train.data import hands_over_i420
+    from mvm.train.loop import Position, data_stream, mask_generator
 
     urls = resolve_shards(shards)
     # The preset's decoder ("auto": I420 planes converted on the GPU), as the trainer runs it; a

@@ -68,7 +68,6 @@ def stage_profile(paths: list[Path], size: tuple[int, int], clip_len: int) -> li
     import time
 
     from mvm.ingest.frames import load_frame
-
     from mvm.shards import tar_bytes
     from mvm.video import encode_i420, rgb_to_i420
 

@@ -33,11 +33,11 @@ from pathlib import Path
 
 import click
 import numpy as np
-from mvm.ingest.config import IngestConfig
 
 from bench import codec, cost_scaling, ingest_speed, loader, machine, report, storage, training
 from bench.workspace import WORK_DIR, DatarootSpec, cached_dataroot, scene_names
 from mvm.atomic import ensure_dir, write_atomic
+from mvm.ingest.config import IngestConfig
 from mvm.report_format import dumps_json
 
 TRAIN_SIZE = IngestConfig.size

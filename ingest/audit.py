@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from mvm.ingest.frames import FrameError, load_frame
 
 from mvm.ego_motion import ego_motion_label
+from mvm.ingest.frames import FrameError, load_frame
 from mvm.sampling import spread_subset
 from mvm.shards import (
     FORMAT_VERSION,

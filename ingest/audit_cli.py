@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 
 import click
-from mvm.ingest.audit import audit_shards
-from mvm.ingest.audit_report import write_report
 from rich.console import Console
 
 from mvm.atomic import OutputError
+from mvm.ingest.audit import audit_shards
+from mvm.ingest.audit_report import write_report
 
 console = Console(stderr=True, soft_wrap=True)
 

@@ -9,10 +9,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from mvm.ingest.audit import Check, Stats  # noqa: E402
 
 from mvm.atomic import ensure_dir, save_figure, write_atomic  # noqa: E402
 from mvm.ego_motion import EGO_MOTION_CLASSES  # noqa: E402
+from mvm.ingest.audit import Check, Stats  # noqa: E402
 from mvm.report_format import dumps_json, fmt, markdown_table  # noqa: E402
 
 

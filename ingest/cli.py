@@ -8,14 +8,14 @@ from collections import Counter
 from pathlib import Path
 
 import click
+from rich.table import Table
+
+from mvm.atomic import OutputError, ensure_dir
 from mvm.ingest.config import IngestConfig
 from mvm.ingest.part import PartTally, console, log_line, run_part
 from mvm.ingest.plan import FinalizeError, discover_parts, finalize, part_scenes, verify_complete
 from mvm.ingest.scenes import SceneSpecError, resolve_scenes
 from mvm.ingest.tables import DatarootError, SceneTables, TablesError, open_nuscenes
-from rich.table import Table
-
-from mvm.atomic import OutputError, ensure_dir
 from mvm.shards import MANIFEST, PATCH_SIZE, SHARD_PATTERN, ShardError, read_manifest
 
 DEFAULTS = IngestConfig("", "", "")

@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
-from mvm.ingest.config import IngestConfig
-from mvm.ingest.plan import part_scenes, write_ledger
-from mvm.ingest.stage import stage_scene, verified_sidecar
-from mvm.ingest.tables import SceneTables
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from mvm.atomic import ensure_dir, open_append
+from mvm.ingest.config import IngestConfig
+from mvm.ingest.plan import part_scenes, write_ledger
+from mvm.ingest.stage import stage_scene, verified_sidecar
+from mvm.ingest.tables import SceneTables
 
 console = Console(stderr=True, soft_wrap=True)
 """The one stderr console of mvm-ingest (progress, warnings, errors)."""

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import av
 import numpy as np
-from mvm.ingest.config import IngestConfig
-from mvm.ingest.stage import staging_paths
 from PIL import features
 
 from mvm.atomic import PARTIAL_SUFFIX, ensure_dir, write_atomic
+from mvm.ingest.config import IngestConfig
+from mvm.ingest.stage import staging_paths
 from mvm.shards import (
     FORMAT_NAME,
     FORMAT_VERSION,

@@ -13,13 +13,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+
+from mvm.atomic import write_atomic
+from mvm.ego_motion import clip_motion
 from mvm.ingest.chain import Reject, split_segments
 from mvm.ingest.config import IngestConfig
 from mvm.ingest.frames import FrameError, load_frame
 from mvm.ingest.tables import SceneJob
-
-from mvm.atomic import write_atomic
-from mvm.ego_motion import clip_motion
 from mvm.sampling import clip_span, clip_starts, scene_rng
 from mvm.shards import FORMAT_VERSION, clip_key, dumps, sha256_bytes, sha256_file, tar_bytes
 from mvm.video import encode_i420, rgb_to_i420

@@ -11,8 +11,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mvm.ingest.chain import Reject, walk_chain
 from nuscenes.nuscenes import NuScenes
+
+from mvm.ingest.chain import Reject, walk_chain
 
 CHANNEL = "CAM_FRONT"
 

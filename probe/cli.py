@@ -6,13 +6,13 @@ import sys
 from pathlib import Path
 
 import click
-from mvm.probe.gate import PASS, STRONG
-from mvm.probe.run import ProbeConfig, SceneOverlapError, run_probe
-from mvm.probe.tasks import TASKS
 from rich.console import Console
 
 from mvm.atomic import OutputError
 from mvm.ego_motion import MotionThresholds
+from mvm.probe.gate import PASS, STRONG
+from mvm.probe.run import ProbeConfig, SceneOverlapError, run_probe
+from mvm.probe.tasks import TASKS
 from mvm.shards import DamagedShardError
 from mvm.video import DECODERS
 

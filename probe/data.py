@@ -12,10 +12,10 @@ import json
 from collections.abc import Iterator
 
 import numpy as np
-from mvm.train.data import decode_sample
 
 from mvm.shards import DamagedShardError
 from mvm.shards import iter_verified as iter_samples
+from mvm.train.data import decode_sample
 
 PROBE_FIELDS = ("key", "scene", "clip_len", "size", "speed_mps", "yaw_rate_rps")
 """Metadata fields the probe reads (shards/README.md); a clip without them is refused by name."""

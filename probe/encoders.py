@@ -19,14 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rich.progress import track
+
+from mvm.features import PIXELS, Grid, extract_features
 from mvm.probe.data import iter_selected_frames
 from mvm.probe.evaluate import Source
 from mvm.probe.flow import FlowSource
 from mvm.train.checkpoint import load_for_eval
 from mvm.train.model import build_model
-from rich.progress import track
-
-from mvm.features import PIXELS, Grid, extract_features
 
 
 def resolve_device(device: str) -> torch.device:

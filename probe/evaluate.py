@@ -20,6 +20,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from mvm.features import INGESTED, SHUFFLED, STATIC, Grid
 from mvm.probe.gate import Comparison, Verdict, compare, decide, strength
 from mvm.probe.linear import FittedHead, fit_head, predict
 from mvm.probe.pooling import PoolingChoice, select_grid
@@ -32,8 +34,6 @@ from mvm.probe.stats import (
     task_metrics,
 )
 from mvm.probe.tasks import Task
-
-from mvm.features import INGESTED, SHUFFLED, STATIC, Grid
 
 PRETRAINED, RANDOM, PIXELS, FLOW, MAJORITY = "pretrained", "random", "pixels", "flow", "majority"
 KINDS = (PRETRAINED, RANDOM, PIXELS, FLOW, MAJORITY)

@@ -25,7 +25,6 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from mvm.probe.tasks import Task
 from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, Ridge
@@ -34,6 +33,8 @@ from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
+
+from mvm.probe.tasks import Task
 
 LOGISTIC_C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
 """Inverse L2 strengths tried for logistic regression (features are standardized, so one grid fits all encoders)."""

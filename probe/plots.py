@@ -12,11 +12,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from mvm.probe.evaluate import MAJORITY, RANDOM, ProbeResult, Source  # noqa: E402
 from sklearn.metrics import confusion_matrix  # noqa: E402
 
 from mvm.atomic import save_figure  # noqa: E402
 from mvm.features import INGESTED, VIEWS  # noqa: E402
+from mvm.probe.evaluate import MAJORITY, RANDOM, ProbeResult, Source  # noqa: E402
 from mvm.report_format import fmt  # noqa: E402
 
 

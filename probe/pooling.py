@@ -46,10 +46,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from mvm.probe.linear import FittedHead, fit_head
-from mvm.probe.tasks import Task
 
 from mvm.features import Grid
+from mvm.probe.linear import FittedHead, fit_head
+from mvm.probe.tasks import Task
 
 
 def candidate_grids(layout: tuple[int, int]) -> list[Grid]:

@@ -7,14 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
+from mvm.atomic import ensure_dir, write_atomic
+from mvm.features import INGESTED, VIEWS
 from mvm.probe.evaluate import FLOW, MAJORITY, ProbeResult, ProbeRow, Source
 from mvm.probe.gate import Comparison
 from mvm.probe.plots import plot_confusions, plot_controls, plot_speed
 from mvm.probe.stats import CI_LEVEL
 from mvm.probe.tasks import class_counts
-
-from mvm.atomic import ensure_dir, write_atomic
-from mvm.features import INGESTED, VIEWS
 from mvm.report_format import dumps_json, fmt, fmt_ci, markdown_table
 
 

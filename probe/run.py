@@ -6,15 +6,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from mvm.ego_motion import MotionThresholds
+from mvm.features import INGESTED, VIEWS, token_layout
 from mvm.probe.data import read_metadata
 from mvm.probe.encoders import encode_clips, load_sources, resolve_device
 from mvm.probe.evaluate import PRETRAINED, ProbeResult, Split, evaluate_encoders, shared_scenes
 from mvm.probe.pooling import candidate_grids
 from mvm.probe.report_files import write_outputs
 from mvm.probe.tasks import make_task, targets
-
-from mvm.ego_motion import MotionThresholds
-from mvm.features import INGESTED, VIEWS, token_layout
 from mvm.sampling import spread_subset
 from mvm.shards import resolve_shards
 

@@ -13,7 +13,6 @@ import warnings
 from collections.abc import Callable
 
 import numpy as np
-from mvm.probe.tasks import Task
 from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
@@ -21,6 +20,8 @@ from sklearn.metrics import (
     mean_absolute_error,
     r2_score,
 )
+
+from mvm.probe.tasks import Task
 
 CI_LEVEL = 0.95
 

@@ -11,11 +11,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 import click
-from mvm.slurm.report_collect import RunRecord, collect
-from mvm.slurm.report_plots import AXES, plot_all, series
 
 from mvm.atomic import OutputError, ensure_dir, write_atomic
 from mvm.report_format import MISSING, dumps_json, fmt, fmt_ci, markdown_table
+from mvm.slurm.report_collect import RunRecord, collect
+from mvm.slurm.report_plots import AXES, plot_all, series
 
 COLUMNS = ("run", "preset", "scale", "train clips", "T", "world", "steps", "final loss", "clips/s", "step s",
            "DDP overhead", "data wait", "comm", "peak MB", "probe (95% CI)", "best random", "gate")  # fmt: skip

@@ -16,9 +16,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
-from mvm.slurm.report_collect import RunRecord, data_key  # noqa: E402
 
 from mvm.atomic import save_figure  # noqa: E402
+from mvm.slurm.report_collect import RunRecord, data_key  # noqa: E402
 
 AXES: dict[str, tuple[Callable[[RunRecord], object], Callable[[RunRecord], tuple], str]] = {
     "data": (

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
+
 from mvm.ingest.config import IngestConfig
 
 MODES = ("local", "slurm")

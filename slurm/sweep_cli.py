@@ -13,11 +13,11 @@ import sys
 from pathlib import Path
 
 import click
-from mvm.slurm.plan import experiment_dir, experiment_record, job_line, plan_sweep, scene_chunks
-from mvm.slurm.settings import SettingsError, settings_from_env
 
 from mvm.atomic import OutputError, ensure_dir, write_atomic
 from mvm.report_format import dumps_json
+from mvm.slurm.plan import experiment_dir, experiment_record, job_line, plan_sweep, scene_chunks
+from mvm.slurm.settings import SettingsError, settings_from_env
 
 EXIT_CODES = "Exit codes: 0 success; 2 usage error (a setting or argument); 1 failure (reading or writing)."
 

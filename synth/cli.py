@@ -6,9 +6,6 @@ import time
 from pathlib import Path
 
 import click
-from mvm.synth.camera import image_size
-from mvm.synth.dataroot import DEFAULT_DROP_RATE, OutputFolderError, check_output, generate
-from mvm.synth.schedule import VERSIONS, scene_names
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -19,6 +16,9 @@ from rich.progress import (
 )
 
 from mvm.atomic import OutputError
+from mvm.synth.camera import image_size
+from mvm.synth.dataroot import DEFAULT_DROP_RATE, OutputFolderError, check_output, generate
+from mvm.synth.schedule import VERSIONS, scene_names
 
 EPILOG = """\b
 Exit codes: 0 success; 2 usage error (invalid option value, e.g. 0 scenes, a width that

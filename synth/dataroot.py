@@ -15,16 +15,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+
+from mvm.atomic import atomic_path, ensure_dir, write_atomic
+from mvm.ego_motion import yaw_from_quaternion
 from mvm.synth.camera import Camera
 from mvm.synth.plan import ScenePlan, plan_scene
 from mvm.synth.render import Renderer
 from mvm.synth.schedule import VERSIONS, rng_for, scene_names
 from mvm.synth.tables import TableBuilder
 from mvm.synth.world import build_lot_world, build_world
-from PIL import Image
-
-from mvm.atomic import atomic_path, ensure_dir, write_atomic
-from mvm.ego_motion import yaw_from_quaternion
 
 MARKER = "mvm-synth.json"
 """Marker file name in the dataroot."""

@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
 from mvm.synth.trajectory import MAX_ACCEL, MAX_BRAKE, STEP_S, Trajectory
 
 FULL_TURN_SPEED = 2.0

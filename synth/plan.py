@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
+
 from mvm.synth.grid import StreetGrid, draw_grid
 from mvm.synth.lot import MAX_LOT_SPEED, integrate, plan_segments
 from mvm.synth.schedule import TICK_US, SensorTimes, rng_for, sensor_times

@@ -11,6 +11,8 @@ are projected polygons drawn back to front with Pillow.
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image, ImageDraw
+
 from mvm.synth.camera import Camera
 from mvm.synth.world import (
     SKY_AZIMUTH_BINS,
@@ -21,7 +23,6 @@ from mvm.synth.world import (
     World,
     texture_levels,
 )
-from PIL import Image, ImageDraw
 
 NEAR_M, FAR_M = 0.5, 250.0
 """Clipping distances for projected geometry."""

@@ -9,6 +9,7 @@ and visibility tables hold nuScenes' usual vocabulary, and the map masks are sma
 from __future__ import annotations
 
 import numpy as np
+
 from mvm.synth.camera import (
     CAM_FRONT_ROTATION,
     CAM_FRONT_TRANSLATION,

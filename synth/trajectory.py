@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
 from mvm.synth.grid import StreetGrid
 
 STEP_S = 0.005

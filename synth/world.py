@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from mvm.synth.grid import LANE_M, StreetGrid
 
 TEXTURE_SIZE = 1024

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
+
 from mvm.train.config import ModelConfig, OptimConfig  # noqa: E402
 from mvm.train.engine import build_optimizer, train_step, wrap_model  # noqa: E402
 from mvm.train.model import build_model, make_mask  # noqa: E402

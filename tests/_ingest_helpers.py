@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 from click.testing import CliRunner, Result
+
 from mvm.ingest.audit_cli import main as audit_main
 from mvm.ingest.cli import ingest_main
 from mvm.synth import generate

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from mvm.probe.evaluate import Source, Split
 
 from mvm.features import INGESTED, SHUFFLED, STATIC, VIEWS
+from mvm.probe.evaluate import Source, Split
 
 CLASSES = np.array(["stopped", "straight", "left", "right"])
 DIM = 24

@@ -16,8 +16,8 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
-from mvm.train.config import ModelConfig
 
+from mvm.train.config import ModelConfig
 from mvm.video import encode_clip
 
 REPO = Path(__file__).resolve().parents[1]

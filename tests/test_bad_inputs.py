@@ -24,6 +24,7 @@ import pytest
 from _ingest_helpers import VERSION
 from _train_helpers import write_shards
 from click.testing import CliRunner
+
 from mvm.ingest.audit_cli import main as audit_main
 from mvm.ingest.cli import ingest_main
 from mvm.probe.cli import main as probe_main

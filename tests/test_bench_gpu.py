@@ -12,13 +12,13 @@ import time
 import pytest
 import torch
 from _train_helpers import REPO, write_shards
-from mvm.train.config import apply_overrides, tiny
-from mvm.train.model import build_model, make_mask
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench import gpu
 from mvm.report_format import dumps_json
+from mvm.train.config import apply_overrides, tiny
+from mvm.train.model import build_model, make_mask
 
 torch.set_num_threads(1)
 

@@ -21,14 +21,14 @@ import pytest
 from _ingest_helpers import audit, cam_front_chains, copy_dataroot, ingest
 from _train_helpers import REPO, VENV_BIN, write_shards
 from click.testing import CliRunner
+from PIL import Image
+
 from mvm.probe.data import read_metadata
+from mvm.shards import MANIFEST, ShardError, iter_verified, resolve_shards, sha256_file, shard_clip_counts
 from mvm.synth.cli import main as synth_main
 from mvm.train.config import DataConfig
 from mvm.train.data import epoch_samples
 from mvm.train.split import plan_epoch
-from PIL import Image
-
-from mvm.shards import MANIFEST, ShardError, iter_verified, resolve_shards, sha256_file, shard_clip_counts
 
 OUTSIDE = b"a file outside every output folder\n"
 

@@ -10,14 +10,14 @@ import tarfile
 import click
 import numpy as np
 import pytest
+from PIL import Image
+
+from mvm.atomic import write_atomic
 from mvm.ingest.chain import split_segments, walk_chain
 from mvm.ingest.cli import parse_size
 from mvm.ingest.frames import FrameError, crop_box, load_frame
 from mvm.ingest.plan import part_scenes
 from mvm.ingest.scenes import SceneSpecError, resolve_scenes
-from PIL import Image
-
-from mvm.atomic import write_atomic
 from mvm.sampling import clip_span, clip_starts, scene_rng
 from mvm.shards import ShardError, iter_samples, read_manifest, sample_members, tar_bytes
 

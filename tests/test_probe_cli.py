@@ -6,22 +6,22 @@ import functools
 import json
 from pathlib import Path
 
-import mvm.probe.cli as probe_cli
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+
+import mvm.probe.cli as probe_cli
 from mvm.ingest.cli import ingest_main
 from mvm.probe.cli import EXIT_FAIL, EXIT_USAGE, main
 from mvm.probe.evaluate import evaluate_encoders
 from mvm.probe.tasks import make_task
+from mvm.shards import resolve_shards
 from mvm.synth import generate
 from mvm.train.checkpoint import save
 from mvm.train.config import apply_overrides, from_dict, preset
 from mvm.train.model import build_model
 from mvm.train.online_probe import OnlineProbe
-
-from mvm.shards import resolve_shards
 from tests._probe_helpers import planted_split
 
 SIZE = (32, 64)

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import mvm.probe.pooling
 import numpy as np
 import pytest
 import torch
-from mvm.probe.evaluate import Source, evaluate_encoders
-from mvm.probe.gate import FAIL, NONE, PASS, STRONG, WEAK, Verdict, compare, strength
-from mvm.probe.linear import fit_head, predict
-from mvm.probe.pooling import candidate_grids
-from mvm.probe.tasks import make_task
 
+import mvm.probe.pooling
 from mvm.features import (
     INGESTED,
     PIXELS,
@@ -25,6 +20,11 @@ from mvm.features import (
     shuffled_order,
     temporal_pool,
 )
+from mvm.probe.evaluate import Source, evaluate_encoders
+from mvm.probe.gate import FAIL, NONE, PASS, STRONG, WEAK, Verdict, compare, strength
+from mvm.probe.linear import fit_head, predict
+from mvm.probe.pooling import candidate_grids
+from mvm.probe.tasks import make_task
 from tests._probe_helpers import planted_split
 
 
@@ -149,6 +149,7 @@ def test_strength_on_planted_features(order_free):
 def test_model_token_grid_lays_out_the_encoder_tokens():
     """token_grid is the unmasked encoder output, time-major tokens laid out as (B, T, H/p, W/p, d)."""
     from _train_helpers import small_model
+
     from mvm.train.model import build_model, patchify
 
     torch.manual_seed(0)
@@ -164,8 +165,9 @@ def test_model_token_grid_lays_out_the_encoder_tokens():
 
 def test_row_space_projection_is_exact_for_l2_heads():
     """Ridge on the projected features predicts exactly what ridge on the full features does (F > N)."""
-    from mvm.probe.linear import RowSpace
     from sklearn.linear_model import Ridge
+
+    from mvm.probe.linear import RowSpace
 
     rng = np.random.default_rng(0)
     train, test, y = rng.normal(size=(30, 400)), rng.normal(size=(10, 400)), rng.normal(size=30)

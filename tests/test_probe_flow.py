@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
+from mvm.features import INGESTED, SHUFFLED, STATIC, pool
 from mvm.probe.evaluate import FLOW, Source, Split, evaluate_encoders
 from mvm.probe.flow import FlowSource, block_matching_flow, candidate_shifts
 from mvm.probe.tasks import make_task
-
-from mvm.features import INGESTED, SHUFFLED, STATIC, pool
 from tests._probe_helpers import planted_split
 
 

@@ -8,15 +8,15 @@ import warnings
 
 import numpy as np
 import pytest
+
+from mvm.ego_motion import MotionThresholds
 from mvm.probe.evaluate import Source, Split, evaluate_encoders, majority_predictions
 from mvm.probe.gate import FAIL, PASS, decide
 from mvm.probe.report_files import report_dict, write_outputs
 from mvm.probe.stats import paired_difference, percentile_interval, scene_resamples
 from mvm.probe.tasks import class_counts, clip_target, make_task, targets
-from mvm.train.online_probe import split_scenes
-
-from mvm.ego_motion import MotionThresholds
 from mvm.report_format import dumps_json
+from mvm.train.online_probe import split_scenes
 from tests._probe_helpers import planted_split
 
 
@@ -190,8 +190,9 @@ def test_online_probe_scene_split_is_stable():
 
 
 def test_fast_metrics_match_sklearn():
-    from mvm.probe.stats import balanced_accuracy, r2
     from sklearn.metrics import balanced_accuracy_score, r2_score
+
+    from mvm.probe.stats import balanced_accuracy, r2
 
     rng = np.random.default_rng(2)
     classes = np.array(["stopped", "straight", "left", "right"])

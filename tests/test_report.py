@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from _sweep_helpers import make_sweep, write_probe, write_run
+
 from mvm.slurm.report_collect import collect, find_runs, with_ddp_overhead
 from mvm.slurm.report_plots import series
 

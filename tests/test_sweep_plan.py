@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from mvm.ingest.config import IngestConfig
 from mvm.slurm.plan import (
     experiment_record,

@@ -9,6 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from nuscenes.nuscenes import NuScenes
+from nuscenes.utils import splits
+from PIL import Image
+from sklearn.model_selection import GroupKFold
+
+from mvm.ego_motion import EGO_MOTION_CLASSES, clip_motion, ego_motion_label, yaw_from_quaternion
 from mvm.probe.linear import fit_head, predict
 from mvm.probe.stats import balanced_accuracy
 from mvm.probe.tasks import make_task
@@ -18,12 +24,6 @@ from mvm.synth.dataroot import MARKER
 from mvm.synth.plan import plan_scene
 from mvm.synth.schedule import TICK_US, scene_names, sensor_times
 from mvm.synth.trajectory import poses_at
-from nuscenes.nuscenes import NuScenes
-from nuscenes.utils import splits
-from PIL import Image
-from sklearn.model_selection import GroupKFold
-
-from mvm.ego_motion import EGO_MOTION_CLASSES, clip_motion, ego_motion_label, yaw_from_quaternion
 
 WIDTH = 256
 FRAMES = 120

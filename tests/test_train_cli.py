@@ -17,6 +17,7 @@ import pytest
 import torch
 from _train_helpers import REPO, VENV_BIN, read_keys, run_train, tiny_config, write_shards
 from click.testing import CliRunner
+
 from mvm.train.checkpoint import complete_checkpoints, load_for_eval
 from mvm.train.cli import main
 from mvm.train.metrics import read_jsonl

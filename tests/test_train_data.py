@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 from _train_helpers import write_shards
-from mvm.train.config import DataConfig, preset, validate
-from mvm.train.data import batches, epoch_samples, iter_clips
-from mvm.train.split import plan_epoch
 
 from mvm.shards import ShardError, resolve_shards, shard_clip_counts
 from mvm.shards import clip_shape_of as clip_shape
 from mvm.tensors import i420_to_rgb, to_video
+from mvm.train.config import DataConfig, preset, validate
+from mvm.train.data import batches, epoch_samples, iter_clips
+from mvm.train.split import plan_epoch
 
 torch.set_num_threads(1)
 SHAPE = (8, 32, 64, 3)

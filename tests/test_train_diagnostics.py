@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from _train_helpers import small_model
+
 from mvm.train.config import OptimConfig, TrainConfig
 from mvm.train.diagnostics import (
     collapse_reasons,

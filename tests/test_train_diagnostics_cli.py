@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 from _train_helpers import run_train, tiny_config, write_shards
+
 from mvm.train.metrics import read_jsonl
 
 torch.set_num_threads(1)

@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 import torch
 from _train_helpers import small_model
+
 from mvm.train.config import PRESETS, ModelConfig, from_dict, tiny, to_dict
 from mvm.train.model import (
     MASK_TYPES,

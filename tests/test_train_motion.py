@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 from _train_helpers import moving_clip, small_model
+
+from mvm.features import temporal_pool
 from mvm.train.config import OptimConfig, tiny
 from mvm.train.engine import build_optimizer
 from mvm.train.model import build_model, make_mask, masked_mse, patchify
 from mvm.train.motion import CameraMotionHead, camera_flow, warp
-
-from mvm.features import temporal_pool
 
 torch.set_num_threads(1)
 

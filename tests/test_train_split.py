@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
+
 from mvm.train.split import consumed_per_worker, plan_epoch, steps_per_epoch
 
 COUNT_SETS = [[5, 3, 7], [1], [4, 4, 4, 4, 4, 4, 1], [2, 9], [32, 32, 32, 32, 32, 7], [3] * 13]

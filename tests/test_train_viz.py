@@ -7,6 +7,9 @@ import io
 import numpy as np
 import torch
 from _train_helpers import small_model, write_shards
+from PIL import Image
+
+from mvm.shards import resolve_shards
 from mvm.train.diagnostics import fixed_mask
 from mvm.train.model import build_model, make_mask, unpatchify
 from mvm.train.viz import (
@@ -21,9 +24,6 @@ from mvm.train.viz import (
     png_bytes,
     render,
 )
-from PIL import Image
-
-from mvm.shards import resolve_shards
 
 torch.set_num_threads(1)
 

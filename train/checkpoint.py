@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from mvm.train.config import TrainConfig, apply_overrides, from_dict, to_dict
-from mvm.train.model import MaskedVideoModel, build_model
 
 from mvm.atomic import atomic_path, ensure_dir, write_atomic
 from mvm.report_format import dumps_json
+from mvm.train.config import TrainConfig, apply_overrides, from_dict, to_dict
+from mvm.train.model import MaskedVideoModel, build_model
 
 MARKER = "COMPLETE"
 

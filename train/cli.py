@@ -24,6 +24,10 @@ from pathlib import Path
 
 import click
 import torch
+from rich.console import Console
+
+from mvm.atomic import OutputError
+from mvm.shards import ShardError, clip_shape_of, resolve_shards
 from mvm.train.checkpoint import CheckpointError, resume_state, resumed_config
 from mvm.train.config import (
     BOUNDS,
@@ -38,10 +42,6 @@ from mvm.train.config import (
     size_problem,
     validate,
 )
-from rich.console import Console
-
-from mvm.atomic import OutputError
-from mvm.shards import ShardError, clip_shape_of, resolve_shards
 
 EXIT_FAILURE, EXIT_USAGE = 1, 2
 OPTIONS = (

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from mvm.train.split import SlotPlan, consumed_per_worker
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mvm.shards import DamagedShardError, ShardError
@@ -26,6 +25,7 @@ from mvm.shards import DamagedShardError, ShardError
 # The one sample reader: raw samples {"key", "url", "index", "<ext>": bytes} of a listed shard,
 # its sha256 checked against the manifest on first open in this process.
 from mvm.shards import iter_verified as iter_samples
+from mvm.train.split import SlotPlan, consumed_per_worker
 from mvm.video import decode_clip, decode_i420
 
 

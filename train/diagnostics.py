@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
 from mvm.train.config import ModelConfig
 from mvm.train.model import make_mask, masked_mse, normalize_patches, patchify, token_steps, unpatchify
 

@@ -25,8 +25,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from mvm.train.config import OptimConfig
 from torch.nn.parallel import DistributedDataParallel
+
+from mvm.train.config import OptimConfig
 
 
 def lr_at(step: int, cfg: OptimConfig, total_steps: int) -> float:

@@ -25,6 +25,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from mvm.atomic import ensure_dir, write_atomic
+from mvm.report_format import dumps_json
+from mvm.shards import ShardError, resolve_shards, shard_clip_counts
+from mvm.tensors import to_video
 from mvm.train import checkpoint
 from mvm.train.config import TrainConfig, to_dict
 from mvm.train.data import batches, epoch_samples
@@ -42,14 +50,6 @@ from mvm.train.metrics import (
 from mvm.train.model import build_model, make_mask
 from mvm.train.split import plan_epoch, steps_per_epoch
 from mvm.train.viz import fixed_viz_inputs, render
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
-
-from mvm.atomic import ensure_dir, write_atomic
-from mvm.report_format import dumps_json
-from mvm.shards import ShardError, resolve_shards, shard_clip_counts
-from mvm.tensors import to_video
 
 EXIT_NONFINITE = 3
 """Exit code after too many non-finite steps in a row (a checkpoint is written first)."""

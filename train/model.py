@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from mvm.train.config import PREDICTIONS, ModelConfig
 from mvm.train.motion import CameraMotionHead, camera_flow, warp
-from torch import nn
 
 
 def patchify(video: torch.Tensor, patch_size: int, token_frames: int = 1) -> torch.Tensor:

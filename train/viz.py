@@ -25,13 +25,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from mvm.train.data import ShardError, iter_clips
-from mvm.train.model import normalize_patches, patchify, unpatchify
 from PIL import Image, ImageDraw, ImageFont
 
 from mvm.atomic import write_atomic
 from mvm.sampling import spread_subset
 from mvm.tensors import frames_to_video
+from mvm.train.data import ShardError, iter_clips
+from mvm.train.model import normalize_patches, patchify, unpatchify
 
 MASKED_GREY = 0.5
 """Fill value of hidden patches in the 'masked input' row."""
@@ -220,9 +220,8 @@ def fixed_viz_inputs(config, patches_per_frame: int) -> tuple[torch.Tensor, torc
     Clips come from config.viz_shards, else config.probe_shards, else the training shards; masks
     are the run's fixed masks (train/diagnostics.py fixed_mask), so pictures compare over training.
     """
-    from mvm.train.diagnostics import fixed_mask
-
     from mvm.shards import resolve_shards
+    from mvm.train.diagnostics import fixed_mask
 
     spec = config.viz_shards or config.probe_shards or config.data.shards
     clips = pick_viz_clips(resolve_shards(spec), config.viz_clips, decoder=config.data.decoder)
