@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 DEMO_DIR ?= demo
 SWEEP_DIR ?= sweep
 
-.PHONY: setup demo test bench bench-quick bench-gpu lint sweep clean
+.PHONY: setup demo test test-quick bench bench-quick bench-gpu lint sweep clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# The subset for iterating, under a minute on 2 CPU cores: no slow or Slurm tests (CI runs `make test`).
+test-quick: setup
+	$(BIN)/python -m pytest -q -m "not slow and not slurm"
 
 bench: setup
 	$(BIN)/python -m bench.run

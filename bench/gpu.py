@@ -51,8 +51,10 @@ import torch
 from mvm.atomic import ensure_dir, write_atomic
 from mvm.report_format import dumps_json
 from mvm.train.config import ModelConfig, TrainConfig, apply_overrides, preset
-from mvm.train.engine import build_optimizer, train_step, wrap_model
-from mvm.train.model import build_model, future_steps, make_mask, mask_units, token_steps
+from mvm.train.engine import build_optimizer, step_on_batch, wrap_model
+from mvm.train.masks import future_steps, mask_units
+from mvm.train.model import build_model
+from mvm.train.tokens import token_steps
 
 SIZE, CLIP_LEN = (144, 256), 8
 RESULTS_JSON = Path(__file__).resolve().parent / "results-gpu.json"
@@ -77,8 +79,8 @@ def forward_flops(cfg: ModelConfig) -> float:
     p, (height, width), steps, k = cfg.patch_size, cfg.image_size, token_steps(cfg), cfg.token_frames
     per_frame = (height // p) * (width // p)
     tokens = steps * per_frame
-    block, _, kept = mask_units(steps, per_frame, cfg.mask_ratio, cfg.mask_type, cfg.mask_tubelet)
-    visible = kept * block  # the same count make_mask keeps
+    block, _, kept = mask_units(cfg)
+    visible = kept * block  # the same count draw_mask keeps
     d, dd, r, c, half = cfg.embed_dim, cfg.decoder_dim, cfg.mlp_ratio, cfg.stem_channels, (p // 2) ** 2
     stem = visible * (2 * half * c * 27 * k + 2 * d * c * half)
     encoder = cfg.depth * (visible * (8 * d * d + 4 * r * d * d) + 4 * visible * visible * d)
@@ -116,8 +118,10 @@ def synthetic_steps(
     warmup: int,
     steps: int,
     world: int = 1,
+    rank: int = 0,
 ) -> dict:
-    """Time `steps` train_step calls (after `warmup`) on random on-device batches of the preset's size."""
+    """Time `steps` trainer steps (engine.step_on_batch, after `warmup`) on one random on-device batch of
+    the preset's size, on rank `rank` of `world`."""
     torch.manual_seed(config.seed)
     cfg_m, batch = config.model, config.data.batch_size
     model = build_model(cfg_m).to(device)
@@ -125,25 +129,16 @@ def synthetic_steps(
     step_model, _ = wrap_model(model, device, world, compile_model)
     generator = torch.Generator().manual_seed(0)
     video = torch.rand(batch, cfg_m.clip_len, 3, *cfg_m.image_size, generator=generator).to(device)
-    ids_keep, mask = make_mask(batch, model.token_steps, model.patches_per_frame, cfg_m.mask_ratio, cfg_m.mask_type,
-                               generator, cfg_m.mask_tubelet)  # fmt: skip
-    ids_keep, mask = ids_keep.to(device), mask.to(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-
-    def step():
-        return train_step(
-            step_model, optimizer, video, ids_keep, mask, lr=config.optim.lr, grad_clip=1.0, bf16=bf16
-        )
-
     started = time.perf_counter()
-    for _ in range(warmup):
-        stats = step()
+    for index in range(warmup):
+        stats, _ = step_on_batch(step_model, optimizer, video, config, index, rank, bf16=bf16)
     _sync(device)
     warmup_s = time.perf_counter() - started
     started = time.perf_counter()
-    for _ in range(steps):
-        stats = step()
+    for index in range(warmup, warmup + steps):
+        stats, _ = step_on_batch(step_model, optimizer, video, config, index, rank, bf16=bf16)
     _sync(device)
     step_s = (time.perf_counter() - started) / steps
     clips_per_s = batch * world / step_s
@@ -159,11 +154,11 @@ def synthetic_steps(
 
 
 def loader_steps(config: TrainConfig, shards: str, device: torch.device, *, warmup: int, steps: int) -> dict:
-    """The real input pipeline feeding train_step (bf16 on CUDA): data_wait_frac, step time, clips/s."""
+    """The real input pipeline feeding the trainer's step (bf16 on CUDA): data_wait_frac, step time, clips/s."""
     from mvm.shards import resolve_shards, shard_clip_counts
     from mvm.tensors import to_video
     from mvm.train.data import hands_over_i420
-    from mvm.train.loop import Position, data_stream, mask_generator
+    from mvm.train.loop import Position, data_stream
 
     urls = resolve_shards(shards)
     # The preset's decoder ("auto": I420 planes converted on the GPU), as the trainer runs it; a
@@ -173,7 +168,7 @@ def loader_steps(config: TrainConfig, shards: str, device: torch.device, *, warm
     torch.manual_seed(config.seed)
     model = build_model(cfg_m).to(device)
     optimizer = build_optimizer(model, config.optim)
-    stream = data_stream(urls, shard_clip_counts(urls), config, 0, 1, Position(0, 0, 0))
+    stream = data_stream(urls, shard_clip_counts(urls), config, 0, 1, Position(0, 0, 0), on_bad=log)
     waited = 0.0
     try:
         for index in range(warmup + steps):
@@ -181,13 +176,10 @@ def loader_steps(config: TrainConfig, shards: str, device: torch.device, *, warm
                 _sync(device)
                 started, waited = time.perf_counter(), 0.0
             fetch = time.perf_counter()
-            _, (_, frames, _, _) = next(stream)
+            _, (_, frames, _) = next(stream)
             waited += time.perf_counter() - fetch
             video = to_video(frames, device)
-            ids_keep, mask = make_mask(video.shape[0], model.token_steps, model.patches_per_frame, cfg_m.mask_ratio,
-                                       cfg_m.mask_type, mask_generator(config.seed, index, 0), cfg_m.mask_tubelet)  # fmt: skip
-            train_step(model, optimizer, video, ids_keep.to(device), mask.to(device), lr=config.optim.lr,
-                       grad_clip=1.0, bf16=device.type == "cuda")  # fmt: skip
+            step_on_batch(model, optimizer, video, config, index, 0, bf16=device.type == "cuda")
         _sync(device)
         elapsed = time.perf_counter() - started
     finally:
@@ -211,7 +203,7 @@ def _ddp_worker(
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
     try:
         result = synthetic_steps(config, device, bf16=device.type == "cuda", compile_model=False, warmup=3,
-                                 steps=steps, world=world)  # fmt: skip
+                                 steps=steps, world=world, rank=rank)  # fmt: skip
         if rank == 0:
             write_atomic(out, json.dumps(result))
         dist.barrier()  # see mvm.train.loop: the last all-reduce must be released before the interpreter exits

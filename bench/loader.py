@@ -160,7 +160,7 @@ def repeated_rows(urls: list[str], repeat_aug: int, batch_size: int = 8) -> Iter
     samples = (
         {"key": str(i), "frames": torch.from_numpy(f)} for i, f in enumerate(shard_clips(urls, "pyav", True))
     )
-    for _keys, frames, _used, _bad in batches(samples, batch_size, repeat_aug):
+    for _keys, frames, _used in batches(samples, batch_size, repeat_aug):
         yield from frames
 
 

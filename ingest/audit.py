@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mvm.atomic import PARTIAL_SUFFIX
 from mvm.ego_motion import ego_motion_label
 from mvm.ingest.frames import FrameError, load_frame
 from mvm.sampling import spread_subset
@@ -33,6 +34,8 @@ WRITER_CONFIG = ("dataroot", "version", "clip_len", "stride", "size", "max_gap_m
 """Config fields of the manifest that the audit checks clips against."""
 MAX_LISTED = 20
 """Failures listed per check in the report (the count is always complete)."""
+STRAY_SUBFOLDERS = ("staging", "parts", "audit")
+"""Subfolders whose leftover temporaries the folder check names (mvm-ingest's, mvm-audit's default)."""
 
 
 @dataclass
@@ -85,7 +88,8 @@ def scene_records_ok(manifest: dict) -> bool:
 
 def stray_files(shard_dir: Path, manifest: dict) -> list[str]:
     """Files in the shard folder that a reader could mistake for data: unlisted `shard-*` or
-    `*.tar` files and leftover temporaries (`.*.partial`), by name."""
+    `*.tar` files and leftover temporaries (`.*.partial`, also in the ingest's and the audit's
+    subfolders: a killed run's), by name."""
     listed = {shard["name"] for shard in manifest["shards"]}
     stray = []
     for path in sorted(shard_dir.iterdir()):
@@ -96,8 +100,15 @@ def stray_files(shard_dir: Path, manifest: dict) -> list[str]:
             stray.append(f"{name} is listed but is not a regular file (a symlink or a folder)")
         elif name.startswith("shard-") or name.endswith(".tar"):
             stray.append(f"{name} is not listed in the manifest")
-        elif name.startswith(".") and name.endswith(".partial"):
+        elif name.startswith(".") and name.endswith(PARTIAL_SUFFIX):
             stray.append(f"{name} is a leftover temporary file")
+    for folder in STRAY_SUBFOLDERS:
+        if (shard_dir / folder).is_dir() and not (shard_dir / folder).is_symlink():
+            stray += [
+                f"{folder}/{path.name} is a leftover temporary file"
+                for path in sorted((shard_dir / folder).iterdir())
+                if path.name.startswith(".") and path.name.endswith(PARTIAL_SUFFIX)
+            ]
     return stray
 
 
@@ -192,7 +203,9 @@ def audit_shards(
     if missing:
         manifest_check.failures.append(f"manifest lacks what mvm-ingest writes: {', '.join(missing)}")
         return [manifest_check], stats, None
-    folder = Check("folder", "no unlisted shard-* or *.tar file and no leftover temporary in the folder")
+    folder = Check(
+        "folder", "no unlisted shard-* or *.tar file, no leftover temporary in the folder or its subfolders"
+    )
     folder.failures += stray_files(shard_dir, manifest)
     present = Check("shards_present", "every shard the manifest lists exists")
     hashes = Check("sha256", "every shard's size and sha256 match the manifest")

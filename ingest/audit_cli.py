@@ -9,9 +9,9 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from mvm.atomic import OutputError
+from mvm.atomic import OutputError, exclusive_lock
 from mvm.ingest.audit import audit_shards
-from mvm.ingest.audit_report import write_report
+from mvm.ingest.audit_report import remove_stale_temporaries, write_report
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -59,15 +59,19 @@ def main(
     with --against; mean PSNR against the source frames. Writes audit.json, audit.md and PNG plots.
 
     A manifest is data: shard names must be shard-NNNNNN.tar inside SHARD_DIR, and unlisted
-    shard-* / *.tar files or leftover temporaries in the folder fail the audit, as does a manifest
-    of 0 clips. The report folder and its files are never written through a symlink.
+    shard-* / *.tar files or leftover temporaries in the folder (or its staging/, parts/, audit/)
+    fail the audit, as does a manifest of 0 clips. The report folder and its files are never
+    written through a symlink; one mvm-audit writes a report folder at a time (a second one
+    exits 1), and it first removes the report temporaries a killed audit left there.
 
     Exit codes: 0 every check holds, 1 a check failed (each failure is named) or the report
     cannot be written, 2 usage error.
     """
-    checks, stats, manifest = audit_shards(shard_dir, against, psnr_clips, min_psnr)
-    try:
-        report = write_report(report_dir or shard_dir / "audit", shard_dir, checks, stats, manifest)
+    try:  # one mvm-audit per report folder; it removes what a killed one left there first
+        with exclusive_lock(report_dir or shard_dir / "audit", "mvm-audit") as lock:
+            remove_stale_temporaries(lock.parent)
+            checks, stats, manifest = audit_shards(shard_dir, against, psnr_clips, min_psnr)
+            report = write_report(lock.parent, shard_dir, checks, stats, manifest)
     except OutputError as error:
         console.print(f"[red]error:[/] {error}")
         sys.exit(1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -10,10 +11,22 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from mvm.atomic import ensure_dir, save_figure, write_atomic  # noqa: E402
+from mvm.atomic import PARTIAL_SUFFIX, ensure_dir, save_figure, write_atomic  # noqa: E402
 from mvm.ego_motion import EGO_MOTION_CLASSES  # noqa: E402
 from mvm.ingest.audit import Check, Stats  # noqa: E402
 from mvm.report_format import dumps_json, fmt, markdown_table  # noqa: E402
+
+REPORT_TEMPORARY = re.compile(r"\.(audit\.json|audit\.md|[a-z_]+\.png)(\..*)?" + re.escape(PARTIAL_SUFFIX))
+"""Temporaries of the report's own files (mvm.atomic.atomic_path names them `.<file>.<random>.partial`)."""
+
+
+def remove_stale_temporaries(report_dir: Path) -> list[Path]:
+    """Remove the report temporaries a killed mvm-audit left in `report_dir` (the caller holds its
+    lock); returns them. Other files, and other tools' temporaries, are left alone."""
+    stale = [path for path in sorted(report_dir.iterdir()) if REPORT_TEMPORARY.fullmatch(path.name)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def _bar(path: Path, counts: dict, title: str, xlabel: str, ylabel: str = "clips") -> None:

@@ -10,13 +10,29 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from mvm.atomic import OutputError, ensure_dir
+from mvm.atomic import OutputError
 from mvm.ingest.config import IngestConfig
+from mvm.ingest.output import (
+    ForeignOutputError,
+    claim_output,
+    clear_previous,
+    folder_lock,
+    part_lock,
+    stale_temporaries,
+)
 from mvm.ingest.part import PartTally, console, log_line, run_part
-from mvm.ingest.plan import FinalizeError, discover_parts, finalize, part_scenes, verify_complete
+from mvm.ingest.plan import (
+    FinalizeError,
+    discover_parts,
+    finalize,
+    part_scenes,
+    remove_other_ledgers,
+    verify_complete,
+)
 from mvm.ingest.scenes import SceneSpecError, resolve_scenes
 from mvm.ingest.tables import DatarootError, SceneTables, TablesError, open_nuscenes
-from mvm.shards import MANIFEST, PATCH_SIZE, SHARD_PATTERN, ShardError, read_manifest
+from mvm.options import click_options
+from mvm.shards import MANIFEST, PATCH_SIZE, ShardError, read_manifest
 
 DEFAULTS = IngestConfig("", "", "")
 """The option defaults, written once in IngestConfig."""
@@ -71,14 +87,6 @@ def print_summary(title: str, rows: list[tuple[str, str]]) -> None:
     console.print(table)
 
 
-def clear_previous(out: Path) -> None:
-    """--overwrite: drop the old manifest first (so the folder stops looking complete), then its shards."""
-    (out / MANIFEST).unlink(missing_ok=True)
-    for path in out.iterdir():
-        if SHARD_PATTERN.fullmatch(path.name):
-            path.unlink()
-
-
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option(
     "--dataroot",
@@ -104,53 +112,13 @@ def clear_previous(out: Path) -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Output folder (layout: shards/README.md); refused if it is a symlink.",
 )
-@click.option("--clip-len", default=DEFAULTS.clip_len, type=click.IntRange(min=2), help="T: frames per clip.")
-@click.option(
-    "--stride",
-    default=DEFAULTS.stride,
-    type=click.IntRange(min=1),
-    help="s: chain positions between a clip's frames.",
-)
-@click.option(
-    "--hop",
-    type=click.IntRange(min=1),
-    help="Chain positions between clip starts in a segment  [default: clip-len x stride, no overlap]",
-)
 @click.option(
     "--size",
     "size_text",
     default="{}x{}".format(*DEFAULTS.size),
     help="HxW of the decoded frames; must be even (yuv420p), should be multiples of 16 (trainer patches).",
 )
-@click.option(
-    "--crf",
-    default=DEFAULTS.crf,
-    type=click.IntRange(0, 51),
-    help="x264 constant rate factor (lower = better, bigger).",
-)
-@click.option(
-    "--preset",
-    default=DEFAULTS.preset,
-    type=click.Choice(
-        ["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
-    ),
-    help="x264 preset.",
-)
-@click.option(
-    "--max-gap-ms",
-    default=DEFAULTS.max_gap_ms,
-    type=click.IntRange(min=1),
-    help="Longest continuous interval; a longer one splits the scene (CAM_FRONT intervals are 50/100 ms, a dropped frame gives 150).",
-)
-@click.option(
-    "--shard-clips", default=DEFAULTS.shard_clips, type=click.IntRange(min=1), help="Clips per shard."
-)
-@click.option(
-    "--seed",
-    default=DEFAULTS.seed,
-    type=click.IntRange(min=0),
-    help="Seed of the clip-start offsets (keyed further by scene name).",
-)
+@click_options(IngestConfig)  # --clip-len ... --seed; dataroot, version, scenes and size: see IngestConfig
 @click.option(
     "--part",
     "part_text",
@@ -181,11 +149,19 @@ def ingest_main(**options) -> None:
       mvm-ingest ... --part $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT
       mvm-ingest ... --finalize
 
+    Tables are data: scene names must be plain file names (letters, digits, . _ -), unique;
+    sample_data filenames must stay inside the dataroot; a record that breaks this is named.
+    --out belongs to one writer: a second mvm-ingest on it (or on the same part) stops at once;
+    the parts of one array run together, a finalize is refused while any runs. A non-empty --out
+    that mvm-ingest did not start is refused without --overwrite; --overwrite replaces only
+    mvm-ingest's own files (shards, manifest, part ledgers of other options).
+
     Exit codes: 0 success (or already complete), 1 failure (a scene failed, parts missing at
     finalize, no clip at all (the reason is printed per scene), damaged complete output, tables
-    that are not valid JSON, an --out that cannot be written: read-only, a symlink, disk full),
-    2 usage error (bad option, unknown scene or split, missing dataroot or version folder, --out
-    a file or holding another ingest without --overwrite).
+    that are not valid JSON or name unusable scenes or files, an --out that cannot be written:
+    read-only, a symlink, disk full, in use by another mvm-ingest), 2 usage error (bad option,
+    unknown scene or split, missing dataroot or version folder, --out a file, holding files
+    mvm-ingest did not write, or another ingest, without --overwrite).
     """
     try:
         run_ingest(**options)
@@ -226,46 +202,83 @@ def run_ingest(
         console.print(
             f"note: {len(resolved.absent_from_split)} scenes of split {scenes_spec!r} are not in this dataroot"
         )
-    ensure_dir(out)
-    if (out / MANIFEST).exists() or (out / MANIFEST).is_symlink():
-        try:
-            previous = read_manifest(out)
-        except ShardError as error:
-            if not overwrite:
-                raise click.UsageError(
-                    f"{error}; pass --overwrite to replace it or choose another --out"
-                ) from None
-            previous = {}
-        same = (
-            previous.get("config") == config.to_json()
-            and [s["name"] for s in previous.get("scenes", [])] == resolved.names
-        )
-        if same:
-            problems = verify_complete(out, previous)
-            if problems:
-                console.print(
-                    f"[red]error:[/] {out} is complete but damaged: {'; '.join(problems)}. Re-run with --overwrite."
-                )
-                sys.exit(1)
-            console.print(
-                f"{out} already holds this ingest ({previous['total_clips']} clips, verified); nothing to do."
-            )
+    try:
+        claim_output(out, overwrite)
+    except ForeignOutputError as error:
+        raise click.UsageError(str(error)) from None
+    with folder_lock(out, shared=part is not None):
+        if part is None:  # this process holds the folder alone: what killed runs left can go
+            stale = stale_temporaries(out)
+            for path in stale:
+                path.unlink(missing_ok=True)
+            if stale:
+                log_line(out, f"removed {len(stale)} temporaries left by a killed run")
+        if already_done(out, config, resolved.names, overwrite):
             return
-        if not overwrite:
-            differing = sorted(
-                k for k in config.to_json() if previous.get("config", {}).get(k) != config.to_json()[k]
-            )
-            raise click.UsageError(
-                f"{out} holds a manifest from other options (differing: {', '.join(differing) or 'scenes'}); "
-                "pass --overwrite to replace it or choose another --out"
-            )
-        clear_previous(out)
+        if overwrite and (removed := remove_other_ledgers(out, config)):
+            log_line(out, f"--overwrite: removed {len(removed)} part ledgers of other options")
+        if part is None:
+            ingest_locked(out, config, tables, resolved.names, None, finalize, workers)
+        else:
+            with part_lock(out, *part):
+                ingest_locked(out, config, tables, resolved.names, part, finalize, workers)
 
+
+def already_done(out: Path, config: IngestConfig, scenes: list[str], overwrite: bool) -> bool:
+    """Whether --out already holds this ingest, verified (exit 1 if damaged). A manifest of other
+    options is a usage error without --overwrite; with it, the old manifest and shards go."""
+    if not ((out / MANIFEST).exists() or (out / MANIFEST).is_symlink()):
+        return False
+    try:
+        previous = read_manifest(out)
+    except ShardError as error:
+        if not overwrite:
+            raise click.UsageError(
+                f"{error}; pass --overwrite to replace it or choose another --out"
+            ) from None
+        previous = {}
+    same = (
+        previous.get("config") == config.to_json()
+        and [s["name"] for s in previous.get("scenes", [])] == scenes
+    )
+    if same:
+        problems = verify_complete(out, previous)
+        if problems:
+            console.print(
+                f"[red]error:[/] {out} is complete but damaged: {'; '.join(problems)}. Re-run with --overwrite."
+            )
+            sys.exit(1)
+        console.print(
+            f"{out} already holds this ingest ({previous['total_clips']} clips, verified); nothing to do."
+        )
+        return True
+    if not overwrite:
+        differing = sorted(
+            k for k in config.to_json() if previous.get("config", {}).get(k) != config.to_json()[k]
+        )
+        raise click.UsageError(
+            f"{out} holds a manifest from other options (differing: {', '.join(differing) or 'scenes'}); "
+            "pass --overwrite to replace it or choose another --out"
+        )
+    clear_previous(out)
+    return False
+
+
+def ingest_locked(
+    out: Path,
+    config: IngestConfig,
+    tables: SceneTables,
+    scenes: list[str],
+    part: tuple[int, int] | None,
+    finalize: bool,
+    workers: int,
+) -> None:
+    """Stage (this part, or everything), then finalize unless this is a --part run; print the summary."""
     started = time.perf_counter()
     tally = PartTally()
     if not finalize:
         part_index, part_count = part or (0, 1)
-        tally = run_part(out, config, tables, resolved.names, part_index, part_count, workers)
+        tally = run_part(out, config, tables, scenes, part_index, part_count, workers)
         if tally.failed:
             for name, reason in tally.failed.items():
                 console.print(f"[red]scene {name} failed:[/] {reason}")
@@ -275,14 +288,14 @@ def run_ingest(
             sys.exit(1)
     manifest = None
     if part is None:
-        manifest = finalize_output(out, config, resolved.names, discover_parts(out) if finalize else 1)
+        manifest = finalize_output(out, config, scenes, discover_parts(out, config) if finalize else 1)
     elapsed = time.perf_counter() - started
-    rows = [("output", str(out)), ("scenes", f"{len(resolved.names)} planned")]
+    rows = [("output", str(out)), ("scenes", f"{len(scenes)} planned")]
     if not finalize:
         rows += [
             (
                 "this run",
-                f"{len(part_scenes(resolved.names, *(part or (0, 1))))} scenes, {tally.reused} reused from staging",
+                f"{len(part_scenes(scenes, *(part or (0, 1))))} scenes, {tally.reused} reused from staging",
             ),
             ("frames", f"{tally.frames} ({tally.frames / max(elapsed, 1e-9):.0f} frames/s)"),
         ]

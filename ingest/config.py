@@ -1,4 +1,8 @@
-"""The resolved options of one ingest; everything that changes the output bytes is in here."""
+"""The resolved options of one ingest; everything that changes the output bytes is in here.
+
+Each field is declared once with `option` (mvm/options.py): its range or choices, and whether
+mvm-ingest generates its flag from it (help = the docstring under the field).
+"""
 
 from __future__ import annotations
 
@@ -6,37 +10,57 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 
+from mvm.options import option
 from mvm.video import DEFAULT_CRF, DEFAULT_PRESET
+
+X264_PRESETS = (
+    "ultrafast",
+    "superfast",
+    "veryfast",
+    "faster",
+    "fast",
+    "medium",
+    "slow",
+    "slower",
+    "veryslow",
+)
+"""The x264 presets, fastest first."""
 
 
 @dataclass(frozen=True)
 class IngestConfig:
-    """Every option that determines the shard bytes (not where they go or how many processes run)."""
+    """Every option that determines the shard bytes (not where they go or how many processes run).
 
-    dataroot: str
+    dataroot, version, scenes_spec and size are declared by hand in ingest/cli.py (flag=False):
+    the CLI resolves the dataroot to an absolute path, resolves --scenes against the dataroot's
+    tables and parses --size HxW before they become these values.
+    """
+
+    dataroot: str = option(free_text=True, flag=False)
     """Absolute path of the nuScenes dataroot (the audit reopens it to measure PSNR)."""
-    version: str
+    version: str = option(free_text=True, flag=False)
     """nuScenes version folder, e.g. `v1.0-mini`."""
-    scenes_spec: str
+    scenes_spec: str = option(free_text=True, flag=False)
     """The --scenes argument as given (the resolved names are in the manifest's `scenes`)."""
-    clip_len: int = 8
-    """T, frames per clip."""
-    stride: int = 1
-    """s, chain positions between consecutive frames of a clip."""
-    hop: int | None = None
-    """Chain positions between consecutive clip starts in a segment (None: T*s, no overlap)."""
-    size: tuple[int, int] = (144, 256)
+    clip_len: int = option(8, low=2)
+    """T: frames per clip."""
+    stride: int = option(1, low=1)
+    """s: chain positions between a clip's frames."""
+    hop: int | None = option(None, low=1)
+    """Chain positions between clip starts in a segment (default: clip-len x stride, no overlap)."""
+    size: tuple[int, int] = option((144, 256), low=2, flag=False)
     """(H, W) of the decoded frames."""
-    crf: int = DEFAULT_CRF
-    """x264 constant rate factor."""
-    preset: str = DEFAULT_PRESET
+    crf: int = option(DEFAULT_CRF, low=0, high=51)
+    """x264 constant rate factor (lower = better, bigger)."""
+    preset: str = option(DEFAULT_PRESET, choices=X264_PRESETS)
     """x264 preset."""
-    max_gap_ms: int = 125
-    """Longest interval between consecutive frames that is still continuous."""
-    shard_clips: int = 256
+    max_gap_ms: int = option(125, low=1)
+    """Longest interval between consecutive frames that is still continuous; a longer one splits the
+    scene (CAM_FRONT intervals are 50/100 ms, a dropped frame gives 150)."""
+    shard_clips: int = option(256, low=1)
     """Clips per shard (the last shard may hold fewer)."""
-    seed: int = 0
-    """Seed of the clip-offset RNG (keyed further by scene name)."""
+    seed: int = option(0, low=0)
+    """Seed of the clip-start offsets (keyed further by scene name)."""
 
     def __post_init__(self) -> None:
         if self.hop is None:

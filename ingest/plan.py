@@ -18,7 +18,7 @@ import av
 import numpy as np
 from PIL import features
 
-from mvm.atomic import PARTIAL_SUFFIX, ensure_dir, write_atomic
+from mvm.atomic import ensure_dir, write_atomic
 from mvm.ingest.config import IngestConfig
 from mvm.ingest.stage import staging_paths
 from mvm.shards import (
@@ -85,18 +85,34 @@ def write_ledger(out: Path, config: IngestConfig, part: int, parts: int, sidecar
     return path
 
 
-def discover_parts(out: Path) -> int:
-    """N of the part ledgers under DIR/parts: the one N whose ledgers are all present.
-
-    Raises FinalizeError naming the missing parts when no N is complete.
-    """
-    found: dict[int, set[int]] = {}
-    for path in (out / "parts").glob("part-*-of-*.json"):
+def ledger_files(out: Path) -> list[tuple[int, int, Path]]:
+    """(part, parts, path) of every ledger under DIR/parts, by name."""
+    found = []
+    for path in sorted((out / "parts").glob("part-*-of-*.json")):
         match = LEDGER_PATTERN.fullmatch(path.name)
         if match:
-            found.setdefault(int(match.group(2)), set()).add(int(match.group(1)))
+            found.append((int(match.group(1)), int(match.group(2)), path))
+    return found
+
+
+def discover_parts(out: Path, config: IngestConfig) -> int:
+    """N of the part ledgers under DIR/parts: the one N whose ledgers of these options are all present.
+
+    Ledgers written with other options are not counted (--overwrite removes them). Raises
+    FinalizeError naming the missing parts when no N is complete.
+    """
+    found: dict[int, set[int]] = {}
+    other = []
+    for part, parts, path in ledger_files(out):
+        if read_ledger(path)["config_digest"] == config.digest():
+            found.setdefault(parts, set()).add(part)
+        else:
+            other.append(f"{part}/{parts}")
+    ignored = f" (ledgers of other options not counted: {', '.join(other)})" if other else ""
     if not found:
-        raise FinalizeError(f"no part ledgers under {out / 'parts'}: run the --part I/N steps first")
+        raise FinalizeError(
+            f"no part ledgers of these options under {out / 'parts'}: run the --part I/N steps first{ignored}"
+        )
     for parts in sorted(found):
         if found[parts] == set(range(parts)):
             return parts
@@ -104,7 +120,24 @@ def discover_parts(out: Path) -> int:
         f"of {parts}: {', '.join(f'{part}/{parts}' for part in sorted(set(range(parts)) - present))}"
         for parts, present in sorted(found.items())
     )
-    raise FinalizeError(f"parts not finished (no ledger under {out / 'parts'}) {missing}")
+    raise FinalizeError(f"parts not finished (no ledger under {out / 'parts'}) {missing}{ignored}")
+
+
+def remove_other_ledgers(out: Path, config: IngestConfig) -> list[Path]:
+    """--overwrite: remove the part ledgers (and damaged ones) not written with these options.
+
+    Safe while parts of this config run in parallel: their ledgers carry this config's digest.
+    """
+    removed = []
+    for _part, _parts, path in ledger_files(out):
+        try:
+            stale = read_ledger(path)["config_digest"] != config.digest()
+        except FinalizeError:
+            stale = True
+        if stale:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def read_ledger(path: Path) -> dict:
@@ -197,12 +230,8 @@ def finalize(out: Path, config: IngestConfig, scenes: list[str], parts: int) -> 
     if not shards:
         raise FinalizeError("no clip was written (no manifest); per scene:" + no_clip_reasons(sidecars))
     planned = {shard["name"] for shard in shards}
-    for stale in [*out.iterdir(), *(out / "parts").glob(f".*{PARTIAL_SUFFIX}")]:
-        # Unplanned shards, and temporaries a killed run left (finalize runs after every part,
-        # so no other process is writing here now).
-        if (SHARD_PATTERN.fullmatch(stale.name) and stale.name not in planned) or (
-            stale.name.startswith(".") and stale.name.endswith(PARTIAL_SUFFIX)
-        ):
+    for stale in out.iterdir():  # shards of an earlier, larger plan (the caller holds the folder)
+        if SHARD_PATTERN.fullmatch(stale.name) and stale.name not in planned:
             stale.unlink()
 
     manifest = {

@@ -51,7 +51,11 @@ def resolve_scenes(spec: str, available: Collection[str]) -> ResolvedScenes:
         path = Path(spec[1:])
         if not path.is_file():
             raise SceneSpecError(f"scene list file {str(path)!r} does not exist")
-        lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:  # unreadable, or not a text file
+            raise SceneSpecError(f"scene list file {str(path)!r} is not readable text: {error}") from None
+        lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
         names = [line for line in lines if line]
         if not names:
             raise SceneSpecError(f"scene list file {str(path)!r} names no scene")

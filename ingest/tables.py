@@ -14,6 +14,7 @@ from pathlib import Path
 from nuscenes.nuscenes import NuScenes
 
 from mvm.ingest.chain import Reject, walk_chain
+from mvm.ingest.names import UnsafeNameError, check_filename, check_token, scene_names
 
 CHANNEL = "CAM_FRONT"
 
@@ -91,8 +92,12 @@ class SceneTables:
     """Per-scene access to a loaded NuScenes: scene names and SceneJobs."""
 
     def __init__(self, nusc: NuScenes):
+        """Raises TablesError naming the record when a scene's name or token cannot be used."""
         self.nusc = nusc
-        self.scenes = {scene["name"]: scene for scene in nusc.scene}
+        try:
+            self.scenes = scene_names(nusc.scene)
+        except UnsafeNameError as error:
+            raise TablesError(f"{Path(nusc.dataroot) / nusc.version / 'scene.json'}: {error}") from None
         self._samples_by_scene: dict[str, list[dict]] = defaultdict(list)
         for sample in nusc.sample:
             self._samples_by_scene[sample["scene_token"]].append(sample)
@@ -104,7 +109,11 @@ class SceneTables:
             return None
 
     def job(self, name: str) -> SceneJob:
-        """Walk the CAM_FRONT chain of scene `name` (see mvm.ingest.chain.walk_chain)."""
+        """Walk the CAM_FRONT chain of scene `name` (see mvm.ingest.chain.walk_chain).
+
+        Raises TablesError naming the record when a frame's token or filename cannot be used (a
+        filename outside the dataroot is never opened).
+        """
         scene = self.scenes[name]
         samples = sorted(self._samples_by_scene[scene["token"]], key=lambda sample: sample["timestamp"])
         keyframes = [sample["data"][CHANNEL] for sample in samples if CHANNEL in sample["data"]]
@@ -119,12 +128,16 @@ class SceneTables:
         walked = walk_chain(self._lookup, keyframes, in_scene)
         frames = []
         for record in walked.records:
+            try:
+                token, filename = check_token("sample_data", record), check_filename(record)
+            except UnsafeNameError as error:
+                raise TablesError(str(error)) from None
             pose = self.nusc.get("ego_pose", record["ego_pose_token"])
             frames.append(
                 {
-                    "token": record["token"],
+                    "token": token,
                     "timestamp": int(record["timestamp"]),
-                    "filename": record["filename"],
+                    "filename": filename,
                     "width": int(record["width"]),
                     "height": int(record["height"]),
                     "ego_translation": [float(value) for value in pose["translation"]],

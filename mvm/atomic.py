@@ -31,6 +31,18 @@ from pathlib import Path
 PARTIAL_SUFFIX = ".partial"
 
 
+def _read_umask() -> int:
+    # os.umask can only be read by setting it; done once at import, before any thread could
+    # create a file in the moment the mask is 0.
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+_UMASK = _read_umask()
+"""The process's umask, read once at import: the mode atomic_path gives its files."""
+
+
 class OutputError(OSError):
     """An output location that cannot be written safely; the message is one line for the user."""
 
@@ -84,10 +96,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(handle)
     temporary = Path(name)
     # mkstemp creates 0600; give the final file the mode a plain open() would (0666 minus umask),
-    # so reports in a shared sweep or shard folder stay readable by the group.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temporary, 0o666 & ~umask)
+    # so shards, manifests and reports in a shared folder stay readable by the group.
+    os.chmod(temporary, 0o666 & ~_UMASK)
     try:
         yield temporary
         with open(temporary, "rb+") as written:
@@ -147,7 +157,9 @@ class BusyError(OutputError):
 
 
 @contextlib.contextmanager
-def exclusive_lock(folder: str | Path, tool: str, name: str = LOCK_NAME) -> Iterator[Path]:
+def exclusive_lock(
+    folder: str | Path, tool: str, name: str = LOCK_NAME, shared: bool = False
+) -> Iterator[Path]:
     """Hold an advisory lock (flock) on `folder/name` for the block: one writer per output folder.
 
     A second writer gets BusyError at once (naming the holder's tool and pid, when readable)
@@ -155,6 +167,9 @@ def exclusive_lock(folder: str | Path, tool: str, name: str = LOCK_NAME) -> Iter
     when the process dies, so a crash never leaves a stale lock; the file itself stays (it is
     empty but for the holder's description) and is reused by the next run. The folder is created
     and checked like ensure_dir; a symlink planted at the lock's name is refused (O_NOFOLLOW).
+
+    shared=True takes the lock in shared mode: any number of shared holders (the parts of one
+    Slurm array) hold it together, and an exclusive holder (a finalize) excludes them all.
     """
     lock_path = ensure_dir(folder) / name
     try:
@@ -165,14 +180,17 @@ def exclusive_lock(folder: str | Path, tool: str, name: str = LOCK_NAME) -> Iter
         raise OutputError(_describe(error, lock_path)) from None
     try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(handle, 200, 0).decode(errors="replace").strip() or "another process"
             raise BusyError(
                 f"{folder} is in use by {holder}: one writer per folder (wait for it, or use another folder)"
             ) from None
+        # Shared holders write the same text (no pid: there are several); whatever an exclusive
+        # holder that died wrote is stale once anyone holds the lock.
         os.ftruncate(handle, 0)
-        os.pwrite(handle, f"{tool} (pid {os.getpid()})".encode(), 0)
+        description = f"{tool} (several processes)" if shared else f"{tool} (pid {os.getpid()})"
+        os.pwrite(handle, description.encode(), 0)
         yield lock_path
     finally:
         os.close(handle)  # releases the flock

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -68,3 +68,22 @@ def json_ready(value):
 def dumps_json(value) -> str:
     """Indented, key-sorted strict JSON text ending in a newline (write it with atomic.write_atomic)."""
     return json.dumps(json_ready(value), indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+
+def parse_jsonl(text: str, where: str, warn: Callable[[str], None]) -> list[dict]:
+    """The JSON objects of JSONL `text` (a run's metrics.jsonl or keys-rank*.jsonl), one per non-blank
+    line. A line that is not one (torn by a crash mid-write, most often the last) is skipped and
+    named through `warn`: the logs are appended line by line, so a killed run can leave one."""
+    records = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            warn(f"{where} line {number} is not a JSON object (torn by a crash mid-write?); skipped")
+    return records

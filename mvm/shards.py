@@ -16,15 +16,19 @@ and, where there is one, the key.
 
 from __future__ import annotations
 
+import errno
 import glob
 import hashlib
 import io
 import json
 import os
 import re
+import stat
 import tarfile
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import braceexpand
 
@@ -50,6 +54,36 @@ class ShardError(ValueError):
 class DamagedShardError(ShardError):
     """A listed shard whose contents fail verification or reading (sha256, tar structure, decoding):
     the data on disk is damaged, not the request, so tools report it as a failure (exit 1)."""
+
+
+class ShardWarning(UserWarning):
+    """A shard spec that works but probably not as meant (a shard named twice); CLIs print it as one line."""
+
+
+class NotRegularFileError(OSError):
+    """A path read as a file that is a FIFO, device, socket or folder; `strerror` says which."""
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
+    return next((name for test, name in kinds if test(mode)), "a device")
+
+
+def open_regular(path: str | Path) -> BinaryIO:
+    """Open `path` for binary reading; NotRegularFileError (an OSError) unless it is a regular file.
+
+    Files named by data or by a user (manifests, shards, run configs, checkpoints) go through this:
+    opening a FIFO for reading waits for a writer, so a FIFO planted at such a name would hang the
+    tool forever. O_NONBLOCK makes that open return at once, and fstat on the opened descriptor
+    (not a separate stat of the name, which could be swapped in between) decides.
+    """
+    handle = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    mode = os.fstat(handle).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(handle)
+        raise NotRegularFileError(errno.EINVAL, f"{_file_kind(mode)}, not a regular file", str(path))
+    os.set_blocking(handle, True)
+    return os.fdopen(handle, "rb")
 
 
 def shard_name(index: int) -> str:
@@ -80,46 +114,58 @@ def _json_error(path: Path, error: json.JSONDecodeError) -> str:
 
 def read_manifest(folder: str | Path) -> dict:
     """The manifest of a shard folder, checked as data: format and version, every shard entry's
-    name (see shard_path), clip count, byte count and sha256, and total_clips. ShardError otherwise."""
+    name (see shard_path), clip count, byte count and sha256, and total_clips.
+
+    ShardError when the folder has no manifest (not a shard folder: a usage error);
+    DamagedShardError when it has one that cannot be used (not a regular file, unreadable, not
+    valid JSON, wrong format or fields): the data on disk is the problem, tools exit 1.
+    """
     path = Path(folder) / MANIFEST
     try:
-        manifest = json.loads(path.read_text())
+        with open_regular(path) as handle:
+            manifest = json.loads(handle.read().decode())
     except FileNotFoundError:
         raise ShardError(
             f"shard folder {path.parent} has no {MANIFEST} (ingest incomplete, or not an mvm-ingest output)"
         ) from None
     except json.JSONDecodeError as error:
-        raise ShardError(_json_error(path, error)) from None
+        raise DamagedShardError(_json_error(path, error)) from None
+    except NotRegularFileError as error:
+        raise DamagedShardError(f"cannot read {path}: it is {error.strerror}") from None
     except (OSError, UnicodeDecodeError) as error:
-        raise ShardError(f"cannot read {path}: {error}") from None
+        raise DamagedShardError(f"cannot read {path}: {error}") from None
     if not isinstance(manifest, dict):
-        raise ShardError(f"{path} is not a JSON object")
+        raise DamagedShardError(f"{path} is not a JSON object")
     if manifest.get("format") != FORMAT_NAME or manifest.get("version") != FORMAT_VERSION:
-        raise ShardError(
+        raise DamagedShardError(
             f"{path}: format {manifest.get('format')!r} v{manifest.get('version')}, "
             f"expected {FORMAT_NAME!r} v{FORMAT_VERSION}"
         )
     shards = manifest.get("shards")
     if not isinstance(shards, list):
-        raise ShardError(f"{path}: 'shards' is not a list")
+        raise DamagedShardError(f"{path}: 'shards' is not a list")
     names = set()
     for entry in shards:
         if not isinstance(entry, dict):
-            raise ShardError(f"{path}: shard entry {entry!r} is not an object")
+            raise DamagedShardError(f"{path}: shard entry {entry!r} is not an object")
         shard_path(folder, entry.get("name"))
         if entry["name"] in names:
-            raise ShardError(f"{path}: shard {entry['name']} listed twice")
+            raise DamagedShardError(f"{path}: shard {entry['name']} listed twice")
         names.add(entry["name"])
         for field, kind in (("clips", int), ("bytes", int), ("sha256", str)):
             if not isinstance(entry.get(field), kind) or isinstance(entry.get(field), bool):
-                raise ShardError(f"{path}: shard {entry['name']} has no valid {field!r}")
+                raise DamagedShardError(f"{path}: shard {entry['name']} has no valid {field!r}")
         if entry["clips"] < 0 or entry["bytes"] < 0 or not re.fullmatch(r"[0-9a-f]{64}", entry["sha256"]):
-            raise ShardError(f"{path}: shard {entry['name']} has an invalid clips, bytes or sha256 value")
+            raise DamagedShardError(
+                f"{path}: shard {entry['name']} has an invalid clips, bytes or sha256 value"
+            )
     if manifest.get("total_clips") != sum(entry["clips"] for entry in shards):
-        raise ShardError(f"{path}: total_clips {manifest.get('total_clips')!r} != the sum over its shards")
+        raise DamagedShardError(
+            f"{path}: total_clips {manifest.get('total_clips')!r} != the sum over its shards"
+        )
     config = manifest.get("config")
     if not isinstance(config, dict):
-        raise ShardError(f"{path}: 'config' is not an object")
+        raise DamagedShardError(f"{path}: 'config' is not an object")
     return manifest
 
 
@@ -173,7 +219,7 @@ def sha256_bytes(data: bytes) -> str:
 
 def sha256_file(path: str | Path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:
         while block := handle.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
@@ -191,7 +237,7 @@ def iter_samples(path: str | Path) -> Iterator[dict]:
     current: dict | None = None
     index = 0
     try:
-        with tarfile.open(url, mode="r|") as archive:
+        with open_regular(url) as handle, tarfile.open(fileobj=handle, mode="r|") as archive:
             for member in archive:
                 key, _, ext = member.name.partition(".")
                 where = f"shard {url}, sample {key}"
@@ -207,6 +253,8 @@ def iter_samples(path: str | Path) -> Iterator[dict]:
                 if ext in current:
                     raise DamagedShardError(f"{where}: member {member.name!r} appears twice")
                 current[ext] = archive.extractfile(member).read()
+    except NotRegularFileError as error:
+        raise DamagedShardError(f"shard {url} is {error.strerror}") from None
     except (tarfile.TarError, EOFError, OSError) as error:
         raise DamagedShardError(
             f"shard {url} is corrupt or truncated after sample {index}: {error}"
@@ -229,8 +277,8 @@ def listed_entry(path: str | Path) -> dict:
     path = Path(path)
     folder = path.parent.resolve()
     try:
-        stat = os.stat(folder / MANIFEST)
-        stamp = (stat.st_size, stat.st_mtime_ns)
+        info = os.stat(folder / MANIFEST)
+        stamp = (info.st_size, info.st_mtime_ns)
     except OSError:
         stamp = (-1, -1)  # read_manifest below names the problem
     if folder not in _listings or _listings[folder][0] != stamp:
@@ -251,13 +299,15 @@ def verify_listed(path: str | Path) -> None:
     path = Path(path)
     entry = listed_entry(path)
     try:
-        stat = os.stat(path)
+        info = os.stat(path)
     except OSError as error:
         raise ShardError(f"shard {path} cannot be opened: {error.strerror}") from None
-    stamp = (stat.st_size, stat.st_mtime_ns)
+    if not stat.S_ISREG(info.st_mode):
+        raise DamagedShardError(f"shard {path} is {_file_kind(info.st_mode)}, not a regular file")
+    stamp = (info.st_size, info.st_mtime_ns)
     if _verified.get(str(path.resolve())) == stamp:
         return
-    if stat.st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
+    if info.st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
         raise DamagedShardError(
             f"shard {path} does not match its sha256 in {path.parent / MANIFEST} (damaged)"
         )
@@ -273,36 +323,93 @@ def iter_verified(path: str | Path) -> Iterator[dict]:
 # --- Shard sets: what the trainer, the probe, the sweep and the bench read -------------------------
 
 
+def _split_spec(spec: str) -> list[str]:
+    """The comma-separated parts of a shard spec; a comma inside braces belongs to its brace pattern.
+
+    `dir/shard-00000{0,1}.tar,other` is two parts, the first a pattern of two shards. Splitting on
+    every comma first would cut the pattern into unbalanced halves; expanding the whole spec first
+    would pair each expansion with the rest of the list (`a{0,1},b` -> `a0,b` and `a1,b`).
+    """
+    parts, current, depth = [], [], 0
+    for char in spec:
+        if char == "," and depth == 0:
+            parts.append("".join(current))
+            current = []
+            continue
+        depth += {"{": 1, "}": -1}.get(char, 0)
+        if depth < 0:
+            break
+        current.append(char)
+    if depth != 0:
+        raise ShardError(f"shard spec {spec!r} has unbalanced braces")
+    parts.append("".join(current))
+    return [part.strip() for part in parts if part.strip()]
+
+
 def _resolve_one(part: str) -> list[str]:
-    path = Path(part)
-    if path.is_dir():
-        return [str(url) for url in listed_shards(path, read_manifest(path))]
-    if "{" in part:
-        return list(braceexpand.braceexpand(part))
-    if any(char in part for char in "*?["):
-        matches = sorted(glob.glob(part))
-        if not matches:
-            raise ShardError(f"shard pattern {part} matches no file")
-        return matches
-    return [part]
+    """Shard paths of one spec part: braces expanded, then each a folder, a glob or a file."""
+    urls = []
+    for name in braceexpand.braceexpand(part):
+        path = Path(name)
+        if path.is_dir():
+            urls += [str(url) for url in listed_shards(path, read_manifest(path))]
+        elif any(char in name for char in "*?["):
+            matches = sorted(glob.glob(name))
+            if not matches:
+                raise ShardError(f"shard pattern {name} matches no file")
+            urls += matches
+        else:
+            urls.append(name)
+    return urls
+
+
+def _unique_shards(urls: list[str]) -> tuple[list[str], list[str]]:
+    """(urls with each file once, first spelling kept, in order; the urls dropped as repeats).
+
+    A file counts once however it is spelled (`a/x.tar`, `./a/x.tar`, a symlink to it). A shard
+    named twice is nearly always two overlapping forms (a folder and a glob inside it), not a wish
+    to weight it double: read twice, it would train on every clip twice per epoch and put the same
+    clips twice in a probe split. Refusing would fail specs that merely overlap, so resolve_shards
+    reads each shard once and warns (a real weighting would need an option of its own).
+    """
+    seen, kept, repeats = set(), [], []
+    for url in urls:
+        identity = os.path.realpath(url)
+        if identity in seen:
+            repeats.append(url)
+        else:
+            seen.add(identity)
+            kept.append(url)
+    return kept, repeats
 
 
 def resolve_shards(spec: str) -> list[str]:
     """Shard paths from a folder with manifest.json, a brace pattern, a glob, or a comma list of those.
 
-    Every shard must be listed in the manifest of its folder (so a stray or planted file, or a
-    name pointing outside the folder, is refused). Raises ShardError naming every missing shard
-    before any work is done.
+    Every shard must be a regular file listed in the manifest of its folder (so a stray or planted
+    file, or a name pointing outside the folder, is refused). Raises ShardError naming every
+    missing shard before any work is done. A shard named more than once is read once, with a
+    ShardWarning naming the repeats (see _unique_shards).
     """
-    urls = [url for part in spec.split(",") if part.strip() for url in _resolve_one(part.strip())]
+    urls = [url for part in _split_spec(spec) for url in _resolve_one(part)]
     if not urls:
         raise ShardError(f"shard spec {spec!r} names no shards")
-    missing = [url for url in urls if not Path(url).is_file()]
+    missing = [url for url in urls if not Path(url).exists()]
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise ShardError(f"{len(missing)} of {len(urls)} shards missing: {shown}")
     for url in urls:
+        if not Path(url).is_file():
+            raise ShardError(f"shard {url} is {_file_kind(os.stat(url).st_mode)}, not a regular file")
         listed_entry(url)
+    urls, repeats = _unique_shards(urls)
+    if repeats:
+        shown = ", ".join(repeats[:3]) + (f" and {len(repeats) - 3} more" if len(repeats) > 3 else "")
+        warnings.warn(
+            f"shard spec {spec!r} names {len(repeats)} shard(s) more than once ({shown}); reading each once",
+            ShardWarning,
+            stacklevel=1,  # attributed here: a spec resolved by several callers warns once per process
+        )
     return urls
 
 

@@ -38,6 +38,10 @@ NOMINAL_FPS = 12
 """Container frame rate (CAM_FRONT runs at ~12 Hz); frame times in the MP4 are index / NOMINAL_FPS."""
 DECODERS = ("pyav", "decord", "torchcodec")
 """Decoders `decode_clip` knows. PyAV is always installed; decord and torchcodec are optional."""
+DECODER_CHOICES = ("auto", "pyav-i420", *DECODERS)
+"""The --decoder values of every stage (mvm-train, mvm-probe, the online probe): "auto" (see AUTO;
+the trainer takes "pyav-i420" when CUDA is available), "pyav-i420" (PyAV; the trainer's workers
+hand over I420 planes, train/data.py; RGB readers decode with PyAV) or one of DECODERS."""
 AUTO = "pyav"
 """The decoder `"auto"` means: PyAV fed by h264_samples decodes fastest here (bench/results.md:
 PyAV RGB 1.5x decord's clips per CPU-second; torchcodec's PyPI wheel did not load on this CPU-only

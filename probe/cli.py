@@ -3,20 +3,67 @@
 from __future__ import annotations
 
 import sys
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from mvm.atomic import OutputError
 from mvm.ego_motion import MotionThresholds
+from mvm.options import click_options, option
 from mvm.probe.gate import PASS, STRONG
 from mvm.probe.run import ProbeConfig, SceneOverlapError, run_probe
 from mvm.probe.tasks import TASKS
 from mvm.shards import DamagedShardError
-from mvm.video import DECODERS
+from mvm.video import DECODER_CHOICES
 
 EXIT_PASS, EXIT_ERROR, EXIT_USAGE, EXIT_FAIL = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class ProbeOptions:
+    """The options of mvm-probe, each declared once (mvm/options.py): flag, help, default, range."""
+
+    checkpoint: str = option(free_text=True)
+    """Run folder (newest complete checkpoint) or a checkpoints/step-NNNNNN folder."""
+    train_shards: str = option(free_text=True)
+    """Shards the linear heads are fitted on: brace pattern, folder with manifest.json, or comma list."""
+    val_shards: str = option(free_text=True)
+    """Shards the heads are scored on (same forms); must share no scene with --train-shards."""
+    out: Path = option()
+    """Output folder: report.json, report.md, confusion.png or speed.png, and controls.png with the controls."""
+    task: str = option("ego-motion", choices=TASKS)
+    """ego-motion: stopped/straight/left/right from the clip's ego poses, scored by balanced accuracy;
+    speed: mean ego speed regression, scored by R²."""
+    stopped_speed: float = option(MotionThresholds.stopped_speed_mps, low=0)
+    """Mean speed (m/s) below which a clip is 'stopped'."""
+    turn_yaw_rate: float = option(MotionThresholds.turn_yaw_rate_rps, low=0)
+    """|Mean yaw rate| (rad/s) beyond which a moving clip is 'left' (positive, counter-clockwise) or 'right'."""
+    seeds: int = option(3, low=1)
+    """Randomly initialised encoders of the checkpoint's architecture (seeds 0..N-1); the best one is the baseline."""
+    batch_size: int = option(16, low=1)
+    """Clips per forward pass."""
+    device: str = option("auto", choices=("auto", "cpu", "cuda"))
+    """Where the encoders run (auto: CUDA when available)."""
+    decoder: str = option("auto", choices=DECODER_CHOICES)
+    """RGB video decoder (auto and pyav-i420: PyAV, the fastest measured in bench/results.md; a missing
+    one falls back to PyAV)."""
+    max_clips: int | None = option(None, low=1)
+    """Use at most this many clips per split, evenly spread over it (default: all)."""
+    bootstrap: int = option(1000, low=100)
+    """Bootstrap replicates; each resamples validation scenes (not clips) with replacement."""
+    seed: int = option(0, low=0)
+    """Seed of the bootstrap resampling and of the shuffled view's frame permutations."""
+    controls: str = option("all", choices=("all", "none"))
+    """all: also probe the no-learning pixels baseline and flow reference (block matching) and the
+    shuffled-frames and first-frame-only views of every source, with per-class recall, controls.png and
+    `strength`; none: the gate only."""
+    require: str = option(PASS, choices=(PASS, STRONG))
+    """What exit code 0 needs: pass = the gate passed; strong = the gate passed and strength is strong
+    (pretrained also beats pixels and drops when frames are shuffled, both CIs above 0)."""
 
 
 @click.command(
@@ -29,113 +76,11 @@ Exit codes:
   2  usage error: bad option, missing shards or checkpoint, train/val sharing a scene,
      --require strong with --controls none
   3  gate failed, or strength below a --require strong (the report is still written)
-  1  any other error: a damaged shard (sha256 mismatch, broken tar, undecodable clip, missing
-     metadata), an output folder that cannot be written""",
+  1  any other error: a damaged shard or manifest (sha256 mismatch, broken tar, undecodable or
+     short clip, missing metadata, a FIFO or other non-file), an output folder that cannot be
+     written or that another mvm-probe is writing""",
 )
-@click.option(
-    "--checkpoint",
-    required=True,
-    help="Run folder (newest complete checkpoint) or a checkpoints/step-NNNNNN folder.",
-)
-@click.option(
-    "--train-shards",
-    required=True,
-    help="Shards the linear heads are fitted on: brace pattern, folder with manifest.json, or comma list.",
-)
-@click.option(
-    "--val-shards",
-    required=True,
-    help="Shards the heads are scored on (same forms); must share no scene with --train-shards.",
-)
-@click.option(
-    "--out",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Output folder: report.json, report.md, confusion.png or speed.png, and controls.png with the controls.",
-)
-@click.option(
-    "--task",
-    type=click.Choice(TASKS),
-    default="ego-motion",
-    show_default=True,
-    help="ego-motion: stopped/straight/left/right from the clip's ego poses, scored by balanced accuracy; "
-    "speed: mean ego speed regression, scored by R².",
-)
-@click.option(
-    "--stopped-speed",
-    type=float,
-    default=MotionThresholds.stopped_speed_mps,
-    show_default=True,
-    help="Mean speed (m/s) below which a clip is 'stopped'.",
-)
-@click.option(
-    "--turn-yaw-rate",
-    type=float,
-    default=MotionThresholds.turn_yaw_rate_rps,
-    show_default=True,
-    help="|Mean yaw rate| (rad/s) beyond which a moving clip is 'left' (positive, counter-clockwise) or 'right'.",
-)
-@click.option(
-    "--seeds",
-    type=click.IntRange(min=1),
-    default=3,
-    show_default=True,
-    help="Randomly initialised encoders of the checkpoint's architecture (seeds 0..N-1); the best one is the baseline.",
-)
-@click.option(
-    "--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Clips per forward pass."
-)
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
-    default="auto",
-    show_default=True,
-    help="Where the encoders run (auto: CUDA when available).",
-)
-@click.option(
-    "--decoder",
-    type=click.Choice(["auto", *DECODERS]),
-    default="auto",
-    show_default=True,
-    help="RGB video decoder (auto: PyAV, the fastest measured in bench/results.md; a missing one falls back to PyAV).",
-)
-@click.option(
-    "--max-clips",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Use at most this many clips per split, evenly spread over it (default: all).",
-)
-@click.option(
-    "--bootstrap",
-    type=click.IntRange(min=100),
-    default=1000,
-    show_default=True,
-    help="Bootstrap replicates; each resamples validation scenes (not clips) with replacement.",
-)
-@click.option(
-    "--seed",
-    type=int,
-    default=0,
-    show_default=True,
-    help="Seed of the bootstrap resampling and of the shuffled view's frame permutations.",
-)
-@click.option(
-    "--controls",
-    type=click.Choice(["all", "none"]),
-    default="all",
-    show_default=True,
-    help="all: also probe the no-learning pixels baseline and flow reference (block matching) and the "
-    "shuffled-frames and first-frame-only views of every source, with per-class recall, controls.png "
-    "and `strength`; none: the gate only.",
-)
-@click.option(
-    "--require",
-    type=click.Choice([PASS, STRONG]),
-    default=PASS,
-    show_default=True,
-    help="What exit code 0 needs: pass = the gate passed; strong = the gate passed and strength is "
-    "strong (pretrained also beats pixels and drops when frames are shuffled, both CIs above 0).",
-)
+@click_options(ProbeOptions)
 def main(
     checkpoint,
     train_shards,
@@ -183,7 +128,9 @@ def main(
     Example: mvm-probe --checkpoint demo/run --train-shards demo/shards/train
     --val-shards demo/shards/val --out demo/probe
     """
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)  # one message, one line (no wrapping at 80 columns)
+    # Library warnings (a shard named twice, a decoder fallback) as one console line each.
+    warnings.showwarning = lambda message, *_: console.print(f"[yellow]mvm-probe: {escape(str(message))}")
     config = ProbeConfig(
         checkpoint=checkpoint,
         train_shards=train_shards,

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from mvm.shards import DamagedShardError
+from mvm.shards import DamagedShardError, clip_shape_of
 from mvm.shards import iter_verified as iter_samples
 from mvm.train.data import decode_sample
 
@@ -40,9 +40,12 @@ def read_metadata(urls: list[str]) -> list[dict]:
 def iter_selected_frames(urls: list[str], keys: list[str], decoder: str) -> Iterator[np.ndarray]:
     """(T, H, W, 3) uint8 frames of the clips named in `keys`, in that order (which is shard order).
 
-    Only the selected clips are decoded. Raises DamagedShardError if the shards do not hold exactly these
-    keys in this order (a shard changed between the metadata pass and decoding).
+    Only the selected clips are decoded. Raises DamagedShardError naming the shard and key for a clip
+    that does not decode to the manifest's (T, H, W) (a short clip would otherwise surface only when
+    the batch is stacked, nameless), or if the shards do not hold exactly these keys in this order (a
+    shard changed between the metadata pass and decoding).
     """
+    clip_len, (height, width) = clip_shape_of(urls)
     wanted = set(keys)
     position = 0
     for url in urls:
@@ -52,7 +55,7 @@ def iter_selected_frames(urls: list[str], keys: list[str], decoder: str) -> Iter
             if position >= len(keys) or sample["key"] != keys[position]:
                 raise DamagedShardError(f"shard {url} changed while probing: unexpected clip {sample['key']}")
             position += 1
-            yield decode_sample(sample, decoder, None)[0]
+            yield decode_sample(sample, decoder, (clip_len, height, width, 3))[0]
     if position != len(keys):
         raise DamagedShardError(
             f"shards changed while probing: {len(keys) - position} selected clips not found"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mvm.atomic import exclusive_lock
 from mvm.ego_motion import MotionThresholds
 from mvm.features import INGESTED, VIEWS, token_layout
 from mvm.probe.data import read_metadata
@@ -81,7 +82,8 @@ def run_probe(config: ProbeConfig) -> ProbeResult:
     """Run the gate and its controls; write the outputs; return the result.
 
     Raises SceneOverlapError before loading any model when the splits share scenes, ValueError on
-    bad inputs.
+    bad inputs (both before the output folder is created), BusyError when another process holds
+    the output folder's lock.
     """
     task = make_task(config.task, config.thresholds)
     train_urls, train_metas = load_split_metadata(config.train_shards, config.max_clips)
@@ -103,38 +105,40 @@ def run_probe(config: ProbeConfig) -> ProbeResult:
     grids = candidate_grids(token_layout(pretrained, model_config.clip_len, tuple(model_config.image_size)))
     # Every view at every candidate grid in one decode pass: pooling is cheap next to the encoders.
     views = VIEWS if config.controls else (INGESTED,)
-    splits = {}
-    for name, urls, metas in (("train", train_urls, train_metas), ("val", val_urls, val_metas)):
-        features = encode_clips(
-            sources,
-            urls,
-            [m["key"] for m in metas],
-            config.decoder,
-            grids,
-            views,
-            config.batch_size,
-            device,
-            config.seed,
-            f"{name} features",
+    # One writer per --out, taken once every input is checked (a usage error creates no folder):
+    # a second probe into the same folder stops here, before the expensive part (BusyError).
+    with exclusive_lock(config.out, "mvm-probe"):
+        splits = {}
+        for name, urls, metas in (("train", train_urls, train_metas), ("val", val_urls, val_metas)):
+            features = encode_clips(
+                sources,
+                urls,
+                [m["key"] for m in metas],
+                config.decoder,
+                grids,
+                views,
+                config.batch_size,
+                device,
+                config.seed,
+                f"{name} features",
+            )
+            splits[name] = Split(features, targets(task, metas), np.array([m["scene"] for m in metas]))
+        result = evaluate_encoders(
+            task,
+            splits["train"],
+            splits["val"],
+            n_boot=config.bootstrap,
+            seed=config.seed,
+            controls=config.controls,
         )
-        splits[name] = Split(features, targets(task, metas), np.array([m["scene"] for m in metas]))
-
-    result = evaluate_encoders(
-        task,
-        splits["train"],
-        splits["val"],
-        n_boot=config.bootstrap,
-        seed=config.seed,
-        controls=config.controls,
-    )
-    extra = {
-        "checkpoint": str(config.checkpoint),
-        "checkpoint_step": int(step_folder.name.split("-")[1]),
-        "model": {
-            "preset": train_config.preset,
-            "image_size": list(model_config.image_size),
-            "clip_len": model_config.clip_len,
-        },
-    }
-    write_outputs(result, config.out, extra)
+        extra = {
+            "checkpoint": str(config.checkpoint),
+            "checkpoint_step": int(step_folder.name.split("-")[1]),
+            "model": {
+                "preset": train_config.preset,
+                "image_size": list(model_config.image_size),
+                "clip_len": model_config.clip_len,
+            },
+        }
+        write_outputs(result, config.out, extra)
     return result

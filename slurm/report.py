@@ -7,6 +7,7 @@ mvm-report runs/a runs/b --out report        # any mvm-train run folders
 from __future__ import annotations
 
 import sys
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -61,7 +62,8 @@ def markdown(records: list[RunRecord], skipped: list[dict], plots: list[Path]) -
 
 @click.command(
     context_settings={"help_option_names": ["-h", "--help"]},
-    epilog="Exit codes: 0 report written; 2 usage error (missing path); 1 no run found or writing failed.",
+    epilog="Exit codes: 0 report written (unreadable runs are skipped and named); 2 usage error (missing "
+    "path); 1 no readable run found or writing failed.",
 )
 @click.argument(
     "paths", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
@@ -83,6 +85,8 @@ def main(paths: tuple[Path, ...], out: Path) -> None:
     peak memory vs dataset scale, step time, comm_frac, DDP overhead and throughput vs world size,
     probe metric and throughput vs T.
     """
+    # Library warnings (a run's shard spec naming a shard twice) as one line each.
+    warnings.showwarning = lambda message, *_: click.echo(f"mvm-report: {message}", err=True)
     records, skipped = collect(list(paths))
     for item in skipped:
         click.echo(f"mvm-report: skipped {item['run']}: {item['reason']}", err=True)

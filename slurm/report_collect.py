@@ -3,15 +3,21 @@
 Layouts understood (written by slurm/scaling.sh, or by hand):
 - sweep: `SWEEP/runs/NAME/{experiment.json, run/, probe/}`;
 - bare run: `RUN/` (config.json + metrics.jsonl) with its probe in `RUN/probe/` or a sibling `probe/`.
-A run is any folder holding both config.json and metrics.jsonl.
+A run is any folder holding both config.json and metrics.jsonl. Their contents are data: a run whose
+files are unreadable, not regular files (a FIFO would hang the report) or of the wrong shape is
+skipped with the reason, never a traceback.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+from mvm.report_format import parse_jsonl
+from mvm.shards import NotRegularFileError, ShardError, open_regular, resolve_shards, shard_clip_counts
 
 MAX_DEPTH = 4
 """How deep below a given path runs are looked for (SWEEP/runs/NAME/run is depth 3)."""
@@ -105,7 +111,7 @@ def find_runs(path: Path) -> list[Path]:
     pending = [(Path(path), 0)]
     while pending:
         folder, depth = pending.pop()
-        if (folder / "config.json").is_file() and (folder / "metrics.jsonl").is_file():
+        if (folder / "config.json").exists() and (folder / "metrics.jsonl").exists():
             found.append(folder)
             continue
         if depth < MAX_DEPTH:
@@ -113,8 +119,41 @@ def find_runs(path: Path) -> list[Path]:
     return sorted(found)
 
 
+def _read_text(path: Path) -> str:
+    """The text of a run's file; ValueError naming it when it is not a readable regular file."""
+    try:
+        with open_regular(path) as handle:
+            return handle.read().decode()
+    except NotRegularFileError as error:
+        raise ValueError(f"{path} is {error.strerror}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"cannot read {path}: {error}") from None
+
+
 def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+    """The JSON object in `path`, None when there is no such file; ValueError naming it otherwise."""
+    if not path.exists():
+        return None
+    try:
+        value = json.loads(_read_text(path))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON (line {error.lineno}: {error.msg})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} holds {type(value).__name__}, not a JSON object")
+    return value
+
+
+def _config_fields(config: dict, path: Path) -> tuple[int, int, str]:
+    """(data.batch_size, model.clip_len, data.shards) of a run's config.json; ValueError naming it if missing."""
+    data, model = config.get("data"), config.get("model")
+    fields = (
+        data.get("batch_size") if isinstance(data, dict) else None,
+        model.get("clip_len") if isinstance(model, dict) else None,
+        data.get("shards") if isinstance(data, dict) else None,
+    )
+    if not (isinstance(fields[0], int) and isinstance(fields[1], int) and isinstance(fields[2], str)):
+        raise ValueError(f"{path} has no valid data.batch_size, model.clip_len and data.shards")
+    return fields
 
 
 def _experiment_and_probe(run: Path) -> tuple[Path, dict | None, dict | None]:
@@ -129,9 +168,6 @@ def _experiment_and_probe(run: Path) -> tuple[Path, dict | None, dict | None]:
 
 
 def _count_clips(spec: str) -> int | None:
-    # Imported here: mvm.train.data pulls in torch, which the rest of the report never needs.
-    from mvm.shards import ShardError, resolve_shards, shard_clip_counts
-
     try:
         return sum(shard_clip_counts(resolve_shards(spec)))
     except (ShardError, OSError, KeyError, ValueError):
@@ -145,8 +181,10 @@ def _second_half_mean(steps: list[dict], key: str) -> float | None:
 
 def summarize_run(run: Path) -> RunRecord:
     """Reduce one run folder (and its probe) to a RunRecord; ValueError when it logged no step."""
-    config = json.loads((run / "config.json").read_text())
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    config = _read_json(run / "config.json") or {}
+    batch_size, clip_len, shards = _config_fields(config, run / "config.json")
+    # A torn last line (a run killed mid-write) is named on stderr and skipped, not the whole run.
+    records = parse_jsonl(_read_text(run / "metrics.jsonl"), f"{run}/metrics.jsonl", warn=warnings.warn)
     steps = [record for record in records if "loss" in record and "event" not in record]
     if not steps:
         raise ValueError(f"{run}/metrics.jsonl has no training step yet")
@@ -154,18 +192,17 @@ def summarize_run(run: Path) -> RunRecord:
     experiment = experiment or {}
     world = experiment.get("world_size") or max(1, len(list(run.glob("keys-rank*.jsonl"))))
     last_step = steps[-1]["step"]
-    batch_size = config["data"]["batch_size"]
     metric = probe["metric"] if probe else None
     return RunRecord(
         name=home.name,
         run_dir=str(run),
         preset=config.get("preset", "?"),
         data_scale=experiment.get("data_scale"),
-        clip_len=config["model"]["clip_len"],
+        clip_len=clip_len,
         world_size=world,
         batch_size=batch_size,
         steps=last_step,
-        n_train_clips=_count_clips(experiment.get("train_shards") or config["data"]["shards"]),
+        n_train_clips=_count_clips(experiment.get("train_shards") or shards),
         clips_seen=last_step * batch_size * world,
         final_loss=steps[-1]["loss"],
         clips_per_s=_second_half_mean(steps, "clips_per_s"),
@@ -193,6 +230,6 @@ def collect(paths: list[Path]) -> tuple[list[RunRecord], list[dict]]:
             seen.add(run.resolve())
             try:
                 records.append(summarize_run(run))
-            except (ValueError, KeyError, json.JSONDecodeError) as error:
+            except (ValueError, KeyError, TypeError) as error:  # files of the wrong shape, named
                 skipped.append({"run": str(run), "reason": f"{type(error).__name__}: {error}"})
     return with_ddp_overhead(sorted(records, key=lambda r: r.name)), skipped

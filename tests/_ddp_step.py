@@ -21,7 +21,8 @@ import torch.distributed as dist  # noqa: E402
 
 from mvm.train.config import ModelConfig, OptimConfig  # noqa: E402
 from mvm.train.engine import build_optimizer, train_step, wrap_model  # noqa: E402
-from mvm.train.model import build_model, make_mask  # noqa: E402
+from mvm.train.masks import draw_mask  # noqa: E402
+from mvm.train.model import build_model  # noqa: E402
 
 GLOBAL_BATCH, CLIP_LEN, SIZE = 4, 4, (32, 48)
 
@@ -40,7 +41,7 @@ def main(out: Path, compile_model: bool) -> None:
         step_model, _ = wrap_model(model, torch.device("cpu"), world, compile_model)
         data = torch.Generator().manual_seed(1)
         video = torch.rand(GLOBAL_BATCH, CLIP_LEN, 3, *SIZE, generator=data)
-        ids_keep, mask = make_mask(GLOBAL_BATCH, CLIP_LEN, model.patches_per_frame, 0.75, "random", data)
+        ids_keep, mask = draw_mask(cfg, GLOBAL_BATCH, data)
         part = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)
         for _ in range(2):  # two steps: the second runs on DDP's re-used gradient buckets
             stats = train_step(step_model, optimizer, video[part], ids_keep[part], mask[part], lr=1e-3,

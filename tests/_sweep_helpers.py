@@ -1,37 +1,28 @@
 """A hand-made sweep folder in slurm/scaling.sh's layout, for tests of mvm-report and the sweep scripts.
 
-Fabricated run files (config.json, metrics.jsonl, probe report.json, shard manifests) are the
+Fabricated run files (config.json, metrics.jsonl, probe report.json) and tiny shard folders are the
 report's input here: the numbers are chosen so that tests can check what the report computes.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
-from mvm.shards import FORMAT_NAME, FORMAT_VERSION
+from _train_helpers import write_shard_folder
+
+from mvm.shards import clip_key
 
 EXPERIMENTS = [(1, 8, 1, 0.40), (2, 8, 1, 0.50), (4, 8, 1, 0.60), (4, 4, 1, 0.45), (4, 8, 2, 0.58)]
 """(data scale, T, world size, probe metric): the default --local sweep's five experiments."""
 
 
 def write_shards(folder: Path, clips: list[int]) -> None:
-    folder.mkdir(parents=True)
-    names = [f"shard-{index:06d}.tar" for index in range(len(clips))]
-    for name in names:
-        (folder / name).write_bytes(b"")
-    # A valid manifest: readers validate it (mvm.shards.read_manifest) before counting clips.
-    empty = hashlib.sha256(b"").hexdigest()
-    shards = [{"name": n, "clips": c, "bytes": 0, "sha256": empty} for n, c in zip(names, clips, strict=True)]
-    manifest = {
-        "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
-        "config": {},
-        "shards": shards,
-        "total_clips": sum(clips),
-    }
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    """A shard folder whose shards hold clips[i] samples of one `<key>.json` member each: the report
+    reads only the manifest's clip counts, which match the shards (they pass mvm.shards' checks)."""
+    keys = iter(clip_key("scene-0000", index) for index in range(sum(clips)))
+    shards = [[[(f"{next(keys)}.json", b"{}")] for _ in range(count)] for count in clips]
+    write_shard_folder(folder, shards, config={})
 
 
 def write_run(

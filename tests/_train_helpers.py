@@ -6,17 +6,24 @@ so the decoder, the tar layout and the manifest are the real ones; only the cont
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import os
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import numpy as np
 
+from mvm.atomic import write_atomic
+from mvm.shards import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    clip_key,
+    sha256_bytes,
+    shard_name,
+    tar_bytes,
+    write_manifest,
+)
 from mvm.train.config import ModelConfig
 from mvm.video import encode_clip
 
@@ -47,42 +54,45 @@ def moving_clip(rng: np.random.Generator, clip_len: int, size: tuple[int, int]) 
     return np.ascontiguousarray(np.stack(frames)), velocity
 
 
-def _add(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(payload), 0, 0o644
-    tar.addfile(info, io.BytesIO(payload))
+def write_shard_folder(folder: Path, shards: list[list[list[tuple[str, bytes]]]], config: dict) -> dict:
+    """folder/shard-NNNNNN.tar per entry of `shards` (a list of samples, each a list of (name, data)
+    tar members), then manifest.json last: the format's own writers (mvm.shards), as ingest uses them."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for index, samples in enumerate(shards):
+        archive = tar_bytes(member for sample in samples for member in sample)
+        write_atomic(folder / shard_name(index), archive)
+        entries.append({"name": shard_name(index), "clips": len(samples), "sha256": sha256_bytes(archive),
+                        "bytes": len(archive)})  # fmt: skip
+    manifest = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "config": config, "shards": entries,
+                "total_clips": sum(entry["clips"] for entry in entries)}  # fmt: skip
+    write_manifest(folder, manifest)
+    return manifest
 
 
 def write_shards(folder: Path, counts: list[int], clip_len: int = 8, size=(32, 64), seed: int = 0) -> Path:
-    """folder/shard-NNNNNN.tar with counts[i] clips each, plus manifest.json (written last)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    """folder/shard-NNNNNN.tar with counts[i] moving clips each (10 per scene), plus manifest.json."""
     rng = np.random.default_rng(seed)
     shards, clip = [], 0
-    for shard_index, count in enumerate(counts):
-        path = folder / f"shard-{shard_index:06d}.tar"
-        with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
-            for _ in range(count):
-                frames, velocity = moving_clip(rng, clip_len, size)
-                key = f"scene-{clip // 10:04d}-{(clip % 10) * clip_len:04d}"
-                meta = {"version": 1, "key": key, "scene": key[:10], "clip_len": clip_len, "size": list(size),
-                        "speed_mps": abs(velocity), "yaw_rate_rps": 0.0}  # fmt: skip
-                _add(tar, f"{key}.mp4", encode_clip(frames))
-                _add(tar, f"{key}.json", json.dumps(meta, sort_keys=True).encode())
-                clip += 1
-        data = path.read_bytes()
-        shards.append(
-            {
-                "name": path.name,
-                "clips": count,
-                "sha256": hashlib.sha256(data).hexdigest(),
-                "bytes": len(data),
-            }
-        )
-    manifest = {"format": "mvm-shards", "version": 1, "config": {"clip_len": clip_len, "size": list(size)},
-                "shards": shards, "total_clips": sum(counts)}  # fmt: skip
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    return folder
+    for count in counts:
+        samples = []
+        for _ in range(count):
+            frames, velocity = moving_clip(rng, clip_len, size)
+            scene = f"scene-{clip // 10:04d}"
+            key = clip_key(scene, (clip % 10) * clip_len)
+            meta = {"version": 1, "key": key, "scene": scene, "clip_len": clip_len, "size": list(size),
+                    "speed_mps": abs(velocity), "yaw_rate_rps": 0.0}  # fmt: skip
+            samples.append(
+                [
+                    (f"{key}.mp4", encode_clip(frames)),
+                    (f"{key}.json", json.dumps(meta, sort_keys=True).encode()),
+                ]
+            )
+            clip += 1
+        shards.append(samples)
+    write_shard_folder(folder, shards, {"clip_len": clip_len, "size": list(size)})
+    return Path(folder)
 
 
 def tiny_config(path: Path, **overrides) -> Path:

@@ -6,6 +6,7 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 from _ingest_helpers import audit, ingest
 
 from mvm.shards import iter_samples, sha256_file, tar_bytes
@@ -56,6 +57,7 @@ def test_flipped_byte_fails_sha256(good, tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_deleted_shard_fails(good, tmp_path):
     out = copy_output(good, tmp_path / "out")
     (out / "shard-000002.tar").unlink()
@@ -64,6 +66,7 @@ def test_deleted_shard_fails(good, tmp_path):
     assert failed_checks(out / "audit")["shards_present"] == ["shard-000002.tar missing"]
 
 
+@pytest.mark.slow
 def test_tampered_clip_fails_even_with_a_matching_manifest(good, tmp_path):
     out = copy_output(good, tmp_path / "out")
     shard = out / "shard-000000.tar"
@@ -88,6 +91,7 @@ def test_tampered_clip_fails_even_with_a_matching_manifest(good, tmp_path):
     assert any("key = " in line for line in failures["clips"])  # the duplicate's json names another key
 
 
+@pytest.mark.slow
 def test_timestamp_tampering_fails_timing(good, tmp_path):
     out = copy_output(good, tmp_path / "out")
     shard = out / "shard-000000.tar"
@@ -104,6 +108,7 @@ def test_timestamp_tampering_fails_timing(good, tmp_path):
     assert list(failed_checks(out / "audit")) == ["timestamps"]
 
 
+@pytest.mark.slow
 def test_scene_leakage_against_other_set(dataroot, tmp_path):
     train, val, overlap = tmp_path / "train", tmp_path / "val", tmp_path / "overlap"
     assert ingest(dataroot, train, scenes="scene-0061,scene-0553").exit_code == 0
@@ -115,6 +120,7 @@ def test_scene_leakage_against_other_set(dataroot, tmp_path):
     assert failed_checks(train / "audit") == {"scene_leakage": ["scene scene-0553 is in both"]}
 
 
+@pytest.mark.slow
 def test_psnr_skipped_without_dataroot_and_missing_manifest(good, tmp_path):
     out = copy_output(good, tmp_path / "out")
     manifest = json.loads((out / "manifest.json").read_text())

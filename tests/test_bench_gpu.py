@@ -18,7 +18,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench import gpu
 from mvm.report_format import dumps_json
 from mvm.train.config import apply_overrides, tiny
-from mvm.train.model import build_model, make_mask
+from mvm.train.masks import draw_mask
+from mvm.train.model import build_model
 
 torch.set_num_threads(1)
 
@@ -42,8 +43,7 @@ def test_forward_flops_formula_matches_torch_flop_counter(mask_type, token_frame
     cfg = apply_overrides(small_config(mask_type), {"model": model_cfg}).model
     model = build_model(cfg)
     video = torch.rand(2, cfg.clip_len, 3, *cfg.image_size)
-    ids_keep, mask = make_mask(2, model.token_steps, model.patches_per_frame, cfg.mask_ratio, cfg.mask_type,
-                               torch.Generator().manual_seed(0))  # fmt: skip
+    ids_keep, mask = draw_mask(cfg, 2, torch.Generator().manual_seed(0))
     # The math attention backend runs as plain matmuls, which the counter sees on CPU.
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         model(video, ids_keep, mask)
@@ -76,6 +76,7 @@ def test_run_all_on_cpu_with_the_real_loader(tmp_path):
     assert json.loads(dumps_json(results))["rows"][0]["preset"] == "t1"  # what main() writes is strict JSON
 
 
+@pytest.mark.slow
 def test_a_failing_or_slow_measurement_is_recorded_and_the_rest_go_on():
     rows = []
     budget = gpu.Budget(60, time.perf_counter())
@@ -97,6 +98,7 @@ def test_a_failing_or_slow_measurement_is_recorded_and_the_rest_go_on():
     assert rows[3]["error"] == "skipped: total time budget spent"
 
 
+@pytest.mark.slow
 def test_without_cuda_it_says_so_and_exits_0():
     result = subprocess.run([sys.executable, "-m", "bench.gpu"], cwd=REPO, capture_output=True, text=True,
                             timeout=120, env={"CUDA_VISIBLE_DEVICES": "", "PATH": "/usr/bin:/bin"})  # fmt: skip
@@ -104,6 +106,7 @@ def test_without_cuda_it_says_so_and_exits_0():
     assert result.stdout.strip().count("\n") == 0 and "no CUDA device" in result.stdout
 
 
+@pytest.mark.slow
 def test_training_and_bench_gpu_import_no_devkit():
     """A GPU image has no nuScenes devkit: training, loading and bench.gpu must not import it."""
     code = (

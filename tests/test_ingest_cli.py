@@ -48,6 +48,7 @@ def test_plain_webdataset_and_tar_read_the_shards(good):
     assert listing[:2] == [f"{keys[0]}.json", f"{keys[0]}.mp4"]
 
 
+@pytest.mark.slow
 def test_same_bytes_across_runs_parts_and_workers(dataroot, good, tmp_path):
     again = tmp_path / "again"
     assert ingest(dataroot, again).exit_code == 0
@@ -76,6 +77,7 @@ def test_finalize_names_missing_parts(dataroot, tmp_path):
     assert not (out / "manifest.json").exists() and not list(out.glob("shard-*.tar"))
 
 
+@pytest.mark.slow
 def test_resume_after_kill_gives_same_bytes(dataroot, good, tmp_path):
     out = tmp_path / "out"
     for part in ("0/2", "1/2"):

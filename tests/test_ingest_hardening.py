@@ -23,6 +23,7 @@ from _train_helpers import REPO, VENV_BIN, write_shards
 from click.testing import CliRunner
 from PIL import Image
 
+from mvm.ingest.output import MARKER
 from mvm.probe.data import read_metadata
 from mvm.shards import MANIFEST, ShardError, iter_verified, resolve_shards, sha256_file, shard_clip_counts
 from mvm.synth.cli import main as synth_main
@@ -80,8 +81,10 @@ def test_symlinks_at_temporary_and_final_names_are_never_written_through(dataroo
 
 
 def test_symlinked_log_or_output_folder_is_refused(dataroot, tmp_path, outside):
+    # The links are planted in folders mvm-ingest started (its marker), where it would write.
     out = tmp_path / "out"
     out.mkdir()
+    (out / MARKER).write_text("")
     (out / "ingest.log").symlink_to(outside)
     result = ingest(dataroot, out)
     assert result.exit_code == 1 and "ingest.log" in result.output and "symlink" in result.output
@@ -95,6 +98,7 @@ def test_symlinked_log_or_output_folder_is_refused(dataroot, tmp_path, outside):
     for folder in ("staging", "parts"):
         out = tmp_path / f"out-{folder}"
         out.mkdir()
+        (out / MARKER).write_text("")
         (out / folder).symlink_to(real)
         result = ingest(dataroot, out)
         assert result.exit_code == 1 and f"{folder}: it is a symlink" in result.output, result.output

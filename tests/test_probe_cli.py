@@ -106,6 +106,7 @@ def test_help_documents_options_and_exit_codes():
     assert CliRunner().invoke(main, ["--task", "steering"]).exit_code == EXIT_USAGE
 
 
+@pytest.mark.slow
 def test_random_checkpoint_fails_the_gate_deterministically(shards, tmp_path):
     # The "pretrained" weights are exactly the seed-0 random encoder: no resample can favour them.
     run = random_checkpoint(tmp_path / "run", seed=0)
@@ -142,6 +143,7 @@ def test_random_checkpoint_fails_the_gate_deterministically(shards, tmp_path):
     assert (tmp_path / "a" / "report.json").read_bytes() == (tmp_path / "b" / "report.json").read_bytes()
 
 
+@pytest.mark.slow
 def test_shared_scenes_are_refused_before_any_work(shards, tmp_path):
     run = random_checkpoint(tmp_path / "run", seed=1)
     both = f"{shards['train']},{shards['val']}"
@@ -158,6 +160,7 @@ def test_shared_scenes_are_refused_before_any_work(shards, tmp_path):
     assert no_checkpoint.exit_code == EXIT_USAGE and "no complete checkpoint" in no_checkpoint.output
 
 
+@pytest.mark.slow
 def test_speed_task_and_online_probe(shards, tmp_path):
     run = random_checkpoint(tmp_path / "run", seed=2)
     result = probe(run, shards["train"], shards["val"], tmp_path / "speed", "--task", "speed", "--seeds", "1")
@@ -180,6 +183,7 @@ def test_speed_task_and_online_probe(shards, tmp_path):
     assert online.evaluate(model) == scores
 
 
+@pytest.mark.slow
 def test_controls_none_and_require_strong_need_each_other(shards, tmp_path):
     run = random_checkpoint(tmp_path / "run", seed=3)
     plain = probe(
@@ -214,6 +218,7 @@ def planted_result(order_free: bool):
         (False, "strong", 0),
     ],
 )
+@pytest.mark.slow
 def test_require_strong_exit_codes(monkeypatch, tmp_path, order_free, require, exit_code):
     """A passing gate with weak strength exits 3 only under --require strong (planted features, real evaluation)."""
     result = planted_result(order_free)

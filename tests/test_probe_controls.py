@@ -87,6 +87,7 @@ def test_candidate_grids():
     assert candidate_grids((1, 3)) == [(1, 1), (1, 3)]
 
 
+@pytest.mark.slow
 def test_grid_selection_sees_training_scenes_only(monkeypatch):
     task = make_task("ego-motion")
     rng = np.random.default_rng(0)
@@ -127,6 +128,7 @@ def test_strength_rules():
 
 
 @pytest.mark.parametrize("order_free", [False, True])
+@pytest.mark.slow
 def test_strength_on_planted_features(order_free):
     """Order-dependent features reach `strong`; order-free ones (signal survives shuffling) stay `weak`."""
     task = make_task("ego-motion")
@@ -150,7 +152,8 @@ def test_model_token_grid_lays_out_the_encoder_tokens():
     """token_grid is the unmasked encoder output, time-major tokens laid out as (B, T, H/p, W/p, d)."""
     from _train_helpers import small_model
 
-    from mvm.train.model import build_model, patchify
+    from mvm.train.model import build_model
+    from mvm.train.tokens import patchify
 
     torch.manual_seed(0)
     model = build_model(small_model(stem_channels=4, embed_dim=8, depth=1, decoder_dim=8)).eval()

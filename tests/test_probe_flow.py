@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from mvm.features import INGESTED, SHUFFLED, STATIC, pool
@@ -57,6 +58,7 @@ def without_flow(split: Split) -> Split:
     return Split({k: v for k, v in split.features.items() if k[0].kind != FLOW}, split.targets, split.scenes)
 
 
+@pytest.mark.slow
 def test_flow_is_reported_but_changes_neither_grid_nor_verdict():
     task = make_task("ego-motion")
     rng = np.random.default_rng(3)

@@ -96,6 +96,7 @@ def test_bootstrap_resamples_whole_scenes_and_is_seeded():
     assert percentile_interval(np.linspace(0, 1, 1001)) == pytest.approx((0.025, 0.975))
 
 
+@pytest.mark.slow
 def test_planted_separable_features_pass_and_noise_fails(tmp_path):
     task = make_task("ego-motion")
     rng = np.random.default_rng(0)
@@ -141,6 +142,7 @@ def test_planted_separable_features_pass_and_noise_fails(tmp_path):
     assert paths[2].stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_evaluation_is_deterministic_and_refuses_shared_scenes():
     task = make_task("ego-motion")
     make = lambda: planted_split(np.random.default_rng(3), [f"s{i}" for i in range(8)], 10, 1.0)  # noqa: E731

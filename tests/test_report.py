@@ -72,6 +72,7 @@ def test_find_runs_accepts_a_bare_run_with_its_probe_inside(sweep, tmp_path):
     assert {r.name: r.n_train_clips for r in records} == {"bare": None, "x1-T8-w1": 10}
 
 
+@pytest.mark.slow
 def test_cli_writes_json_markdown_and_plots(sweep, tmp_path):
     out = tmp_path / "report"
     done = subprocess.run([MVM_REPORT, sweep, "--out", out], capture_output=True, text=True)

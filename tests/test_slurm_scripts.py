@@ -64,6 +64,7 @@ def test_local_sweep_with_a_bad_setting_exits_2_before_running_anything(tmp_path
     assert not (tmp_path / "sweep").exists()
 
 
+@pytest.mark.slow
 def test_local_rerun_of_a_probed_sweep_only_reports(tmp_path):
     sweep = make_sweep(tmp_path / "sweep")
     done = subprocess.run(["bash", SLURM / "scaling.sh", "--local", sweep], cwd=REPO,
@@ -76,6 +77,7 @@ def test_local_rerun_of_a_probed_sweep_only_reports(tmp_path):
     assert "mode=local" in (sweep / "sweep.env").read_text()
 
 
+@pytest.mark.slow
 def test_dry_run_prints_the_slurm_plan_and_submits_nothing(tmp_path):
     # Slurm mode without a cluster: no sbatch on PATH, so only a dry run can succeed.
     # The shipped site.env, activating this test's venv as a login node would.

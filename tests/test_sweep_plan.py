@@ -184,6 +184,7 @@ def test_job_line_splits_back_into_the_same_arguments_in_bash():
             job_line(dataclasses.replace(job, argv=("mvm-train", bad)))
 
 
+@pytest.mark.slow
 def test_plan_cli_writes_settings_and_experiments_and_prints_lines(tmp_path):
     env = {**os.environ, "MVM_SWEEP_STEPS": "7", "MVM_SWEEP_TRAIN_ARGS": "--note 'it''s'"}
     done = subprocess.run([PYTHON, "-m", "mvm.slurm.sweep_cli", "plan", "--local", tmp_path / "s"], env=env,
@@ -207,6 +208,7 @@ def test_plan_cli_writes_settings_and_experiments_and_prints_lines(tmp_path):
     assert not (tmp_path / "t").exists()
 
 
+@pytest.mark.slow
 def test_scenes_cli_writes_chunks_of_the_training_split(tmp_path):
     names = ["scene-0061", "scene-0553", "scene-0655", "scene-0757", "scene-1077"]  # v1.0-mini's mini_train
     (tmp_path / "v1.0-mini").mkdir()

@@ -239,6 +239,7 @@ def test_every_plan_has_all_motion_kinds_in_both_layouts():
     assert kinds == {"streets": set(EGO_MOTION_CLASSES), "lot": set(EGO_MOTION_CLASSES)}
 
 
+@pytest.mark.slow
 def test_turn_direction_is_not_in_a_still_frame(tmp_path):
     """Left and right turns look alike in a single frame and differ in the motion.
 
@@ -316,6 +317,7 @@ def digest_tree(root: Path) -> dict[str, str]:
     }
 
 
+@pytest.mark.slow
 def test_deterministic_bytes(tmp_path):
     arguments = {"version": "v1.0-trainval", "scenes": 2, "frames_per_scene": 20, "width": 192, "seed": 3}
     first = digest_tree(generate(tmp_path / "a", **arguments))

@@ -48,6 +48,7 @@ def alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_run_outputs_and_kill_resume_reproduce_the_stream(shard_dir, tmp_path):
     config = tiny_config(tmp_path / "c.json", data={"workers": 2}, ckpt_every=3, keep_ckpts=2, viz_every=5)
     common = ["--shards", str(shard_dir), "--model", "tiny", "--config", str(config), "--steps", "12",
@@ -130,6 +131,7 @@ def check_damaged_checkpoint_fallback(whole: Path, common: list[str], tmp_path: 
     assert [step for step, _ in read_keys(damaged)] == list(range(1, 14))
 
 
+@pytest.mark.slow
 def test_nan_injection_triggers_the_guard(shard_dir, tmp_path):
     common = ["--shards", str(shard_dir), "--model", "tiny", "--steps", "6", "--device", "cpu"]
     tolerated = tiny_config(tmp_path / "t.json", max_nonfinite=2)
@@ -245,6 +247,7 @@ def test_two_process_gloo_torchrun_equal_steps(shard_dir, tmp_path):
     assert json.loads((run / "config.json").read_text())["data"]["batch_size"] == 2
 
 
+@pytest.mark.slow
 def test_bad_data_gives_clear_errors(shard_dir, tmp_path):
     bad_dir = tmp_path / "bad"
     bad_dir.mkdir()
@@ -313,6 +316,7 @@ def test_bad_config_file_values_and_sizes_are_refused(shard_dir, tmp_path):
     assert "40x72" in result.output and "--size 32x64 or 48x80" in result.output
 
 
+@pytest.mark.slow
 def test_resume_that_changes_the_data_is_refused(shard_dir, tmp_path):
     config = tiny_config(tmp_path / "c.json")
     common = [
@@ -338,17 +342,57 @@ def test_resume_that_changes_the_data_is_refused(shard_dir, tmp_path):
 
 
 def test_options_are_generated_from_documented_config_fields():
-    from mvm.train.cli import OPTIONS
-    from mvm.train.config import BOUNDS, CHOICES, TrainConfig, field_info, get_field
+    from mvm.options import leaves
+    from mvm.train.config import TrainConfig
 
     by_name = {param.name: param for param in main.params}
-    for dotted in OPTIONS:
-        _, doc = field_info(dotted)
-        assert doc, f"{dotted} has no docstring"
-        param = by_name[dotted.replace(".", "__")]
-        assert param.help.startswith(doc)
-    for dotted in (*BOUNDS, *CHOICES):  # every range names a real field
-        get_field(TrainConfig(), dotted)
+    flags = [item for item in leaves(TrainConfig) if item.spec.flag]
+    assert {"data.shards", "steps", "optim.lr", "model.mask_type"} <= {item.name for item in flags}
+    for item in flags:
+        assert item.doc, f"{item.name} has no docstring"
+        param = by_name.pop(item.name.replace(".", "__"))
+        assert param.help.startswith(item.doc)
+    assert set(by_name) == {"run", "model", "resume", "config_file"}  # the hand-written ones
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ({"data": {"batch_size": "2"}}, 'data.batch_size must be an integer, got "2"'),
+        ({"optim": {"lr": "0.1"}}, 'optim.lr must be a number, got "0.1"'),
+        ({"seed": 1.5}, "seed must be an integer, got 1.5"),
+        ({"steps": 2.5}, "steps must be an integer, got 2.5"),
+        ({"steps": True}, "steps must be an integer, got true"),
+        ({"optim": {"betas": [0.9]}}, "optim.betas must be a list of 2 numbers, got [0.9]"),
+        ({"optim": {"betas": [0.9, 1.5]}}, "optim.betas must be < 1, got 1.5"),
+        ({"model": {"mask_type": "zigzag"}}, "model.mask_type must be one of tube, tubelet"),
+        ({"model": {"norm_pix_loss": "no"}}, 'model.norm_pix_loss must be true or false, got "no"'),
+        ({"data": 4}, "data must be an object, got 4"),
+        ({"optim": {"lr": 1e999}}, "optim.lr must be a finite number"),
+        ([1, 2], "must hold a JSON object"),
+    ],
+)
+def test_bad_config_file_values_exit_2_naming_the_key(shard_dir, tmp_path, content, message):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps(content))
+    result = CliRunner().invoke(
+        main, ["--shards", str(shard_dir), "--out", str(tmp_path / "r"), "--config", str(config)]
+    )
+    assert result.exit_code == 2, result.output
+    error = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1 and error[0].startswith(f"Error: --config {config}: ") and message in error[0]
+    assert "Traceback" not in result.output and not (tmp_path / "r").exists()
+
+
+def test_binary_config_file_is_one_line_exit_2(shard_dir, tmp_path):
+    config = tmp_path / "c.json"
+    config.write_bytes(b"\xff\xfe\x00binary")
+    result = CliRunner().invoke(
+        main, ["--shards", str(shard_dir), "--out", str(tmp_path / "r"), "--config", str(config)]
+    )
+    assert result.exit_code == 2, result.output
+    assert f"Error: --config {config}: 'utf-8' codec can't decode" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_unwritable_run_folder_is_one_line_exit_1(shard_dir, tmp_path):

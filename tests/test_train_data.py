@@ -3,14 +3,12 @@ the I420 hand-over and its conversion on the batch, repeated sampling."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
-from _train_helpers import write_shards
+from _train_helpers import write_shard_folder, write_shards
 
 from mvm.shards import ShardError, resolve_shards, shard_clip_counts
 from mvm.shards import clip_shape_of as clip_shape
@@ -84,8 +82,8 @@ def test_shuffle_depends_on_seed_and_batches_stack(shard_dir):
     first = keys_of(epoch_samples(urls, plan[0], 0, cfg, 0, 0, 0, SHAPE))
     other = keys_of(epoch_samples(urls, plan[0], 0, cfg, 1, 0, 0, SHAPE))
     assert sorted(first) == sorted(other) and first != other
-    keys, frames, used, bad = next(batches(epoch_samples(urls, plan[0], 0, cfg, 0, 0, 0, SHAPE), 4))
-    assert keys == first[:4] and frames.shape == (4, *SHAPE) and used == 4 and bad == []
+    keys, frames, used = next(batches(epoch_samples(urls, plan[0], 0, cfg, 0, 0, 0, SHAPE), 4))
+    assert keys == first[:4] and frames.shape == (4, *SHAPE) and used == 4
 
 
 def corrupt_copy(shard_dir, tmp_path):
@@ -113,22 +111,10 @@ def test_corrupt_shard_error_names_it_or_is_skipped(shard_dir, tmp_path):
 
 
 def test_undecodable_sample_is_named(shard_dir, tmp_path):
-    import io
-    import tarfile
-
+    write_shard_folder(
+        tmp_path, [[[("scene-0009-0000.mp4", b"not a video"), ("scene-0009-0000.json", b"{}")]]], {}
+    )
     path = tmp_path / "shard-000000.tar"
-    with tarfile.open(path, "w") as tar:
-        for name, payload in (
-            ("scene-0009-0000.mp4", b"not a video"),
-            ("scene-0009-0000.json", json.dumps({}).encode()),
-        ):
-            info = tarfile.TarInfo(name)
-            info.size = len(payload)
-            tar.addfile(info, io.BytesIO(payload))
-    data = path.read_bytes()
-    entry = {"name": path.name, "clips": 1, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    manifest = {"format": "mvm-shards", "version": 1, "config": {}, "shards": [entry], "total_clips": 1}
-    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ShardError, match=r"shard-000000.tar, sample scene-0009-0000: cannot decode"):
         list(iter_clips([str(path)]))
 
@@ -184,7 +170,7 @@ def test_repeat_aug_repeats_each_clip_and_resume_counts_clips(shard_dir):
     stream = batches(epoch_samples(urls, plan[0], 0, cfg, 0, 0, 0, SHAPE), 6, 3)
     positions = 0
     for _ in range(3):
-        keys, frames, used, _ = next(stream)
+        keys, frames, used = next(stream)
         assert keys == [key for key in order[positions : positions + 2] for _ in range(3)]
         assert used == 2 and torch.equal(frames[0], frames[2]) and not torch.equal(frames[2], frames[3])
         positions += used

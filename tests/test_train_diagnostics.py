@@ -17,7 +17,9 @@ from mvm.train.diagnostics import (
     fixed_mask,
 )
 from mvm.train.engine import build_optimizer, train_step
-from mvm.train.model import build_model, make_mask, masked_mse, normalize_patches, patchify
+from mvm.train.masks import draw_mask
+from mvm.train.model import build_model, masked_mse, normalize_patches
+from mvm.train.tokens import patchify
 
 torch.set_num_threads(1)
 
@@ -64,7 +66,9 @@ def test_copy_loss_on_two_frame_tokens_copies_the_nearest_visible_frame():
     assert raw == pytest.approx(2 * torch.var(torch.rand(100000)).item(), rel=0.1)  # E(a - b)^2 = 2 var
     # the future mask hides token step 1 (frames 2-3): both copy frame 1, the last visible frame,
     # not frames 0-1 of the last visible token (what a zero-motion prediction does)
-    _, future = make_mask(2, 2, PER_FRAME, 0.5, "future", torch.Generator())
+    _, future = draw_mask(
+        small_model(token_frames=2, mask_type="future", mask_ratio=0.5), 2, torch.Generator()
+    )
     held = torch.rand(2, 4, 3, 32, 48)
     held[:, 2:] = held[:, 1:2]
     assert copy_loss(held, future, 16, norm_pix_loss=False, token_frames=2) == pytest.approx(0.0, abs=1e-9)
@@ -72,7 +76,7 @@ def test_copy_loss_on_two_frame_tokens_copies_the_nearest_visible_frame():
 
 def test_tube_masking_leaves_nothing_to_copy():
     video = torch.rand(2, 4, 3, 32, 48)
-    _, mask = make_mask(2, 4, PER_FRAME, 0.5, "tube", torch.Generator().manual_seed(0))
+    _, mask = draw_mask(small_model(mask_type="tube", mask_ratio=0.5), 2, torch.Generator().manual_seed(0))
     target = normalize_patches(patchify(video, 16))
     visible = (~mask).unsqueeze(-1).float()
     mean_patch = (target * visible).sum(1, keepdim=True) / visible.sum(1, keepdim=True)
@@ -92,7 +96,7 @@ def _video(batch: int = 8) -> torch.Tensor:
 
 
 def _reasons(model) -> list[str]:
-    ids_keep = fixed_mask(CFG, PER_FRAME, 1, seed=0)[0][0]
+    ids_keep = fixed_mask(CFG, 1, seed=0)[0][0]
     signals = collapse_signals(model, _video(), ids_keep)
     return collapse_reasons(signals, DEFAULTS.collapse_rankme, DEFAULTS.collapse_time_spread)
 
@@ -116,7 +120,7 @@ def test_detector_fires_on_a_position_only_encoder():
     torch.manual_seed(0)
     model = build_model(CFG)
     _zero_stem(model)  # tokens are stem(patch) + position: only position is left
-    signals = collapse_signals(model, _video(), fixed_mask(CFG, PER_FRAME, 1, seed=0)[0][0])
+    signals = collapse_signals(model, _video(), fixed_mask(CFG, 1, seed=0)[0][0])
     assert signals["rankme"] == 0.0 and signals["time_spread"] < 1e-5
     assert len(_reasons(model)) == 2
 
@@ -127,7 +131,7 @@ def test_detector_stays_quiet_on_a_trained_encoder():
     optimizer = build_optimizer(model, OptimConfig(lr=1e-3))
     for step in range(15):
         video = torch.rand(8, 4, 3, 32, 48, generator=torch.Generator().manual_seed(100 + step))
-        ids_keep, mask = make_mask(8, 4, PER_FRAME, 0.75, "tube", torch.Generator().manual_seed(step))
+        ids_keep, mask = draw_mask(small_model(mask_type="tube"), 8, torch.Generator().manual_seed(step))
         train_step(model, optimizer, video, ids_keep, mask, lr=1e-3, grad_clip=1.0, bf16=False)
     assert model.training
     assert _reasons(model) == []

@@ -3,6 +3,7 @@ writes a `collapse` event and marks loss.png; pictures come from the --viz-shard
 
 from __future__ import annotations
 
+import pytest
 import torch
 from _train_helpers import run_train, tiny_config, write_shards
 
@@ -11,6 +12,7 @@ from mvm.train.metrics import read_jsonl
 torch.set_num_threads(1)
 
 
+@pytest.mark.slow
 def test_logged_diagnostics_and_a_firing_collapse_warning(tmp_path):
     train = write_shards(tmp_path / "train", [6, 6], seed=0)
     val = write_shards(tmp_path / "val", [4], seed=1)

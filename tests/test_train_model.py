@@ -1,5 +1,5 @@
 """mvm.train.model: patchify inverse, masking invariants, no leak of masked pixels, loss on masked patches
-only, position codes, input standardization."""
+only, position codes, input standardization, the decoder chosen once, older checkpoints' keys."""
 
 from __future__ import annotations
 
@@ -9,24 +9,22 @@ import pytest
 import torch
 from _train_helpers import small_model
 
-from mvm.train.config import PRESETS, ModelConfig, from_dict, tiny, to_dict
-from mvm.train.model import (
-    MASK_TYPES,
-    PIXEL_MEAN,
-    PIXEL_STD,
-    build_model,
-    future_steps,
-    make_mask,
-    masked_mse,
-    patchify,
-    sincos_3d,
-    unpatchify,
-)
+from mvm.train.config import PRESETS, ModelConfig, OptimConfig, from_dict, tiny, to_dict
+from mvm.train.engine import build_optimizer, load_optimizer_state, train_step
+from mvm.train.masks import MASK_TYPES, draw_mask, future_steps
+from mvm.train.model import PIXEL_MEAN, PIXEL_STD, build_model, masked_mse
+from mvm.train.motion import CameraMotionDecoder
+from mvm.train.pixel_decoder import PixelDecoder
+from mvm.train.tokens import patchify, sincos_3d, unpatchify
 
 torch.set_num_threads(1)
 
 CFG = small_model()
-PATCHES_PER_FRAME = 2 * 3
+
+
+def mask_config(frames: int, kind: str, ratio: float = 0.75, size=(64, 112), **fields) -> ModelConfig:
+    """A model config whose masks cover `frames` token steps of (size / 16) patches: 4 x 7 = 28 at 64x112."""
+    return ModelConfig(clip_len=frames, image_size=size, mask_type=kind, mask_ratio=ratio, **fields)
 
 
 def test_patchify_unpatchify_are_exact_inverses():
@@ -58,8 +56,8 @@ def test_two_frame_tokens_patchify_inverse_and_layout():
 @pytest.mark.parametrize("kind", MASK_TYPES)
 @pytest.mark.parametrize("ratio", [0.5, 0.75, 0.9])
 def test_mask_invariants(kind, ratio):
-    frames, per_frame = 4, 28
-    ids_keep, mask = make_mask(3, frames, per_frame, ratio, kind, torch.Generator().manual_seed(0))
+    frames, per_frame, cfg = 4, 28, mask_config(4, kind, ratio)
+    ids_keep, mask = draw_mask(cfg, 3, torch.Generator().manual_seed(0))
     tokens = frames * per_frame
     assert mask.shape == (3, tokens) and mask.dtype == torch.bool
     for clip in range(3):
@@ -79,13 +77,13 @@ def test_mask_invariants(kind, ratio):
     if kind == "tubelet":  # frames 2k and 2k+1 share their mask; consecutive tubelets differ
         assert torch.equal(per_frame_masks[:, 0::2], per_frame_masks[:, 1::2])
         assert not torch.equal(per_frame_masks[:, 0], per_frame_masks[:, 2])
-    again, _ = make_mask(3, frames, per_frame, ratio, kind, torch.Generator().manual_seed(0))
-    other, _ = make_mask(3, frames, per_frame, ratio, kind, torch.Generator().manual_seed(1))
+    again, _ = draw_mask(cfg, 3, torch.Generator().manual_seed(0))
+    other, _ = draw_mask(cfg, 3, torch.Generator().manual_seed(1))
     assert torch.equal(again, ids_keep) and not torch.equal(other, ids_keep)
 
 
 def test_random_masks_differ_across_frames():
-    _, mask = make_mask(2, 8, 28, 0.75, "random", torch.Generator().manual_seed(0))
+    _, mask = draw_mask(mask_config(8, "random"), 2, torch.Generator().manual_seed(0))
     per_frame = mask.reshape(2, 8, 28)
     assert not torch.equal(per_frame, per_frame[:, :1].expand_as(per_frame))
 
@@ -104,10 +102,11 @@ def test_presets_use_only_settings_the_leak_test_covers():
 @pytest.mark.parametrize(("token_frames", "pos_embed"), LEAK_CASES)
 def test_encoder_output_has_exactly_zero_gradient_wrt_masked_pixels(kind, token_frames, pos_embed):
     torch.manual_seed(0)
-    model = build_model(dataclasses.replace(CFG, token_frames=token_frames, pos_embed=pos_embed))
+    cfg = dataclasses.replace(CFG, token_frames=token_frames, pos_embed=pos_embed, mask_type=kind)
+    model = build_model(cfg)
     video = torch.rand(2, 4, 3, 32, 48, requires_grad=True)
-    steps, size = 4 // token_frames, token_frames * 768
-    ids_keep, mask = make_mask(2, steps, PATCHES_PER_FRAME, 0.75, kind, torch.Generator().manual_seed(3))
+    size = token_frames * 768
+    ids_keep, mask = draw_mask(cfg, 2, torch.Generator().manual_seed(3))
     latent = model.encode(patchify(video, 16, token_frames), ids_keep)
     (latent * torch.randn_like(latent)).sum().backward()
     hidden = mask.unsqueeze(-1).expand(-1, -1, size).float()
@@ -122,7 +121,7 @@ def test_loss_depends_only_on_masked_targets():
     model = build_model(CFG)
     pred = torch.rand(2, 24, 768)
     target = torch.rand(2, 24, 768)
-    _, mask = make_mask(2, 4, PATCHES_PER_FRAME, 0.75, "random", torch.Generator().manual_seed(0))
+    _, mask = draw_mask(CFG, 2, torch.Generator().manual_seed(0))
     changed = torch.where(mask.unsqueeze(-1), target, torch.rand_like(target) * 100)
     assert masked_mse(pred, target, mask).item() == masked_mse(pred, changed, mask).item()
     assert masked_mse(
@@ -132,7 +131,7 @@ def test_loss_depends_only_on_masked_targets():
     # model a video whose masked patches change: the loss must change (they are the targets),
     # while the encoder output stays identical (they are hidden).
     video = torch.rand(2, 4, 3, 32, 48)
-    ids_keep, mask = make_mask(2, 4, PATCHES_PER_FRAME, 0.75, "random", torch.Generator().manual_seed(1))
+    ids_keep, mask = draw_mask(CFG, 2, torch.Generator().manual_seed(1))
     pixel_masked = unpatchify(mask.unsqueeze(-1).expand(-1, -1, 768).float(), 4, (32, 48), 16).bool()
     altered = torch.where(pixel_masked, torch.rand_like(video), video)
     with torch.no_grad():
@@ -158,9 +157,9 @@ def test_shape_errors_are_clear():
     with pytest.raises(ValueError, match="not divisible"):
         build_model(ModelConfig(clip_len=4, image_size=(30, 48), patch_size=16))
     with pytest.raises(ValueError, match="unknown mask type"):
-        make_mask(1, 2, 4, 0.5, "blocks", torch.Generator())
+        draw_mask(mask_config(2, "blocks", 0.5), 1, torch.Generator())
     with pytest.raises(ValueError, match="not divisible by the tubelet"):
-        make_mask(1, 5, 4, 0.5, "tubelet", torch.Generator(), tubelet=2)
+        draw_mask(mask_config(5, "tubelet", 0.5, mask_tubelet=2), 1, torch.Generator())
     with pytest.raises(ValueError, match="not divisible by token_frames"):
         build_model(dataclasses.replace(CFG, clip_len=5, token_frames=2))
 
@@ -189,3 +188,83 @@ def test_stem_standardizes_inputs_and_old_configs_keep_raw_inputs():
     saved = to_dict(tiny())
     del saved["model"]["input_norm"]  # a config.json written before the field existed
     assert from_dict(saved).model.input_norm is False and tiny().model.input_norm is True
+
+
+def test_draw_mask_is_the_seeded_unit_draw_the_trainer_always_made():
+    """draw_mask's tube mask, recomputed by hand from the one torch.rand it consumes."""
+    cfg = mask_config(4, "tube", 0.5, size=(32, 48))  # 6 units (positions), 3 kept
+    ids_keep, mask = draw_mask(cfg, 2, torch.Generator().manual_seed(7))
+    kept = torch.rand(2, 6, generator=torch.Generator().manual_seed(7)).argsort(dim=1)[:, :3]  # (B, K)
+    by_hand = (kept.unsqueeze(-1) + torch.arange(4) * 6).reshape(2, -1).sort(dim=1).values
+    assert torch.equal(ids_keep, by_hand) and mask.sum().item() == 2 * 12
+
+
+@pytest.mark.parametrize(
+    ("fields", "decoder", "old_keys"),
+    [
+        ({}, PixelDecoder, {"mask_token", "decoder_space_pos", "decoder_time_pos", "decoder_embed.weight",
+                            "decoder.layers.0.linear1.weight", "decoder_norm.weight", "head.bias"}),
+        ({"prediction": "camera-motion", "mask_type": "future", "mask_ratio": 0.25, "norm_pix_loss": False},
+         CameraMotionDecoder, {"motion_head.linear.weight", "motion_head.linear.bias"}),
+    ],
+)  # fmt: skip
+def test_decoder_is_chosen_once_and_older_checkpoint_keys_load(fields, decoder, old_keys):
+    """The decoder of cfg.prediction is built once; a state dict with the keys saved before the decoders
+    had their own modules (top-level decoder_*, mask_token, head, motion_head) loads unchanged."""
+    cfg = dataclasses.replace(CFG, **fields)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    assert type(model.decoder) is decoder
+    old_names = {  # new key -> the key the same tensor had in older checkpoints
+        "decoder.mask_token": "mask_token", "decoder.space_pos": "decoder_space_pos",
+        "decoder.time_pos": "decoder_time_pos", "decoder.embed.": "decoder_embed.",
+        "decoder.blocks.layers.": "decoder.layers.", "decoder.norm.": "decoder_norm.",
+        "decoder.head.": "motion_head." if fields else "head.",
+    }  # fmt: skip
+    old_state = {}
+    for key, value in model.state_dict().items():
+        new = next((prefix for prefix in old_names if key.startswith(prefix)), None)
+        old_state[key if new is None else old_names[new] + key[len(new) :]] = value + 1
+    assert old_keys <= set(old_state)
+    torch.manual_seed(1)
+    fresh = build_model(cfg)
+    fresh.load_state_dict(old_state)  # strict: every key found
+    assert all(torch.equal(fresh.state_dict()[key], value + 1) for key, value in model.state_dict().items())
+
+
+def test_optimizer_moments_follow_their_parameters_from_an_older_parameter_order():
+    """A checkpoint of the order before the decoders had modules (mask token and decoder positions
+    first) resumes with every parameter's Adam moments on that parameter."""
+    cfg = dataclasses.replace(CFG, pos_embed="learned")
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    optimizer = build_optimizer(model, OptimConfig())
+    ids_keep, mask = draw_mask(cfg, 2, torch.Generator().manual_seed(0))
+    train_step(
+        model, optimizer, torch.rand(2, 4, 3, 32, 48), ids_keep, mask, lr=1e-3, grad_clip=1.0, bf16=False
+    )
+    names = [name for name, _ in model.named_parameters()]
+    moved = ("decoder.mask_token", "decoder.space_pos", "decoder.time_pos")
+    saved_names = [*moved, *(name for name in names if name not in moved)]
+    assert saved_names != names
+    # number each group's parameters in the saved order, as the older optimizer did
+    current, param_of = optimizer.state_dict(), dict(model.named_parameters())
+    old_state, first, param_groups = {}, 0, []
+    for group, saved_group in zip(optimizer.param_groups, current["param_groups"], strict=True):
+        group_names = [name for name in names if any(param_of[name] is p for p in group["params"])]
+        by_name = dict(zip(group_names, saved_group["params"], strict=True))
+        in_saved_order = sorted(group_names, key=saved_names.index)
+        for offset, name in enumerate(in_saved_order):
+            old_state[first + offset] = current["state"][by_name[name]]
+        param_groups.append({**saved_group, "params": list(range(first, first + len(group_names)))})
+        first += len(group_names)
+    torch.manual_seed(1)
+    fresh = build_model(cfg)
+    fresh_optimizer = build_optimizer(fresh, OptimConfig())
+    load_optimizer_state(
+        fresh_optimizer, fresh, {"state": old_state, "param_groups": param_groups}, saved_names
+    )
+    fresh_params = dict(fresh.named_parameters())
+    for name in names:
+        expected = optimizer.state[param_of[name]]["exp_avg_sq"]
+        assert torch.equal(fresh_optimizer.state[fresh_params[name]]["exp_avg_sq"], expected), name

@@ -14,8 +14,10 @@ from _train_helpers import moving_clip, small_model
 from mvm.features import temporal_pool
 from mvm.train.config import OptimConfig, tiny
 from mvm.train.engine import build_optimizer
-from mvm.train.model import build_model, make_mask, masked_mse, patchify
+from mvm.train.masks import draw_mask
+from mvm.train.model import build_model, masked_mse
 from mvm.train.motion import CameraMotionHead, camera_flow, warp
+from mvm.train.tokens import patchify
 
 torch.set_num_threads(1)
 
@@ -59,9 +61,7 @@ def test_an_untrained_head_predicts_copying_the_last_visible_frame():
     torch.manual_seed(0)
     model = build_model(CFG)
     video = torch.rand(2, 8, 3, 32, 48)
-    ids_keep, mask = make_mask(
-        2, model.token_steps, model.patches_per_frame, 0.25, "future", torch.Generator()
-    )
+    ids_keep, mask = draw_mask(CFG, 2, torch.Generator())
     out = model(video, ids_keep, mask)
     copied = torch.cat([video[:, :6], video[:, 5:6].expand(-1, 2, -1, -1, -1)], dim=1)
     assert torch.allclose(out["pred"], patchify(copied, 16, 2), atol=1e-6)
@@ -73,13 +73,11 @@ def test_an_untrained_head_predicts_copying_the_last_visible_frame():
 def test_hidden_frames_change_the_loss_but_never_the_prediction():
     torch.manual_seed(0)
     model = build_model(CFG)
-    torch.nn.init.normal_(model.motion_head.linear.weight, std=0.01)  # a head that moves the frame
+    torch.nn.init.normal_(model.decoder.head.linear.weight, std=0.01)  # a head that moves the frame
     video = torch.rand(2, 8, 3, 32, 48)
     altered = video.clone()
     altered[:, 6:] = torch.rand(2, 2, 3, 32, 48)
-    ids_keep, mask = make_mask(
-        2, model.token_steps, model.patches_per_frame, 0.25, "future", torch.Generator()
-    )
+    ids_keep, mask = draw_mask(CFG, 2, torch.Generator())
     with torch.no_grad():
         first, second = model(video, ids_keep, mask), model(altered, ids_keep, mask)
     assert torch.equal(first["pred"], second["pred"]) and torch.equal(first["pooled"], second["pooled"])
@@ -99,6 +97,7 @@ def test_the_head_reads_each_token_s_change_over_time():
     )
 
 
+@pytest.mark.slow
 def test_camera_motion_is_learnable_on_sliding_textures():
     """Textures sliding by -3..3 px per frame: after 150 steps the loss is well below copying, and
     the predicted horizontal translation has the direction of the motion (an untrained head: 0)."""
@@ -111,9 +110,7 @@ def test_camera_motion_is_learnable_on_sliding_textures():
         clips, speeds = zip(*(moving_clip(rng, 8, (32, 48)) for _ in range(n)), strict=True)
         return torch.from_numpy(np.stack(clips)).permute(0, 1, 4, 2, 3).float() / 255, torch.tensor(speeds)
 
-    ids_keep, mask = make_mask(
-        16, model.token_steps, model.patches_per_frame, 0.25, "future", torch.Generator()
-    )
+    ids_keep, mask = draw_mask(CFG, 16, torch.Generator())
     for _ in range(150):
         video, _ = batch(16)
         loss = model(video, ids_keep, mask)["loss"]
@@ -124,7 +121,7 @@ def test_camera_motion_is_learnable_on_sliding_textures():
     with torch.no_grad():
         trained = model(video, ids_keep, mask)["loss"].item()
         latent = model.encode(patchify(video, 16, 2), ids_keep)
-        tx = model.motion_head(latent.reshape(16, 3, 2, 3, -1))[:, 0, 0]  # first hidden frame's tx
+        tx = model.decoder.head(latent.reshape(16, 3, 2, 3, -1))[:, 0, 0]  # first hidden frame's tx
     copy = masked_mse(patchify(torch.cat([video[:, :6], video[:, 5:6].expand(-1, 2, -1, -1, -1)], 1), 16, 2),
                       patchify(video, 16, 2), mask).item()  # fmt: skip
     assert trained < 0.5 * copy
@@ -138,19 +135,18 @@ def test_every_parameter_of_the_tiny_preset_gets_a_gradient():
     cfg = dataclasses.replace(tiny().model, clip_len=8, image_size=(32, 48))
     torch.manual_seed(0)
     model = build_model(cfg)
-    torch.nn.init.normal_(model.motion_head.linear.weight, std=0.01)
-    ids_keep, mask = make_mask(2, model.token_steps, model.patches_per_frame, cfg.mask_ratio, cfg.mask_type,
-                               torch.Generator())  # fmt: skip
+    torch.nn.init.normal_(model.decoder.head.linear.weight, std=0.01)
+    ids_keep, mask = draw_mask(cfg, 2, torch.Generator())
     model(torch.rand(2, 8, 3, 32, 48), ids_keep, mask)["loss"].backward()
     unused = [name for name, param in model.named_parameters() if param.grad is None]
-    assert not unused and not hasattr(model, "mask_token")
+    assert not unused and not hasattr(model.decoder, "mask_token")
 
 
 def test_a_mask_other_than_future_is_refused():
     torch.manual_seed(0)
     model = build_model(CFG)
-    ids_keep, mask = make_mask(
-        2, model.token_steps, model.patches_per_frame, 0.75, "random", torch.Generator()
+    ids_keep, mask = draw_mask(
+        dataclasses.replace(CFG, mask_type="random", mask_ratio=0.75), 2, torch.Generator()
     )
     with pytest.raises(ValueError, match="future mask"):
         model(torch.rand(2, 8, 3, 32, 48), ids_keep, mask)

@@ -11,7 +11,9 @@ from PIL import Image
 
 from mvm.shards import resolve_shards
 from mvm.train.diagnostics import fixed_mask
-from mvm.train.model import build_model, make_mask, unpatchify
+from mvm.train.masks import draw_mask
+from mvm.train.model import build_model
+from mvm.train.tokens import unpatchify
 from mvm.train.viz import (
     LABEL_WIDTH,
     MAX_FRAMES,
@@ -46,7 +48,7 @@ def test_pick_viz_clips_is_fixed_and_spans_scenes(tmp_path):
 
 def test_reconstruction_row_keeps_visible_input_and_shows_prediction_elsewhere():
     video = torch.rand(2, 8, 3, 32, 48)
-    ids_keep, mask = fixed_mask(CFG, PER_FRAME, 2, seed=0)
+    ids_keep, mask = fixed_mask(CFG, 2, seed=0)
     pred = torch.randn(2, 8 * PER_FRAME, 16 * 16 * 3)
     rows = picture_rows(video, mask, pred, 16, norm_pix_loss=True)
     hidden = unpatchify(mask.unsqueeze(-1).expand(-1, -1, 768).float(), 8, (32, 48), 16).bool()
@@ -60,8 +62,8 @@ def test_reconstruction_row_keeps_visible_input_and_shows_prediction_elsewhere()
 
 def test_raw_pixel_rows_on_two_frame_tokens_show_the_prediction_as_is():
     video = torch.rand(2, 8, 3, 32, 48)
-    _, mask = make_mask(
-        2, 4, PER_FRAME, 0.75, "random", torch.Generator().manual_seed(0)
+    _, mask = draw_mask(
+        small_model(clip_len=8, token_frames=2), 2, torch.Generator().manual_seed(0)
     )  # 4 steps of 2 frames
     pred = torch.rand(2, 4 * PER_FRAME, 2 * 768)
     rows = picture_rows(video, mask, pred, 16, norm_pix_loss=False, token_frames=2)
@@ -87,7 +89,7 @@ def test_render_writes_a_readable_png_atomically(tmp_path):
     clips, _ = _clips(tmp_path)
     torch.manual_seed(0)
     model = build_model(CFG).train()
-    ids_keep, mask = fixed_mask(CFG, PER_FRAME, len(clips), seed=0)
+    ids_keep, mask = fixed_mask(CFG, len(clips), seed=0)
     out = tmp_path / "run" / "viz" / "step-000010.png"
     out.parent.mkdir(parents=True)
     victim = tmp_path / "victim.txt"

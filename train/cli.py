@@ -11,14 +11,18 @@ CPU smoke test (a few seconds):
 The run folder RUN holds config.json, metrics.jsonl, keys-rank{R}.jsonl (the clip keys each step
 consumed), loss.png, viz/step-NNNNNN.png, checkpoints/step-NNNNNN/ and, with the optional
 tensorboard package, tensorboard/. Rerunning the same command resumes from the newest loadable
-checkpoint (--resume auto) and continues the same data stream mid-epoch.
+checkpoint (--resume auto) and continues the same data stream mid-epoch, if the shards hold the
+same content (compared by sha256, not by path). One mvm-train writes a run folder at a time
+(RUN/.mvm.lock, held by rank 0 for the whole run).
 
-Options that set a config field are generated from mvm.train/config.py (help = the field's
-docstring, range = config.BOUNDS); `OPTIONS` lists which fields are options.
+Options that set a config field are generated from the TrainConfig fields declared with `flag`
+(train/config.py, mvm/options.py): help = the field's docstring, range and choices = its declaration.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -26,96 +30,33 @@ import click
 import torch
 from rich.console import Console
 
-from mvm.atomic import OutputError
-from mvm.shards import ShardError, clip_shape_of, resolve_shards
-from mvm.train.checkpoint import CheckpointError, resume_state, resumed_config
+from mvm.atomic import OutputError, exclusive_lock
+from mvm.options import click_options, nest
+from mvm.shards import DamagedShardError, ShardError, clip_shape_of, resolve_shards
+from mvm.train.checkpoint import CheckpointError, check_same_data, resume_state, resumed_config
 from mvm.train.config import (
-    BOUNDS,
-    CHOICES,
+    PRESET_NAMES,
     TrainConfig,
+    apply_config_file,
     apply_overrides,
-    bound_problem,
-    field_info,
-    get_field,
-    load_overrides,
     preset,
     size_problem,
     validate,
 )
 
 EXIT_FAILURE, EXIT_USAGE = 1, 2
-OPTIONS = (
-    "data.shards", "steps", "data.batch_size", "data.repeat_aug", "data.workers", "model.mask_ratio", "model.mask_type", "model.mask_tubelet",
-    "model.prediction", "model.token_frames", "model.pos_embed", "model.norm_pix_loss", "optim.lr", "seed", "device", "precision", "compile", "data.decoder",
-    "data.on_bad_sample", "log_every", "viz_every", "viz_shards", "ckpt_every", "keep_ckpts", "max_nonfinite",
-    "probe_every", "probe_shards", "probe_clips",
-)  # fmt: skip
-"""TrainConfig fields (dotted) offered as options, named after their last part (--batch-size)."""
-
-
-class Bounded(click.ParamType):
-    """An int or float option checked against config.BOUNDS (finite, in range) before anything runs."""
-
-    def __init__(self, kind: type, field: str):
-        self.kind, self.field, self.name = kind, field, kind.__name__
-
-    def convert(self, value, param, ctx):
-        try:
-            number = self.kind(value)
-        except (TypeError, ValueError):
-            self.fail(f"{value!r} is not a valid {self.name}", param, ctx)
-        problem = bound_problem(self.field, number)
-        if problem:
-            self.fail(problem, param, ctx)
-        return number
-
-
-def config_option(dotted: str):
-    """A click option for one TrainConfig field; its value None means "the preset's"."""
-    _, doc = field_info(dotted)
-    name, param = dotted.split(".")[-1].replace("_", "-"), dotted.replace(".", "__")
-    kind = type(get_field(TrainConfig(), dotted))
-    extra = {"required": True} if dotted == "data.shards" else {}
-    if kind is bool:
-        return click.option(f"--{name}/--no-{name}", param, default=None, help=f"{doc}  [default: preset's]")
-    if dotted in CHOICES:
-        param_type = click.Choice(CHOICES[dotted])
-    elif kind in (int, float):
-        param_type = Bounded(kind, dotted)
-        low, high, low_open = BOUNDS.get(dotted, (None, None, False))
-        if low is not None or high is not None:
-            doc += f"  [{'>' if low_open else '>='} {low}" if low is not None else "  ["
-            doc += f", <= {high}]" if high is not None else "]"
-    else:
-        param_type = click.STRING
-    suffix = "" if extra else "  [default: preset's]"
-    return click.option(f"--{name}", param, type=param_type, default=None, help=doc + suffix, **extra)
-
-
-def config_options(command):
-    for dotted in reversed(OPTIONS):
-        command = config_option(dotted)(command)
-    return command
 
 
 def nested(flat: dict) -> dict:
     """{"data__batch_size": 4, "steps": None} -> {"data": {"batch_size": 4}} (None = not given)."""
-    out: dict = {}
-    for param, value in flat.items():
-        if value is not None:
-            *sections, name = param.split("__")
-            target = out
-            for section in sections:
-                target = target.setdefault(section, {})
-            target[name] = value
-    return out
+    return nest({param.replace("__", "."): value for param, value in flat.items() if value is not None})
 
 
 def resolve_config(model: str, config_file: str | None, fields: dict) -> TrainConfig:
     """Preset -> --config file -> explicit options -> clip length and size from the shards' manifest."""
     config = preset(model)
     if config_file:
-        config = apply_overrides(config, load_overrides(config_file))
+        config = apply_config_file(config, config_file)
     config = apply_overrides(config, nested(fields))
     clip_len, size = clip_shape_of(resolve_shards(config.data.shards))
     problem = size_problem(size, config.model.patch_size)
@@ -136,7 +77,7 @@ def resolve_config(model: str, config_file: str | None, fields: dict) -> TrainCo
     type=click.Path(path_type=Path),
     help="Run folder (created; resumed if it holds checkpoints).",
 )
-@click.option("--model", default="small", show_default=True, type=click.Choice(["tiny", "small", "base"]),
+@click.option("--model", default="small", show_default=True, type=click.Choice(PRESET_NAMES),
               help="Preset: tiny (CPU demo), small (1 GPU), base (several GPUs).")  # fmt: skip
 @click.option(
     "--resume", default="auto", show_default=True,
@@ -145,14 +86,15 @@ def resolve_config(model: str, config_file: str | None, fields: dict) -> TrainCo
 )  # fmt: skip
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
               help="JSON file of nested overrides applied on the preset (see train/config.py).")  # fmt: skip
-@config_options
+@click_options(TrainConfig, preset_defaults=True)
 def main(run: Path, model: str, resume: str, config_file: str | None, **fields) -> None:
     """Pre-train a masked video model on clip shards (single process or under torchrun).
 
     Exit codes: 0 success; 2 usage error (bad option or config value, missing shards, frame size not
-    a multiple of the patch size, a resume that changes the data); 1 failure (unreadable data or
-    checkpoint, unwritable run folder); 3 stopped after too many non-finite steps in a row (a
-    checkpoint is written first).
+    a multiple of the patch size, a resume that changes the data); 1 failure (unreadable or damaged
+    data, manifest or checkpoint, unwritable run folder or full disk, the run folder in use by
+    another mvm-train); 3 stopped after too many non-finite steps in a row (a checkpoint is written
+    first).
     """
     console = Console(stderr=True, soft_wrap=True)
 
@@ -165,22 +107,23 @@ def main(run: Path, model: str, resume: str, config_file: str | None, **fields) 
 
     try:
         config = resolve_config(model, config_file, fields)
-        state = resume_state(resume, run, warn=warn)
-        if state is not None:
-            config, ignored = resumed_config(config, state["config"])
-            if ignored:
-                warn(
-                    f"resuming with the checkpoint's settings; ignored requested changes to: {', '.join(ignored)}"
-                )
-    except CheckpointError as error:
-        fail(str(error), EXIT_FAILURE)
+    except DamagedShardError as error:  # a damaged manifest: the data on disk, not the request
+        fail(f"data error: {error}", EXIT_FAILURE)
     except (ValueError, FileNotFoundError) as error:
         raise click.UsageError(str(error)) from None
 
-    from mvm.train.loop import train  # imported after option checks: --help and usage errors stay fast
-
+    # One writer per run folder: the lead process (rank 0 under torchrun; the other ranks write only
+    # their keys-rank{R}.jsonl) holds the lock for the whole run, before it reads a checkpoint or
+    # writes anything. A second mvm-train on the folder exits 1 at once (BusyError names the holder).
+    lead = int(os.environ.get("RANK", "0")) == 0
     try:
-        code = train(config, run, state, console)
+        with exclusive_lock(run, "mvm-train") if lead else contextlib.nullcontext():
+            config, state = resumed(config, resume, run, warn)
+            from mvm.train.loop import train  # imported late: --help and usage errors stay fast
+
+            code = train(config, run, state, console)
+    except CheckpointError as error:
+        fail(str(error), EXIT_FAILURE)
     except ShardError as error:
         # Errors raised in a DataLoader worker arrive wrapped with the worker's traceback; its last line is ours.
         last = str(error).strip().splitlines()[-1]
@@ -191,6 +134,24 @@ def main(run: Path, model: str, resume: str, config_file: str | None, **fields) 
     except KeyboardInterrupt:
         fail("interrupted; rerun the same command to resume from the newest checkpoint", 130)
     sys.exit(code)
+
+
+def resumed(config: TrainConfig, resume: str, run: Path, warn) -> tuple[TrainConfig, dict | None]:
+    """(config to train with, checkpoint state or None) for --resume; click.UsageError when the resume
+    is refused (`never` on a folder with checkpoints, other data than the checkpoint's run)."""
+    try:
+        state = resume_state(resume, run, warn=warn)
+        if state is None:
+            return config, None
+        check_same_data(config, state)
+    except CheckpointError:
+        raise
+    except (ValueError, FileNotFoundError) as error:
+        raise click.UsageError(str(error)) from None
+    config, ignored = resumed_config(config, state["config"])
+    if ignored:
+        warn(f"resuming with the checkpoint's settings; ignored requested changes to: {', '.join(ignored)}")
+    return config, state
 
 
 if __name__ == "__main__":

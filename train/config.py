@@ -5,81 +5,82 @@ Resolution order (later wins): preset (`--model NAME`) -> `--config FILE` (neste
 (`model.clip_len` and `model.image_size` always come from the shards' manifest, so they default to
 None here). The resolved config is saved to RUN/config.json and inside every checkpoint.
 
-Command-line options are generated from these fields (train/cli.py `OPTIONS` names which ones):
-the help text is the field's docstring and the accepted range is `BOUNDS` below, which also
-checks values from `--config` files (`validate`). A new option is a field with a docstring, one
-line in `OPTIONS`, and its range here.
+Each option is declared once, as a field: `option(default, low=..., choices=..., flag=...,
+resume_may_change=..., legacy=...)` (mvm/options.py) and a docstring under it. The command-line
+flags (train/cli.py), the checks of `--config` files and saved configs (`validate`), what a resume
+may change (train/checkpoint.py) and what an old checkpoint that lacks the field meant
+(`from_dict`) all read that declaration. A new option is one field.
 """
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import functools
-import inspect
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from mvm.options import leaf, leaves, nest, option, value_problem
 from mvm.shards import PATCH_SIZE
+from mvm.video import DECODER_CHOICES
 
-DECODERS = ("auto", "pyav-i420", "pyav", "decord", "torchcodec")
-"""DataConfig.decoder values (train/data.py: hands_over_i420, rgb_decoder)."""
+PRESET_NAMES = ("tiny", "small", "base")
+"""The presets (`PRESETS` below), the values of --model."""
+MASK_TYPES = ("tube", "tubelet", "random", "future")
+"""ModelConfig.mask_type values (train/masks.py: draw_mask)."""
 PREDICTIONS = ("pixels", "camera-motion")
-"""ModelConfig.prediction values (train/model.py, train/motion.py)."""
+"""ModelConfig.prediction values: the decoders (train/model.py DECODERS; train/pixel_decoder.py, train/motion.py)."""
 
 
 @dataclass
 class ModelConfig:
     """Shape of the masked video model (train/model.py)."""
 
-    clip_len: int | None = None
+    clip_len: int | None = option(None, low=1, flag=False)
     """Frames per clip T; taken from the shards' manifest."""
-    image_size: tuple[int, int] | None = None
+    image_size: tuple[int, int] | None = option(None, low=1, flag=False)
     """Frame size (H, W); taken from the shards' manifest. Must be divisible by `patch_size`."""
-    patch_size: int = PATCH_SIZE
+    patch_size: int = option(PATCH_SIZE, low=2, flag=False)
     """Side of the square spatial patch."""
-    token_frames: int = 1
+    token_frames: int = option(1, low=1)
     """Frames per token k (VideoMAE's tubelet embedding): a token is one patch through k consecutive
     frames, so the CNN stem already sees local motion; T' = clip_len / k token time steps (k must
     divide clip_len). 1 = one token per patch per frame."""
-    stem_channels: int = 32
+    stem_channels: int = option(32, low=1, flag=False)
     """Hidden channels of the patch-local CNN stem (a stride-2 3x3 conv, then a conv over the half-size patch)."""
-    embed_dim: int = 384
+    embed_dim: int = option(384, low=1, flag=False)
     """Encoder token width."""
-    depth: int = 12
+    depth: int = option(12, low=1, flag=False)
     """Encoder transformer blocks."""
-    num_heads: int = 6
+    num_heads: int = option(6, low=1, flag=False)
     """Encoder attention heads."""
-    decoder_dim: int = 192
+    decoder_dim: int = option(192, low=1, flag=False)
     """Decoder token width (MAE: the decoder is light; it is discarded after pre-training)."""
-    decoder_depth: int = 4
+    decoder_depth: int = option(4, low=1, flag=False)
     """Decoder transformer blocks."""
-    decoder_heads: int = 6
+    decoder_heads: int = option(6, low=1, flag=False)
     """Decoder attention heads."""
-    mlp_ratio: float = 4.0
+    mlp_ratio: float = option(4.0, low=0, low_open=True, flag=False)
     """Hidden width of each block's MLP relative to the token width."""
-    mask_type: str = "tube"
+    mask_type: str = option("tube", choices=MASK_TYPES)
     """"tube": the same spatial patches masked in every frame (VideoMAE); "tubelet": the same patch masked
     through `mask_tubelet` consecutive frames; "random": independent per space-time patch; "future":
     the last round(mask_ratio x token time steps) whole time steps (at least one, never all)."""
-    mask_tubelet: int = 2
+    mask_tubelet: int = option(2, low=1)
     """Token time steps per masking unit when mask_type is "tubelet" (must divide clip_len / token_frames)."""
-    mask_ratio: float = 0.9
+    mask_ratio: float = option(0.9, low=0, low_open=True, high=1)
     """Share of tokens hidden from the encoder (mask_type "future": rounded to whole time steps)."""
-    prediction: str = "pixels"
+    prediction: str = option("pixels", choices=PREDICTIONS)
     """How hidden patches are predicted. "pixels": MAE's light transformer decoder predicts each hidden
     patch's pixels. "camera-motion" (needs mask_type "future" and norm_pix_loss off): the hidden frames
     are the last visible frame warped by a camera motion (translation and expansion per frame) that
     one linear layer reads from the visible tokens; the decoder_* fields are then unused (train/motion.py)."""
-    norm_pix_loss: bool = True
+    norm_pix_loss: bool = option(True)
     """Normalize each target patch by its own mean/std before the MSE (MAE's per-patch normalized targets)."""
-    input_norm: bool = True
+    input_norm: bool = option(True, flag=False, legacy=False)
     """Standardize the stem's input pixels with mvm.train.model's PIXEL_MEAN / PIXEL_STD (as MAE does), so
     content features start on the scale of the position codes, in random and trained encoders alike.
     Checkpoints saved before this field existed load with False, the behaviour they were trained with."""
-    pos_embed: str = "learned"
+    pos_embed: str = option("learned", choices=("learned", "sincos"))
     """Position embeddings of encoder and decoder: "learned" (separable space + time parameters, MAE-ST)
     or "sincos" (fixed sine-cosine codes of row, column and frame in separate channels, as MAE)."""
 
@@ -88,27 +89,27 @@ class ModelConfig:
 class DataConfig:
     """The streaming input pipeline (train/data.py)."""
 
-    shards: str = ""
+    shards: str = option("", free_text=True, required=True)
     """Shard spec: brace pattern, a folder with manifest.json, or several comma-separated."""
-    batch_size: int = 32
+    batch_size: int = option(32, low=1)
     """Clips per step per rank (the global batch is batch_size x world size)."""
-    workers: int = 2
+    workers: int = option(2, low=0)
     """DataLoader worker processes per rank (0 = decode in the training process)."""
-    shuffle_buffer: int = 256
+    shuffle_buffer: int = option(256, low=1, flag=False)
     """Samples held by each worker's seeded shuffle buffer (raw mp4 bytes, before decode)."""
-    decoder: str = "auto"
+    decoder: str = option("auto", choices=DECODER_CHOICES)
     """Video decoder of the workers. "pyav-i420": PyAV hands over I420 planes (1.5 bytes/pixel, no
     colour conversion in the worker) and the batch is converted to RGB on the training device;
     "pyav", "decord", "torchcodec": RGB from that decoder (a missing one falls back to PyAV with a
     warning); "auto": "pyav-i420" when CUDA is available, else "pyav" (the fastest, measured in
     bench/results.md)."""
-    repeat_aug: int = 1
+    repeat_aug: int = option(1, low=1)
     """Repeated sampling (MAE-ST's repeat_aug): each decoded clip fills K consecutive rows of the
     batch, each with its own mask. batch_size stays the rows per step (model cost per step is
     unchanged) and must be a multiple of K; a step reads batch_size / K clips, so decode cost per
     training sample falls K-fold and an epoch takes K times the steps. Data order is the K=1 order
     with each clip repeated; resume stays exact (positions count clips read, not rows)."""
-    on_bad_sample: str = "error"
+    on_bad_sample: str = option("error", choices=("error", "skip"))
     """"error": stop with a message naming the shard and key; "skip": skip, count and log the sample."""
 
 
@@ -116,17 +117,17 @@ class DataConfig:
 class OptimConfig:
     """AdamW with linear warmup then cosine decay to `min_lr_ratio * lr`."""
 
-    lr: float = 1.5e-4
+    lr: float = option(1.5e-4, low=0, low_open=True)
     """Peak learning rate (per rank batch; not rescaled with world size)."""
-    weight_decay: float = 0.05
+    weight_decay: float = option(0.05, low=0, flag=False)
     """AdamW weight decay on matrices (biases, norms, position embeddings and the mask token are exempt)."""
-    betas: tuple[float, float] = (0.9, 0.95)
+    betas: tuple[float, float] = option((0.9, 0.95), low=0, high=1, high_open=True, flag=False)
     """AdamW betas (MAE's 0.95 second moment)."""
-    warmup_steps: int = 200
+    warmup_steps: int = option(200, low=0, flag=False)
     """Steps of linear warmup from 0 to `lr` (capped at a tenth of the run)."""
-    min_lr_ratio: float = 0.05
+    min_lr_ratio: float = option(0.05, low=0, high=1, flag=False)
     """Final learning rate as a fraction of `lr`."""
-    grad_clip: float = 1.0
+    grad_clip: float = option(1.0, low=0, flag=False)
     """Clip the global gradient norm to this (0 disables clipping)."""
 
 
@@ -134,7 +135,7 @@ class OptimConfig:
 class TrainConfig:
     """Everything a run needs; saved as RUN/config.json and in every checkpoint."""
 
-    preset: str = "small"
+    preset: str = option("small", choices=PRESET_NAMES, flag=False)
     """Name of the preset this config started from."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """Model shape and objective."""
@@ -142,43 +143,43 @@ class TrainConfig:
     """Input pipeline."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     """Optimizer and learning-rate schedule."""
-    steps: int = 10000
+    steps: int = option(10000, low=0, resume_may_change=True)
     """Total optimizer steps (a resumed run continues to this count)."""
-    seed: int = 0
+    seed: int = option(0, low=0)
     """Root seed: model init, shard order, shuffle buffers and masks derive from it (and epoch, rank, worker, step)."""
-    device: str = "auto"
+    device: str = option("auto", choices=("auto", "cpu", "cuda"), resume_may_change=True)
     """"auto" (CUDA when available), "cpu" or "cuda"."""
-    compile: bool = False
+    compile: bool = option(False, resume_may_change=True)
     """torch.compile the model (outside DDP, so gradient all-reduce still overlaps backward)."""
-    precision: str = "auto"
+    precision: str = option("auto", choices=("auto", "bf16", "fp32"), resume_may_change=True)
     """"auto" (bf16 autocast on CUDA, fp32 on CPU), "bf16" or "fp32"; weights and optimizer state stay fp32."""
-    log_every: int = 10
+    log_every: int = option(10, low=1, resume_may_change=True)
     """Steps between metrics.jsonl lines."""
-    viz_every: int = 500
+    viz_every: int = option(500, low=1, resume_may_change=True)
     """Steps between RUN/viz/step-NNNNNN.png pictures (and one at the end)."""
-    viz_shards: str = ""
+    viz_shards: str = option("", free_text=True, resume_may_change=True)
     """Shard spec of the validation clips drawn in RUN/viz (chosen once per run); empty = probe_shards, else the training shards."""
-    viz_clips: int = 2
+    viz_clips: int = option(2, low=1, flag=False, resume_may_change=True)
     """Clips per RUN/viz picture."""
-    ckpt_every: int = 500
+    ckpt_every: int = option(500, low=1, resume_may_change=True)
     """Steps between checkpoints (and one at the end)."""
-    keep_ckpts: int = 3
+    keep_ckpts: int = option(3, low=1, resume_may_change=True)
     """Complete checkpoints kept; older ones are deleted."""
-    max_nonfinite: int = 5
+    max_nonfinite: int = option(5, low=1, resume_may_change=True)
     """Stop (with a checkpoint) after this many non-finite steps in a row."""
-    collapse_rankme: float = 1.05
+    collapse_rankme: float = option(1.05, low=0, flag=False, resume_may_change=True)
     """Warn (console, metrics.jsonl event, mark on loss.png) when the effective rank of pooled embeddings
     under one shared mask (train/diagnostics.py) falls below this (collapsed: 0; healthy tiny runs >= 1.13)."""
-    collapse_time_spread: float = 0.001
+    collapse_time_spread: float = option(0.001, low=0, flag=False, resume_may_change=True)
     """Warn when the within-clip token spread over time, relative to the token std, falls below this
     (collapsed: < 1e-5; healthy tiny runs >= 0.0022, their early loss plateau)."""
-    starvation_frac: float = 0.5
+    starvation_frac: float = option(0.5, low=0, high=1, flag=False, resume_may_change=True)
     """Warn when data_wait_frac stays above this (the input pipeline, not the model, sets the pace)."""
-    probe_every: int = 0
+    probe_every: int = option(0, low=0, resume_may_change=True)
     """Steps between online ego-motion probes (0 = off; needs train/online_probe.py and probe_shards)."""
-    probe_shards: str = ""
+    probe_shards: str = option("", free_text=True, resume_may_change=True)
     """Shard spec for the online probe."""
-    probe_clips: int = 256
+    probe_clips: int = option(256, low=2, resume_may_change=True)
     """Clips the online probe reads."""
 
 
@@ -242,7 +243,7 @@ def base() -> TrainConfig:
     )
 
 
-PRESETS = {"tiny": tiny, "small": small, "base": base}
+PRESETS = dict(zip(PRESET_NAMES, (tiny, small, base), strict=True))
 
 
 def preset(name: str) -> TrainConfig:
@@ -259,7 +260,10 @@ the config for the tests' fault injection), so runs and checkpoints of those ver
 
 
 def _apply(target, overrides: dict, where: str):
-    """Return a copy of dataclass `target` with `overrides` applied (nested dicts for nested dataclasses)."""
+    """Return a copy of dataclass `target` with `overrides` applied (nested dicts for nested dataclasses).
+
+    ValueError naming the dotted field for an unknown field or a value of the wrong type or range.
+    """
     names = {f.name: f for f in dataclasses.fields(target)}
     changes = {}
     for key, value in overrides.items():
@@ -270,29 +274,36 @@ def _apply(target, overrides: dict, where: str):
         current = getattr(target, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
-                raise ValueError(f"config field {where}{key} must be an object")
+                raise ValueError(f"{where}{key} must be an object, got {json.dumps(value)}")
             changes[key] = _apply(current, value, f"{where}{key}.")
-        elif isinstance(value, list) and str(names[key].type).startswith("tuple"):
-            changes[key] = tuple(value)  # JSON has no tuples
-        else:
-            changes[key] = value
+            continue
+        if isinstance(value, list):
+            value = tuple(value)  # JSON has no tuples
+        problem = value_problem(leaf(type(target), key), value)
+        if problem:
+            raise ValueError(f"{where}{key} {problem}")
+        changes[key] = value
     return dataclasses.replace(target, **changes)
 
 
 def apply_overrides(config: TrainConfig, overrides: dict) -> TrainConfig:
-    """A new config with nested `overrides` applied; ValueError on unknown fields."""
+    """A new config with nested `overrides` applied; ValueError on unknown fields and bad values."""
     return _apply(config, overrides, "")
 
 
-def load_overrides(path: str | Path) -> dict:
-    """Read a JSON overrides file (nested like TrainConfig)."""
+def apply_config_file(config: TrainConfig, path: str | Path) -> TrainConfig:
+    """`config` with the JSON overrides file at `path` (nested like TrainConfig) applied.
+
+    ValueError "--config PATH: data.batch_size must be an integer, got "2"" for an unreadable file,
+    or a field that is unknown, of the wrong type or out of range.
+    """
     try:
         overrides = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"cannot read config file {path}: {error}") from error
-    if not isinstance(overrides, dict):
-        raise ValueError(f"config file {path} must hold a JSON object")
-    return overrides
+        if not isinstance(overrides, dict):
+            raise ValueError("must hold a JSON object")
+        return apply_overrides(config, overrides)
+    except (OSError, ValueError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"--config {path}: {error}") from None
 
 
 def to_dict(config: TrainConfig) -> dict:
@@ -300,78 +311,16 @@ def to_dict(config: TrainConfig) -> dict:
     return json.loads(json.dumps(asdict(config)))
 
 
-LEGACY_VALUES = {"model": {"input_norm": False}}
-"""What a saved config that lacks one of these fields meant: the behaviour before the field existed."""
-
-
 def from_dict(values: dict) -> TrainConfig:
-    """Inverse of to_dict; fields a saved config lacks take LEGACY_VALUES, then the defaults."""
-    return apply_overrides(apply_overrides(TrainConfig(), LEGACY_VALUES), values)
+    """Inverse of to_dict; a field a saved config lacks takes its declared `legacy` value (the
+    behaviour before the field existed), else its default."""
+    legacy = {item.name: item.spec.legacy for item in leaves(TrainConfig) if item.spec.has_legacy}
+    return apply_overrides(apply_overrides(TrainConfig(), nest(legacy)), values)
 
 
-BOUNDS: dict[str, tuple[float | None, float | None, bool]] = {
-    # dotted field -> (minimum, maximum, minimum excluded); None = unbounded. Floats must be finite.
-    "steps": (0, None, False),
-    "seed": (0, None, False),
-    "log_every": (1, None, False),
-    "viz_every": (1, None, False),
-    "ckpt_every": (1, None, False),
-    "keep_ckpts": (1, None, False),
-    "max_nonfinite": (1, None, False),
-    "collapse_rankme": (0, None, False),
-    "collapse_time_spread": (0, None, False),
-    "viz_clips": (1, None, False),
-    "starvation_frac": (0, 1, False),
-    "probe_every": (0, None, False),
-    "probe_clips": (2, None, False),
-    "model.mask_ratio": (0, 1, True),
-    "model.mask_tubelet": (1, None, False),
-    "model.token_frames": (1, None, False),
-    "model.patch_size": (2, None, False),
-    "model.embed_dim": (1, None, False),
-    "model.depth": (1, None, False),
-    "model.num_heads": (1, None, False),
-    "model.decoder_dim": (1, None, False),
-    "model.decoder_depth": (1, None, False),
-    "model.decoder_heads": (1, None, False),
-    "model.stem_channels": (1, None, False),
-    "model.mlp_ratio": (0, None, True),
-    "data.batch_size": (1, None, False),
-    "data.repeat_aug": (1, None, False),
-    "data.workers": (0, None, False),
-    "data.shuffle_buffer": (1, None, False),
-    "optim.lr": (0, None, True),
-    "optim.weight_decay": (0, None, False),
-    "optim.warmup_steps": (0, None, False),
-    "optim.min_lr_ratio": (0, 1, False),
-    "optim.grad_clip": (0, None, False),
-}
-"""Accepted ranges; the CLI options use them as click types and `validate` applies them to every config."""
-
-CHOICES: dict[str, tuple[str, ...]] = {
-    "device": ("auto", "cpu", "cuda"),
-    "precision": ("auto", "bf16", "fp32"),
-    "model.mask_type": ("tube", "tubelet", "random", "future"),
-    "model.prediction": PREDICTIONS,
-    "model.pos_embed": ("learned", "sincos"),
-    "data.decoder": DECODERS,
-    "data.on_bad_sample": ("error", "skip"),
-}
-"""Accepted values of the string fields that have a fixed set."""
-
-
-def bound_problem(name: str, value) -> str | None:
-    """Why `value` is out of BOUNDS[name], e.g. "must be >= 1, got -1" (None when it is fine)."""
-    if name not in BOUNDS:
-        return None
-    low, high, low_open = BOUNDS[name]
-    if isinstance(value, float) and not math.isfinite(value):
-        return f"must be a finite number, got {value}"
-    if low is not None and (value <= low if low_open else value < low):
-        return f"must be {'>' if low_open else '>='} {low}, got {value}"
-    if high is not None and value > high:
-        return f"must be <= {high}, got {value}"
-    return None
+def resume_fields() -> tuple[str, ...]:
+    """Dotted fields a resumed run takes from the command line (declared `resume_may_change`)."""
+    return tuple(item.name for item in leaves(TrainConfig) if item.spec.resume_may_change)
 
 
 def get_field(config, dotted: str):
@@ -382,14 +331,12 @@ def get_field(config, dotted: str):
 
 
 def validate(config: TrainConfig) -> None:
-    """ValueError naming the first field outside BOUNDS or CHOICES (e.g. from a --config file)."""
-    for name in BOUNDS:
-        problem = bound_problem(name, get_field(config, name))
+    """ValueError naming the first field of the wrong type, outside its range or choices, or
+    inconsistent with another (e.g. from a --config file)."""
+    for item in leaves(TrainConfig):
+        problem = value_problem(item, get_field(config, item.name))
         if problem:
-            raise ValueError(f"{name} {problem}")
-    for name, allowed in CHOICES.items():
-        if get_field(config, name) not in allowed:
-            raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {get_field(config, name)!r}")
+            raise ValueError(f"{item.name} {problem}")
     if (
         config.model.embed_dim % config.model.num_heads
         or config.model.decoder_dim % config.model.decoder_heads
@@ -440,29 +387,3 @@ def size_problem(size: tuple[int, int], patch_size: int) -> str | None:
         f"the shards hold {size[0]}x{size[1]} frames, which patch size {patch_size} does not divide; "
         f"re-ingest with --size {below[0]}x{below[1]} or {above[0]}x{above[1]}"
     )
-
-
-@functools.cache
-def field_docs(cls: type) -> dict[str, str]:
-    """{field name: its docstring} of a dataclass, read from the string literal after each field."""
-    body = ast.parse(inspect.getsource(cls)).body[0].body
-    docs = {}
-    for node, following in zip(body, body[1:], strict=False):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(following, ast.Expr)
-            and isinstance(following.value, ast.Constant)
-            and isinstance(following.value.value, str)
-        ):
-            docs[node.target.id] = " ".join(following.value.value.split())
-    return docs
-
-
-def field_info(dotted: str) -> tuple[dataclasses.Field, str]:
-    """(dataclass field, docstring) of a dotted TrainConfig field name."""
-    cls = TrainConfig
-    parts = dotted.split(".")
-    for part in parts[:-1]:
-        cls = {f.name: f for f in dataclasses.fields(cls)}[part].default_factory
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    return fields[parts[-1]], field_docs(cls).get(parts[-1], "")

@@ -13,7 +13,8 @@ checked against the manifest's sha256 the first time a process opens it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -148,7 +149,13 @@ class RankStream(IterableDataset):
     ):
         self.urls, self.slots, self.cfg, self.shape = urls, slots, cfg, shape
         self.seed, self.epoch, self.rank = seed, epoch, rank
-        self.skip, self.phase = consumed_per_worker([slot.clips for slot in slots], consumed)
+        try:
+            self.skip, self.phase = consumed_per_worker([slot.clips for slot in slots], consumed)
+        except ValueError:  # a checkpoint position from other data (check_same_data stops that first)
+            raise ShardError(
+                f"the checkpoint's data position ({consumed} samples into epoch {epoch} on rank {rank}) "
+                f"does not fit these shards ({sum(slot.clips for slot in slots)} samples); start a new run folder"
+            ) from None
         self.i420 = hands_over_i420(cfg.decoder)
 
     def __iter__(self):
@@ -191,23 +198,31 @@ def epoch_samples(urls, slots, consumed, cfg, seed, epoch, rank, shape) -> Itera
     return iter(loader)
 
 
+def _say_skipped(reason: str) -> None:
+    print(f"skipped bad sample: {reason}", file=sys.stderr, flush=True)
+
+
 def batches(
-    samples: Iterator[dict], batch_size: int, repeat_aug: int = 1
-) -> Iterator[tuple[list[str], torch.Tensor, int, list[str]]]:
-    """Group good samples: (keys, frames (B, ...) uint8, stream positions used, bad-sample reasons).
+    samples: Iterator[dict],
+    batch_size: int,
+    repeat_aug: int = 1,
+    on_bad: Callable[[str], None] = _say_skipped,
+) -> Iterator[tuple[list[str], torch.Tensor, int]]:
+    """Group good samples: (keys, frames (B, ...) uint8, stream positions used).
 
     frames: (B, T, H, W, 3) RGB or (B, T, 3H/2, W) I420, as the workers hand them over. With
     repeat_aug K (MAE-ST's repeated sampling) a batch holds batch_size / K decoded clips, each
     repeated K times in a row (keys too); the masks are drawn per batch row, so each repeat gets
-    its own. Bad samples (skip mode) use a stream position but no batch slot; a short final batch
-    is dropped.
+    its own. Bad samples (skip mode) use a stream position but no batch slot; each one's reason
+    goes to `on_bad` (default: printed on stderr) as soon as it is read, so one that lands in the
+    short final batch, which is dropped, is reported too.
     """
     clips_per_batch = batch_size // repeat_aug
-    keys, frames, bad, used = [], [], [], 0
+    keys, frames, used = [], [], 0
     for sample in samples:
         used += 1
         if "bad" in sample:
-            bad.append(sample["bad"])
+            on_bad(sample["bad"])
             continue
         keys.append(sample["key"])
         frames.append(sample["frames"])
@@ -215,5 +230,5 @@ def batches(
             stacked = torch.stack(frames)
             if repeat_aug > 1:
                 stacked = stacked.repeat_interleave(repeat_aug, dim=0)
-            yield [key for key in keys for _ in range(repeat_aug)], stacked, used, bad
-            keys, frames, bad, used = [], [], [], 0
+            yield [key for key in keys for _ in range(repeat_aug)], stacked, used
+            keys, frames, used = [], [], 0

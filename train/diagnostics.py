@@ -39,22 +39,19 @@ import numpy as np
 import torch
 
 from mvm.train.config import ModelConfig
-from mvm.train.model import make_mask, masked_mse, normalize_patches, patchify, token_steps, unpatchify
+from mvm.train.masks import draw_mask
+from mvm.train.model import masked_mse, normalize_patches
+from mvm.train.tokens import patchify, unpatchify
 
 
-def fixed_mask(
-    cfg: ModelConfig, patches_per_frame: int, clips: int, seed: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def fixed_mask(cfg: ModelConfig, clips: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The run's fixed masks (for diagnostics and pictures), a pure function of the seed.
 
-    Returns make_mask's (ids_keep (clips, L_vis), mask (clips, L)) with the config's mask type and
+    Returns draw_mask's (ids_keep (clips, L_vis), mask (clips, L)) with the config's mask type and
     ratio, drawn from a generator no training step uses.
     """
     state = np.random.SeedSequence([seed, 0x46495845]).generate_state(1)[0]
-    generator = torch.Generator().manual_seed(int(state))
-    return make_mask(
-        clips, token_steps(cfg), patches_per_frame, cfg.mask_ratio, cfg.mask_type, generator, cfg.mask_tubelet
-    )
+    return draw_mask(cfg, clips, torch.Generator().manual_seed(int(state)))
 
 
 def copy_predictions(target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

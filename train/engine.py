@@ -1,4 +1,5 @@
-"""One optimizer step on one rank: forward (bf16 autocast on CUDA), masked loss, backward with
+"""One optimizer step on one rank (`step_on_batch`, what mvm-train and bench/gpu.py run): the
+step's masks and learning rate, forward (bf16 autocast on CUDA), masked loss, backward with
 DistributedDataParallel's overlapped gradient all-reduce, non-finite guard, clipping, fused AdamW.
 
 No host-device synchronisation happens here: everything a step measures stays a device tensor
@@ -23,11 +24,13 @@ import math
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from mvm.train.config import OptimConfig
+from mvm.train.config import OptimConfig, TrainConfig
+from mvm.train.masks import draw_mask
 
 
 def lr_at(step: int, cfg: OptimConfig, total_steps: int) -> float:
@@ -49,6 +52,31 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Ada
             (decay if param.ndim >= 2 and param.shape[0] > 1 else no_decay).append(param)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=True)
+
+
+def load_optimizer_state(
+    optimizer: torch.optim.Optimizer, model: torch.nn.Module, state: dict, saved_names: list[str]
+) -> None:
+    """optimizer.load_state_dict(state) of a checkpoint whose model held its parameters in the order of
+    `saved_names` (its state-dict keys, in current names: mvm.train.model.renamed_keys).
+
+    An optimizer state numbers the parameters of each group in the model's order; each parameter's
+    moments are matched here by name instead, so a checkpoint saved before the decoders had their own
+    modules (the mask token and decoder positions came first then) resumes exactly.
+    """
+    names = {id(param): name for name, param in model.named_parameters()}
+    saved_at = {name: index for index, name in enumerate(saved_names)}
+    moments, groups, first = {}, [], 0
+    for group, saved_group in zip(optimizer.param_groups, state["param_groups"], strict=True):
+        current = [names[id(param)] for param in group["params"]]
+        saved_ids = dict(zip(sorted(current, key=saved_at.__getitem__), saved_group["params"], strict=True))
+        ids = list(range(first, first + len(current)))
+        for name, index in zip(current, ids, strict=True):
+            if saved_ids[name] in state["state"]:
+                moments[index] = state["state"][saved_ids[name]]
+        groups.append({**saved_group, "params": ids})
+        first += len(current)
+    optimizer.load_state_dict({"state": moments, "param_groups": groups})
 
 
 class CommTimer:
@@ -176,3 +204,34 @@ def train_step(
     emb_std = pooled.std(dim=0).mean() if pooled.shape[0] > 1 else pooled.new_zeros(())
     values = torch.stack([flag[0], loss.detach(), grad_norm.float(), emb_std, pooled.norm(dim=1).mean()])
     return StepStats(values=values)
+
+
+def mask_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    """Masks are a pure function of (seed, step, rank): a resumed run draws the same masks."""
+    state = np.random.SeedSequence([seed, step, rank, 0x4D41534B]).generate_state(1)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def step_on_batch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    video: torch.Tensor,
+    config: TrainConfig,
+    step: int,
+    rank: int,
+    *,
+    bf16: bool,
+) -> tuple[StepStats, torch.Tensor]:
+    """The trainer's step `step` (0-based) on this rank's batch video (B, T, 3, H, W) float in [0, 1].
+
+    Draws the masks from mask_generator(seed, step, rank) on the host, takes the learning rate of
+    the schedule and config's gradient clipping, and runs train_step. Returns its StepStats and
+    the mask (B, L) bool on the host, True = hidden (the logged step's diagnostics read it).
+    """
+    ids_keep, mask = draw_mask(config.model, video.shape[0], mask_generator(config.seed, step, rank))
+    device = video.device
+    stats = train_step(
+        model, optimizer, video, ids_keep.to(device, non_blocking=True), mask.to(device, non_blocking=True),
+        lr=lr_at(step, config.optim, config.steps), grad_clip=config.optim.grad_clip, bf16=bf16,
+    )  # fmt: skip
+    return stats, mask

@@ -8,6 +8,10 @@ train/engine.py), except copy_loss, rankme and time_spread, which come from the 
 (train/diagnostics.py). Event lines carry "event"
 (`nonfinite`, `collapse`, `starvation`, `bad_sample`, `resume`, `stopped`) and "step".
 
+Both logs are appended line by line, so a crash mid-write can leave a torn last line: readers
+skip a line that is not a JSON object with a warning naming the file and line (`read_jsonl`),
+and a resume rewrites the log without it (`truncate_after`).
+
 metrics.jsonl is the source of truth. When the optional `tensorboard` package is installed
 (`pip install -e ".[tensorboard]"`), the same step lines also go to RUN/tensorboard/ under the
 same names (`tensorboard --logdir RUN/tensorboard`), together with the viz pictures.
@@ -17,12 +21,15 @@ from __future__ import annotations
 
 import json
 import resource
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from mvm.atomic import ensure_dir, open_append, save_figure, write_atomic
+from mvm.atomic import OutputError, ensure_dir, open_append, save_figure, write_atomic
+from mvm.report_format import parse_jsonl
 
 
 def peak_mem_mb(device: torch.device) -> float:
@@ -32,20 +39,32 @@ def peak_mem_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """All lines of a JSONL file (empty when it does not exist)."""
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def read_jsonl(path: Path, warn: Callable[[str], None] = _warn) -> list[dict]:
+    """All records of a JSONL file (empty when it does not exist); a torn line is skipped and named
+    through `warn` (mvm.report_format.parse_jsonl)."""
     path = Path(path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return parse_jsonl(path.read_text(errors="replace"), str(path), warn)
 
 
-def truncate_after(path: Path, step: int) -> None:
-    """Keep only the lines with "step" <= step: a resumed run rewrites what followed its checkpoint."""
+def truncate_after(path: Path, step: int, warn: Callable[[str], None] = _warn) -> None:
+    """Keep only the lines with "step" <= step: a resumed run rewrites what followed its checkpoint
+    (and drops a torn line, named through `warn`, so the next line appended starts clean)."""
     path = Path(path)
     if path.is_file():
-        kept = [line for line in read_jsonl(path) if line.get("step", 0) <= step]
+        kept = [line for line in read_jsonl(path, warn) if _step_of(line) <= step]
         write_atomic(path, "".join(json.dumps(line) + "\n" for line in kept))
+
+
+def _step_of(record: dict) -> int | float:
+    """A record's step (0 when it has none); one that is not an int sorts after every step (dropped)."""
+    step = record.get("step", 0)
+    return step if isinstance(step, int) and not isinstance(step, bool) else float("inf")
 
 
 def tensorboard_writer(run: Path):
@@ -72,8 +91,11 @@ class MetricsLog:
     def write(self, record: dict) -> None:
         """Append one line; floats are rounded to 6 significant digits."""
         clean = {k: float(f"{v:.6g}") if isinstance(v, float) else v for k, v in record.items()}
-        self.file.write(json.dumps(clean) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps(clean) + "\n")
+            self.file.flush()
+        except OSError as error:  # a full disk: one line for the user, not a traceback
+            raise OutputError(f"cannot append to {self.path}: {error.strerror or error}") from None
         if self.mirror is not None and "event" not in clean and "step" in clean:
             for name, value in clean.items():
                 if name != "step" and isinstance(value, (int, float)):

@@ -25,6 +25,11 @@ one linear layer, initialised at zero.
     head = CameraMotionHead(embed_dim=128, rows=4, cols=7, hidden_frames=2)
     params = head(tokens)                                  # (B, 2, 3): tx, ty, s per hidden frame
     frames = warp(last_frame, camera_flow(params, (64, 112), patch_size=16))   # (B, 2, 3, 64, 112)
+
+`CameraMotionDecoder` puts these together behind the model's decoder interface (train/model.py):
+
+    decoder = CameraMotionDecoder(cfg)
+    pred = decoder(latent, ids_keep, video)        # (B, L, k * p * p * 3)
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from mvm.features import temporal_pool
+from mvm.train.config import ModelConfig
+from mvm.train.masks import future_steps
+from mvm.train.tokens import patch_grid, patchify, token_steps
 
 MOTION_PARAMS = 3
 """Per hidden frame: tx, ty (pixels) and s (pixels per patch of distance from the centre) of the backward flow."""
@@ -94,3 +102,39 @@ class CameraMotionHead(nn.Module):
         batch, steps = tokens.shape[:2]
         summary = temporal_pool(tokens.reshape(batch, steps, -1))  # (B, 3 * R * C * d)
         return self.linear(summary).reshape(batch, self.hidden_frames, MOTION_PARAMS)
+
+
+class CameraMotionDecoder(nn.Module):
+    """Visible tokens' features -> every token's pixels, the hidden frames as the last visible frame
+    moved (the model's `Decoder` interface). Needs the `future` mask and raw-pixel targets."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        steps = token_steps(cfg)
+        if cfg.mask_type != "future" or cfg.norm_pix_loss or steps < 2:
+            raise ValueError(
+                "camera-motion prediction needs mask_type future, raw-pixel targets (norm_pix_loss off) and at "
+                "least 2 token time steps"
+            )
+        self.cfg = cfg
+        self.visible_steps = steps - future_steps(steps, cfg.mask_ratio)
+        self.grid = patch_grid(cfg)
+        hidden_frames = (steps - self.visible_steps) * cfg.token_frames
+        self.head = CameraMotionHead(cfg.embed_dim, *self.grid, hidden_frames)
+
+    def forward(self, latent: torch.Tensor, ids_keep: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
+        """latent (B, L_vis, d) of the `future` mask's visible tokens (the first T_vis time steps, in
+        order; ids_keep (B, L_vis) is therefore not read); video (B, T, 3, H, W) -> pred
+        (B, L, k * p * p * 3): the input on visible tokens, the warped last visible frame on hidden ones.
+        """
+        batch, k = video.shape[0], self.cfg.token_frames
+        visible_tokens = self.visible_steps * self.grid[0] * self.grid[1]
+        if latent.shape[1] != visible_tokens:
+            raise ValueError(
+                f"camera-motion prediction needs the future mask's {visible_tokens} visible tokens, got {latent.shape[1]}"
+            )
+        params = self.head(latent.reshape(batch, self.visible_steps, *self.grid, -1))  # (B, F, 3)
+        last = video[:, self.visible_steps * k - 1]  # (B, 3, H, W)
+        moved = warp(last, camera_flow(params.float(), self.cfg.image_size, self.cfg.patch_size))
+        frames = torch.cat([video[:, : self.visible_steps * k], moved.to(video.dtype)], dim=1)
+        return patchify(frames, self.cfg.patch_size, k)

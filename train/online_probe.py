@@ -44,8 +44,8 @@ class OnlineProbe:
     """Ego-motion linear probe on a fixed, cached set of clips, evaluated on a model in training.
 
     urls: shard URLs (as from `mvm.train.data.resolve_shards`); max_clips: how many clips (the first
-    ones in shard order) are decoded and cached, once, at construction; decoder: "decord"|"pyav";
-    grid: the (gh, gw) grid the tokens are averaged over per frame (mvm/features.py); the gate
+    ones in shard order) are decoded and cached, once, at construction; decoder: one of
+    mvm.video.DECODER_CHOICES (the trainer passes its --decoder); grid: the (gh, gw) grid the tokens are averaged over per frame (mvm/features.py); the gate
     chooses its grid by CV, this trend line keeps a fixed one so its numbers stay comparable.
     """
 
@@ -53,7 +53,7 @@ class OnlineProbe:
         self,
         urls: list[str],
         max_clips: int = 256,
-        decoder: str = "decord",
+        decoder: str = "auto",
         batch_size: int = 16,
         regularization: float = 1.0,
         grid: Grid = ONLINE_GRID,

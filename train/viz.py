@@ -1,7 +1,7 @@
 """RUN/viz/step-NNNNNN.png: what the model reconstructs, on the same validation clips all run long.
 
     clips = pick_viz_clips(resolve_shards("demo/shards/val"), count=2)        # once per run
-    ids_keep, mask = fixed_mask(cfg, patches_per_frame, len(clips), seed)     # train/diagnostics.py
+    ids_keep, mask = fixed_mask(cfg, len(clips), seed)     # train/diagnostics.py
     render(model, clips_to_video(clips), ids_keep, mask, step, run / "viz" / "step-001000.png")
 
 Per clip, at most 4 frames spread over the clip (nearest-neighbour upscaled to >= 256 px wide),
@@ -31,7 +31,8 @@ from mvm.atomic import write_atomic
 from mvm.sampling import spread_subset
 from mvm.tensors import frames_to_video
 from mvm.train.data import ShardError, iter_clips
-from mvm.train.model import normalize_patches, patchify, unpatchify
+from mvm.train.model import normalize_patches
+from mvm.train.tokens import patchify, unpatchify
 
 MASKED_GREY = 0.5
 """Fill value of hidden patches in the 'masked input' row."""
@@ -214,7 +215,7 @@ def compose(rows: dict[str, torch.Tensor], title: str, caption: str, error_max: 
     return canvas
 
 
-def fixed_viz_inputs(config, patches_per_frame: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def fixed_viz_inputs(config) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(video (K, T, 3, H, W), ids_keep (K, L_vis), mask (K, L)): the clips and masks drawn all run long.
 
     Clips come from config.viz_shards, else config.probe_shards, else the training shards; masks
@@ -227,7 +228,7 @@ def fixed_viz_inputs(config, patches_per_frame: int) -> tuple[torch.Tensor, torc
     clips = pick_viz_clips(resolve_shards(spec), config.viz_clips, decoder=config.data.decoder)
     if not clips:
         raise ShardError(f"no readable clips for the RUN/viz pictures in {spec}")
-    ids_keep, mask = fixed_mask(config.model, patches_per_frame, len(clips), config.seed)
+    ids_keep, mask = fixed_mask(config.model, len(clips), config.seed)
     return clips_to_video(clips), ids_keep, mask
 
 

@@ -1,0 +1,78 @@
+"""Which tokens the encoder sees: masks drawn from the model config and a seeded generator.
+
+    ids_keep, mask = draw_mask(cfg, batch, generator)   # (B, L_vis) int64 sorted, (B, L) bool True = hidden
+
+Masking works on units counted in token time steps (cfg.mask_type, MASK_TYPES), so every clip
+keeps the same number of tokens and the batch stays rectangular. The draw is a pure function of
+the config, the batch size and the generator's state (the trainer seeds it from (seed, step, rank):
+mvm.train.engine.mask_generator).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mvm.train.config import ModelConfig
+from mvm.train.tokens import patch_grid, token_steps
+
+MASK_TYPES = ("tube", "tubelet", "random", "future")
+"""Masking units, counted in token time steps: tube = one spatial patch through all T' steps
+(VideoMAE); tubelet = one spatial patch through `mask_tubelet` consecutive steps; random = one token;
+future = the last `future_steps` whole time steps (predict what comes next; the same for every clip)."""
+
+
+def future_steps(steps: int, ratio: float) -> int:
+    """Token time steps the `future` mask hides of steps >= 2: Python's round(steps * ratio) (halves to
+    even), at least 1 and at most steps - 1."""
+    return min(steps - 1, max(1, round(steps * ratio)))
+
+
+def mask_units(cfg: ModelConfig) -> tuple[int, int, int]:
+    """(block, units, kept units) of cfg's mask over its T = token_steps(cfg) time steps and N patches
+    per frame: units of `block` consecutive steps at one position (block = T for tube, mask_tubelet
+    for tubelet, 1 for random), U = (T / block) * N of them, of which round(U * (1 - mask_ratio)) are
+    kept (at least one kept and one masked). Visible tokens = kept * block. future: units are
+    tokens; the first T - future_steps(T, mask_ratio) time steps are kept.
+    """
+    steps, (rows, cols), kind = token_steps(cfg), patch_grid(cfg), cfg.mask_type
+    patches_per_frame = rows * cols
+    if kind not in MASK_TYPES:
+        raise ValueError(f"unknown mask type {kind!r}; use one of {', '.join(MASK_TYPES)}")
+    if kind == "future":
+        if steps < 2:
+            raise ValueError("the future mask needs at least 2 token time steps")
+        return 1, steps * patches_per_frame, (steps - future_steps(steps, cfg.mask_ratio)) * patches_per_frame
+    block = {"tube": steps, "tubelet": cfg.mask_tubelet, "random": 1}[kind]
+    if block < 1 or steps % block:
+        raise ValueError(f"{steps} token time steps are not divisible by the tubelet length {block}")
+    units = (steps // block) * patches_per_frame
+    return block, units, min(max(1, round(units * (1 - cfg.mask_ratio))), units - 1)
+
+
+def draw_mask(cfg: ModelConfig, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample which tokens the encoder sees, for `batch` clips of cfg's token grid.
+
+    Returns ids_keep (B, L_vis) int64 sorted token indices and mask (B, L) bool, True = masked,
+    with L = T * N (T = token_steps(cfg) time steps, N patches per frame), both on the CPU.
+    round(U * (1 - mask_ratio)) of the U units of `mask_units` are kept, drawn independently per
+    clip from `generator` (one torch.rand of (B, U)); future: the last future_steps(T, mask_ratio)
+    time steps masked in every clip, and the generator is not used.
+    """
+    block, units, keep = mask_units(cfg)
+    steps, (rows, cols) = token_steps(cfg), patch_grid(cfg)
+    patches_per_frame = rows * cols
+    if cfg.mask_type == "future":  # no randomness: the first `keep` tokens (whole time steps) are visible
+        ids_keep = torch.arange(keep).expand(batch, -1).contiguous()
+        mask = torch.ones(batch, units, dtype=torch.bool)
+        mask[:, :keep] = False
+        return ids_keep, mask
+    kept_units = torch.rand(batch, units, generator=generator).argsort(dim=1)[:, :keep]  # (B, K)
+    # unit u = time block tb * N + position n covers tokens (tb * block + j) * N + n, j < block
+    first_token = (
+        kept_units // patches_per_frame
+    ) * block * patches_per_frame + kept_units % patches_per_frame
+    offsets = torch.arange(block) * patches_per_frame  # (block,)
+    ids_keep = (first_token.unsqueeze(-1) + offsets).reshape(batch, -1).sort(dim=1).values
+    mask = torch.ones(batch, steps * patches_per_frame, dtype=torch.bool)
+    mask.scatter_(1, ids_keep, False)
+    return ids_keep, mask
