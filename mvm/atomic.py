@@ -25,6 +25,7 @@ import errno
 import fcntl
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -186,6 +187,15 @@ def exclusive_lock(
             raise BusyError(
                 f"{folder} is in use by {holder}: one writer per folder (wait for it, or use another folder)"
             ) from None
+        except OSError as error:
+            if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                raise OutputError(_describe(error, lock_path)) from None
+            # A file system without flock (some network mounts): refusing every run there would
+            # make the tools unusable, so the run goes on unguarded and says so once.
+            warnings.warn(
+                f"{folder}: the file system does not support locks; nothing stops a second writer",
+                stacklevel=3,
+            )
         # Shared holders write the same text (no pid: there are several); whatever an exclusive
         # holder that died wrote is stale once anyone holds the lock.
         os.ftruncate(handle, 0)
