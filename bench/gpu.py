@@ -1,11 +1,20 @@
 """One-command GPU check: `make bench-gpu` or `python -m bench.gpu [--shards DIR]`.
 
-On a CUDA machine, in under 8 minutes, for the `small` and `base` presets at 144x256, T = 8
-(batch = the preset's per-GPU batch), it measures with mvm.train.engine (the trainer's own step):
+On a CUDA machine, in under 10 minutes, for the `small` and `base` presets at 144x256, T = 8
+(batch = the preset's per-GPU batch unless said), it measures with mvm.train.engine (the trainer's
+own step), most telling first, so a spent budget drops the least:
 - synthetic on-device batches (the model alone): step time, clips/s, peak memory, MFU, for
-  bf16 autocast vs fp32 and eager vs torch.compile;
-- the real shard loader (mvm.train.loop.data_stream, the preset's W DataLoader workers, bf16 eager):
-  data_wait_frac, step time and clips/s as training would see them;
+  bf16 autocast vs fp32, eager;
+- the real shard loader (mvm.train.loop.data_stream, bf16 eager): data_wait_frac, step time and
+  clips/s as training would see them, for each decoder (`LOADER_DECODERS`: auto = PyAV I420 in the
+  preset's W workers, PyAV RGB in the workers, nvdec in the training process) and, for `small`,
+  against the number of workers (`WORKER_COUNTS`);
+- the NVDEC check: max |difference| and PSNR of NVDEC's I420 planes against PyAV's on the same clips;
+- larger per-GPU batches (`BATCH_FACTORS` x the preset's, bf16 eager) until one does not fit:
+  clips/s, peak memory and MFU at each;
+- torch.compile in each of `COMPILE_MODES` (reduce-overhead = CUDA graphs: fewer launches);
+- the main process's per-stage loader profile, where bench's loader benchmark provides it
+  (`stage_profile`, a hook: issue 24 item 1);
 - with 2+ GPUs: DDP step time at world 1 and world N on synthetic batches (equal per-rank batch),
   and the exposed DDP overhead = step time(N) / step time(1) - 1.
 Results: bench/results-gpu.json and bench/results-gpu.md (a markdown table naming the device).
@@ -50,7 +59,7 @@ import torch
 
 from mvm.atomic import ensure_dir, write_atomic
 from mvm.report_format import dumps_json
-from mvm.train.config import ModelConfig, TrainConfig, apply_overrides, preset
+from mvm.train.config import COMPILE_MODES, ModelConfig, TrainConfig, apply_overrides, preset
 from mvm.train.engine import build_optimizer, step_on_batch, wrap_model
 from mvm.train.masks import future_steps, mask_units
 from mvm.train.model import build_model
@@ -68,6 +77,14 @@ PEAK_BF16_TFLOPS = {
     "A10": 125.0,
 }
 """Dense bf16 tensor-core peaks (vendor datasheets, no sparsity); the first name found in the device name wins."""
+LOADER_DECODERS = (("auto", None), ("pyav", None), ("nvdec", 0))
+"""(--decoder, workers or None for the preset's) of the loader rows: nvdec decodes in the training process."""
+WORKER_COUNTS = (1, 2, 4, 8, 12)
+"""DataLoader workers of the worker-scaling rows (small, decoder auto)."""
+BATCH_FACTORS = (2, 4, 8)
+"""Per-GPU batch = factor x the preset's, tried in order until one runs out of memory."""
+NVDEC_CHECK_CLIPS = 32
+"""Clips decoded by both NVDEC and PyAV for the comparison."""
 
 
 def log(message: str) -> None:
@@ -114,19 +131,19 @@ def synthetic_steps(
     device: torch.device,
     *,
     bf16: bool,
-    compile_model: bool,
+    compile_mode: str | None,
     warmup: int,
     steps: int,
     world: int = 1,
     rank: int = 0,
 ) -> dict:
     """Time `steps` trainer steps (engine.step_on_batch, after `warmup`) on one random on-device batch of
-    the preset's size, on rank `rank` of `world`."""
+    config.data.batch_size clips, on rank `rank` of `world`; compile_mode: a COMPILE_MODES entry, None = eager."""
     torch.manual_seed(config.seed)
     cfg_m, batch = config.model, config.data.batch_size
     model = build_model(cfg_m).to(device)
     optimizer = build_optimizer(model, config.optim)
-    step_model, _ = wrap_model(model, device, world, compile_model)
+    step_model, _ = wrap_model(model, device, world, compile_mode is not None, compile_mode or "default")
     generator = torch.Generator().manual_seed(0)
     video = torch.rand(batch, cfg_m.clip_len, 3, *cfg_m.image_size, generator=generator).to(device)
     if device.type == "cuda":
@@ -155,6 +172,7 @@ def synthetic_steps(
 
 def loader_steps(config: TrainConfig, shards: str, device: torch.device, *, warmup: int, steps: int) -> dict:
     """The real input pipeline feeding the trainer's step (bf16 on CUDA): data_wait_frac, step time, clips/s."""
+    from mvm.nvdec import nvdec_problem
     from mvm.shards import resolve_shards, shard_clip_counts
     from mvm.tensors import to_video
     from mvm.train.data import hands_over_i420
@@ -185,6 +203,8 @@ def loader_steps(config: TrainConfig, shards: str, device: torch.device, *, warm
     finally:
         stream.close()
     decoder = config.data.decoder + (" (I420 on the device)" if hands_over_i420(config.data.decoder) else "")
+    if config.data.decoder == "nvdec" and nvdec_problem() is not None:
+        decoder += f", fell back to PyAV: {nvdec_problem()}"
     return {"workers": config.data.workers, "decoder": decoder, "batch": config.data.batch_size,
             "data_wait_frac": waited / elapsed, "step_time_s": elapsed / steps,
             "clips_per_s": steps * config.data.batch_size / elapsed}  # fmt: skip
@@ -202,7 +222,7 @@ def _ddp_worker(
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
     try:
-        result = synthetic_steps(config, device, bf16=device.type == "cuda", compile_model=False, warmup=3,
+        result = synthetic_steps(config, device, bf16=device.type == "cuda", compile_mode=None, warmup=3,
                                  steps=steps, world=world, rank=rank)  # fmt: skip
         if rank == 0:
             write_atomic(out, json.dumps(result))
@@ -285,6 +305,38 @@ def measure(rows: list[dict], budget: Budget, limit_s: float, row: dict, fn: Cal
         torch._dynamo.reset()
 
 
+def nvdec_check(shards: str, clips: int) -> dict:
+    """mvm.nvdec.compare_with_pyav on the first `clips` clips of the shards (in the training process)."""
+    from mvm.nvdec import compare_with_pyav, nvdec_problem
+    from mvm.shards import iter_verified, resolve_shards
+
+    problem = nvdec_problem()
+    if problem is not None:
+        raise RuntimeError(f"nvdec cannot run here: {problem}")
+    mp4s = []
+    for url in resolve_shards(shards):
+        mp4s += [sample["mp4"] for sample in iter_verified(url)][: clips - len(mp4s)]
+    return compare_with_pyav(mp4s)
+
+
+STAGE_PROFILE = ("bench.loader_scaling", "gpu_profile")
+"""The hook for the main process's per-stage loader profile (issue 24 item 1, bench's loader
+benchmark): module and function `gpu_profile(shards: str, device, workers: list[int]) -> list[dict]`,
+one dict per worker count with the seconds per batch of each stage. Until it exists the row says so."""
+
+
+def stage_profile(shards: str, device: torch.device, workers: list[int]) -> dict:
+    """The hook's rows as {"profile": [...]}; RuntimeError naming the hook where it is not there yet."""
+    import importlib
+
+    module, function = STAGE_PROFILE
+    try:
+        profile = getattr(importlib.import_module(module), function)
+    except (ImportError, AttributeError):
+        raise RuntimeError(f"skipped: {module}.{function} is not there yet (issue 24 item 1)") from None
+    return {"profile": profile(shards, device, workers)}
+
+
 def run_all(
     configs: dict[str, TrainConfig],
     device: torch.device,
@@ -296,38 +348,61 @@ def run_all(
     compile_warmup: int,
     loader_steps_n: int,
     work: Path,
-    compiled: bool = True,
+    compile_modes: tuple[str, ...] = COMPILE_MODES,
+    worker_counts: tuple[int, ...] = WORKER_COUNTS,
+    batch_factors: tuple[int, ...] = BATCH_FACTORS,
+    nvdec_clips: int = NVDEC_CHECK_CLIPS,
 ) -> dict:
-    """Every measurement for every config (name -> TrainConfig at the bench's size); the results dict.
-
-    compiled=False leaves out the torch.compile rows (CPU tests: inductor takes minutes there).
-    """
+    """Every measurement for every config (name -> TrainConfig at the bench's size), most telling
+    first; the results dict. Worker scaling runs on the first config. compile_modes=() leaves out
+    the torch.compile rows (CPU tests: inductor takes minutes there)."""
     budget = Budget(budget_s, time.perf_counter())
     rows: list[dict] = []
-    for name, config in configs.items():  # the eager rows first: they are quick and always useful
-        for precision in ("bf16", "fp32"):
-            if precision == "bf16" and device.type != "cuda":
-                continue  # bf16 autocast on CPU is not what training uses there
-            measure(rows, budget, 120, {"kind": "model", "preset": name, "precision": precision, "mode": "eager"},
-                    lambda c=config, p=precision: synthetic_steps(c, device, bf16=p == "bf16", compile_model=False,
-                                                                  warmup=warmup, steps=steps))  # fmt: skip
-    for name, config in configs.items():
-        row = {
-            "kind": "loader",
-            "preset": name,
-            "precision": "bf16" if device.type == "cuda" else "fp32",
-            "mode": "eager",
-        }
+    precision = "bf16" if device.type == "cuda" else "fp32"  # bf16 autocast on CPU is not what training uses
+
+    def model_row(name, config, precision, mode, factor=1, limit=120):
+        batch = config.data.batch_size * factor
+        config = replace(config, data=replace(config.data, batch_size=batch))
+        row = {"kind": "model", "preset": name, "precision": precision, "mode": mode, "batch": batch}
+        measure(rows, budget, limit, row, lambda: synthetic_steps(
+            config, device, bf16=precision == "bf16", compile_mode=None if mode == "eager" else mode,
+            warmup=warmup if mode == "eager" else compile_warmup, steps=steps))  # fmt: skip
+
+    def loader_row(name, config, decoder, workers):
+        workers = config.data.workers if workers is None else workers
+        config = replace(config, data=replace(config.data, decoder=decoder, workers=workers))
+        row = {"kind": "loader", "preset": name, "precision": precision, "mode": "eager",
+               "batch": config.data.batch_size}  # fmt: skip
         if shards is None:
             rows.append({**row, "error": "skipped: no --shards and no devkit to build them"})
-            continue
-        measure(rows, budget, 150, row,
-                lambda c=config: loader_steps(c, shards, device, warmup=warmup, steps=loader_steps_n))  # fmt: skip
-    for name, config in configs.items() if compiled else ():
-        precision = "bf16" if device.type == "cuda" else "fp32"
-        measure(rows, budget, 240, {"kind": "model", "preset": name, "precision": precision, "mode": "compiled"},
-                lambda c=config, p=precision: synthetic_steps(c, device, bf16=p == "bf16", compile_model=True,
-                                                              warmup=compile_warmup, steps=steps))  # fmt: skip
+            return
+        measure(rows, budget, 150, row, lambda: loader_steps(config, shards, device, warmup=warmup,
+                                                              steps=loader_steps_n))  # fmt: skip
+
+    for name, config in configs.items():  # the eager rows first: they are quick and always useful
+        for each in ("bf16", "fp32") if device.type == "cuda" else ("fp32",):
+            model_row(name, config, each, "eager")
+    for name, config in configs.items():
+        for decoder, workers in LOADER_DECODERS:
+            loader_row(name, config, decoder, workers)
+    checks: list[dict] = []
+    if shards is not None:
+        measure(checks, budget, 60, {"kind": "nvdec-check"}, lambda: nvdec_check(shards, nvdec_clips))
+    name, config = next(iter(configs.items()))
+    for workers in worker_counts:
+        if workers != config.data.workers:  # the preset's own count is already a loader row
+            loader_row(name, config, "auto", workers)
+    for name, config in configs.items():
+        for factor in batch_factors:
+            model_row(name, config, precision, "eager", factor)
+            if "OutOfMemoryError" in rows[-1].get("error", ""):
+                break  # larger ones do not fit either
+    for mode in compile_modes:
+        for name, config in configs.items():
+            model_row(name, config, precision, mode, limit=240)
+    if shards is not None:
+        measure(checks, budget, 150, {"kind": "stage-profile"},
+                lambda: stage_profile(shards, device, [0, *worker_counts]))  # fmt: skip
     count = torch.cuda.device_count() if device.type == "cuda" else 0
     ddp = []
     if count >= 2:
@@ -336,36 +411,35 @@ def run_all(
                     lambda c=config: ddp_scaling(c, count, "cuda", work, steps))  # fmt: skip
     return {
         "rows": rows,
+        "checks": checks,
         "ddp": ddp,
         "ddp_note": None if count >= 2 else f"{max(count, 1)} GPU: no DDP scaling rows",
     }
 
 
 def markdown(results: dict) -> str:
-    """The README table: one line per measurement, the device named in the heading."""
+    """The README table: one line per measurement, the device named in the heading; then the checks."""
     from mvm.report_format import fmt, markdown_table
 
     lines = [f"GPU check on **{results['device']}** ({results['torch']}, {results['date']}; "
-             f"{results['size']} T={results['clip_len']}, batch = the preset's per GPU):", ""]  # fmt: skip
-    header = [
-        "kind",
-        "preset",
-        "precision",
-        "mode",
-        "clips/s",
-        "step s",
-        "peak MiB",
-        "MFU",
-        "data_wait_frac",
-        "note",
-    ]
+             f"{results['size']} T={results['clip_len']}):", ""]  # fmt: skip
+    header = ["kind", "preset", "precision", "mode", "batch", "clips/s", "step s", "peak MiB", "MFU",
+              "data_wait_frac", "note"]  # fmt: skip
     body = []
     for row in results["rows"]:
-        body.append([row["kind"], row["preset"], row["precision"], row["mode"], fmt(row.get("clips_per_s"), 1),
-                     fmt(row.get("step_time_s"), 4), fmt(row.get("peak_mem_mb"), 0), fmt(row.get("mfu"), 3),
-                     fmt(row.get("data_wait_frac"), 3),
-                     row.get("error", f"W={row['workers']} {row['decoder']}" if row["kind"] == "loader" else "")])  # fmt: skip
+        note = f"W={row['workers']} {row['decoder']}" if "workers" in row else ""
+        body.append([row["kind"], row["preset"], row["precision"], row["mode"], row["batch"],
+                     fmt(row.get("clips_per_s"), 1), fmt(row.get("step_time_s"), 4), fmt(row.get("peak_mem_mb"), 0),
+                     fmt(row.get("mfu"), 3), fmt(row.get("data_wait_frac"), 3), row.get("error", note)])  # fmt: skip
     lines.append(markdown_table(header, body))
+    for row in results.get("checks", []):
+        if "error" in row:
+            lines.append(f"\n{row['kind']}: {row['error']}")
+        elif row["kind"] == "nvdec-check":
+            lines.append(f"\nNVDEC vs PyAV I420 on {row['clips']} clips: max |difference| {row['max_abs_diff']}, "
+                         f"PSNR {fmt(row['psnr_db'], 2)} dB.")  # fmt: skip
+        else:
+            lines.append(f"\nLoader stage profile (main process, s per batch): {json.dumps(row['profile'])}")
     for row in results["ddp"]:
         if "error" in row:
             lines.append(f"\nDDP {row['preset']}: {row['error']}")
@@ -405,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__.split("\n\n")[0])
     parser.add_argument("--shards", help="pre-built shard folder at 144x256, T=8 (else built with mvm-synth)")
     parser.add_argument(
-        "--budget-s", type=float, default=450, help="total wall-clock budget in seconds [450]"
+        "--budget-s", type=float, default=540, help="total wall-clock budget in seconds [540]"
     )
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -423,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"could not build shards: {error}")
     configs = {name: bench_config(name) for name in ("small", "base")}
     results = run_all(configs, device, shards, budget_s=args.budget_s, warmup=3, steps=10, compile_warmup=3,
-                      loader_steps_n=20, work=work)  # fmt: skip
+                      loader_steps_n=30, work=work)  # fmt: skip
     results.update({"device": torch.cuda.get_device_name(device), "gpus": torch.cuda.device_count(),
                     "torch": torch.__version__, "cuda": torch.version.cuda, "python": sys.version.split()[0],
                     "date": time.strftime("%Y-%m-%d"), "size": f"{SIZE[0]}x{SIZE[1]}", "clip_len": CLIP_LEN,
