@@ -17,7 +17,7 @@ from _train_helpers import REPO, write_shards
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench import gpu
+from bench import gpu, gpu_steps
 from mvm.report_format import dumps_json
 from mvm.train.config import COMPILE_MODES, TrainConfig, apply_overrides, tiny, validate
 from mvm.train.engine import build_optimizer, step_on_batch, wrap_model
@@ -51,14 +51,14 @@ def test_forward_flops_formula_matches_torch_flop_counter(mask_type, token_frame
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         model(video, ids_keep, mask)
     counted = counter.get_total_flops() / 2
-    assert abs(gpu.forward_flops(cfg) - counted) / counted < 0.02
+    assert abs(gpu_steps.forward_flops(cfg) - counted) / counted < 0.02
 
 
 def test_peak_table_names():
-    assert gpu.peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
-    assert gpu.peak_tflops("NVIDIA H100 PCIe") == 756.0
-    assert gpu.peak_tflops("NVIDIA H200") == 989.0
-    assert gpu.peak_tflops("Some Future GPU") is None
+    assert gpu_steps.peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+    assert gpu_steps.peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert gpu_steps.peak_tflops("NVIDIA H200") == 989.0
+    assert gpu_steps.peak_tflops("Some Future GPU") is None
 
 
 def test_run_all_on_cpu_with_the_real_loader(tmp_path):
@@ -175,6 +175,6 @@ def test_training_and_bench_gpu_import_no_devkit():
 
 @pytest.mark.slow
 def test_ddp_scaling_rows_on_cpu(tmp_path):
-    row = gpu.ddp_scaling(small_config(), 2, "cpu", tmp_path, steps=2)
+    row = gpu_steps.ddp_scaling(small_config(), 2, "cpu", tmp_path, steps=2)
     assert row["world"] == 2 and row["step_time_s_world1"] > 0 and row["step_time_s_worldN"] > 0
     assert row["ddp_overhead"] == pytest.approx(row["step_time_s_worldN"] / row["step_time_s_world1"] - 1)
