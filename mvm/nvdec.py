@@ -4,16 +4,18 @@
 decoder reads the same shards) into the same uint8 (T, 3H/2, W) I420 planes as mvm.video.decode_i420,
 but as a CUDA tensor: the batch is then converted to RGB where it already is (mvm.tensors.to_video).
 
-Why PyNvVideoCodec: of the candidates it is the one that installs from PyPI as one wheel (27 MB,
-cp312 manylinux x86-64, its own FFmpeg demuxer inside; it needs only the driver's libnvcuvid),
-decodes from bytes in memory (no temporary file) and hands frames over by DLPack. torchcodec's
-PyPI wheel is CPU-only (its CUDA build comes from another index) and needs the system's FFmpeg
-libraries; DALI's wheel is ~0.5 GB and brings its own pipeline.
+Why PyNvVideoCodec: of the candidates it is the one that installs from PyPI as one wheel (26.9 MB,
+cp312 manylinux x86-64, its own FFmpeg demuxer inside; from the system it needs only the driver's
+video libraries, libnvcuvid and libnvidia-encode, which its import checks), decodes from bytes in
+memory (no temporary file) and hands frames over by DLPack. torchcodec's CUDA decoder needs its
+CUDA build, which PyPI does not carry, and the system's FFmpeg libraries; DALI brings its own
+pipeline and loader, a second input pipeline to keep in step with mvm.train.data. H.264 decoding
+is specified bit-exactly, so NVDEC's planes should equal PyAV's: `compare_with_pyav` checks it.
 
 Where decoding happens: in the training process. DataLoader workers are forked from a process that
 has already initialised CUDA, and CUDA cannot be initialised again in a forked child; so a worker
 asked for nvdec says so once and decodes with PyAV instead. With `--workers 0` the training process
-reads, shuffles and decodes, and NVDEC's work overlaps the GPU's training kernels.
+reads, shuffles and decodes; NVDEC is an engine of its own, apart from the SMs that train.
 
 Without a CUDA device or without PyNvVideoCodec, nvdec says why in one line (a RuntimeWarning, once
 per process) and the PyAV path runs: the same thing the optional CPU decoders do when missing.
