@@ -24,6 +24,8 @@ rest go on.
 
 Shards: `--shards DIR` (pre-built at 144x256, T=8: see README "GPU check"), else, where the
 nuScenes devkit is installed, a small set is built with mvm-synth + mvm-ingest into bench/work/.
+The nvdec rows need PyNvVideoCodec (`pip install pynvvideocodec`; on an offline GPU image, its
+wheel carried along); without it they say so and show PyAV's rate.
 The measurements themselves and the MFU formula: bench/gpu_steps.py.
 """
 
