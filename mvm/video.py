@@ -38,10 +38,11 @@ NOMINAL_FPS = 12
 """Container frame rate (CAM_FRONT runs at ~12 Hz); frame times in the MP4 are index / NOMINAL_FPS."""
 DECODERS = ("pyav", "decord", "torchcodec")
 """Decoders `decode_clip` knows. PyAV is always installed; decord and torchcodec are optional."""
-DECODER_CHOICES = ("auto", "pyav-i420", *DECODERS)
+DECODER_CHOICES = ("auto", "pyav-i420", "nvdec", *DECODERS)
 """The --decoder values of every stage (mvm-train, mvm-probe, the online probe): "auto" (see AUTO;
 the trainer takes "pyav-i420" when CUDA is available), "pyav-i420" (PyAV; the trainer's workers
-hand over I420 planes, train/data.py; RGB readers decode with PyAV) or one of DECODERS."""
+hand over I420 planes, train/data.py; RGB readers decode with PyAV), "nvdec" (the trainer decodes
+I420 planes on the GPU, mvm/nvdec.py; elsewhere, or where it cannot run, PyAV) or one of DECODERS."""
 AUTO = "pyav"
 """The decoder `"auto"` means: PyAV fed by h264_samples decodes fastest here (bench/results.md:
 PyAV RGB 1.5x decord's clips per CPU-second; torchcodec's PyPI wheel did not load on this CPU-only
@@ -292,7 +293,8 @@ def decord_available() -> bool:
 
 
 @functools.cache
-def _warn_fallback(name: str, problem: str) -> None:
+def warn_fallback(name: str, problem: str) -> None:
+    """One RuntimeWarning per process and reason: decoder `name` cannot run, PyAV decodes instead."""
     warnings.warn(
         f"video decoder {name} cannot run here ({problem}); decoding with PyAV instead",
         RuntimeWarning,
@@ -308,7 +310,7 @@ def resolve_decoder(name: str) -> str:
     problem = decoder_problem(name)
     if problem is None:
         return name
-    _warn_fallback(name, problem)
+    warn_fallback(name, problem)
     return "pyav"
 
 

@@ -29,6 +29,8 @@ MASK_TYPES = ("tube", "tubelet", "random", "future")
 """ModelConfig.mask_type values (train/masks.py: draw_mask)."""
 PREDICTIONS = ("pixels", "camera-motion")
 """ModelConfig.prediction values: the decoders (train/model.py DECODERS; train/pixel_decoder.py, train/motion.py)."""
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
+"""TrainConfig.compile_mode values: the torch.compile modes (train/engine.py wrap_model)."""
 
 
 @dataclass
@@ -102,7 +104,9 @@ class DataConfig:
     colour conversion in the worker) and the batch is converted to RGB on the training device;
     "pyav", "decord", "torchcodec": RGB from that decoder (a missing one falls back to PyAV with a
     warning); "auto": "pyav-i420" when CUDA is available, else "pyav" (the fastest, measured in
-    bench/results.md)."""
+    bench/results.md); "nvdec": the GPU's H.264 decoder (PyNvVideoCodec) in the training process,
+    I420 planes already on the GPU; it runs with --workers 0 only (forked workers cannot use CUDA)
+    and where it cannot run (no CUDA, package missing, workers) it says why once and PyAV decodes."""
     repeat_aug: int = option(1, low=1)
     """Repeated sampling (MAE-ST's repeat_aug): each decoded clip fills K consecutive rows of the
     batch, each with its own mask. batch_size stays the rows per step (model cost per step is
@@ -151,6 +155,10 @@ class TrainConfig:
     """"auto" (CUDA when available), "cpu" or "cuda"."""
     compile: bool = option(False, resume_may_change=True)
     """torch.compile the model (outside DDP, so gradient all-reduce still overlaps backward)."""
+    compile_mode: str = option("default", choices=COMPILE_MODES, resume_may_change=True)
+    """torch.compile mode with --compile: "default"; "reduce-overhead" (CUDA graphs: one launch per
+    graph instead of one per kernel, for small launch-bound steps; more memory); "max-autotune-no-cudagraphs"
+    (searches matmul kernels, compiles longer). Measured per mode by `make bench-gpu`."""
     precision: str = option("auto", choices=("auto", "bf16", "fp32"), resume_may_change=True)
     """"auto" (bf16 autocast on CUDA, fp32 on CPU), "bf16" or "fp32"; weights and optimizer state stay fp32."""
     log_every: int = option(10, low=1, resume_may_change=True)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from mvm.nvdec import NVDEC, decode_i420_cuda, nvdec_runs
 from mvm.shards import DamagedShardError, ShardError
 
 # The one sample reader: raw samples {"key", "url", "index", "<ext>": bytes} of a listed shard,
@@ -36,8 +37,9 @@ def decode_sample(
     """mp4 + json of a raw sample -> (frames, metadata); ShardError naming shard and key.
 
     frames: uint8 (T, H, W, 3) RGB from `decoder` (a DataConfig.decoder or an mvm.video decoder
-    name), or with i420=True uint8 (T, 3H/2, W) I420 planes
-    from PyAV (mvm.video.decode_i420). shape: the expected RGB (T, H, W, 3), checked either way.
+    name), or with i420=True uint8 (T, 3H/2, W) I420 planes from PyAV (mvm.video.decode_i420), or
+    from NVDEC as a CUDA tensor for decoder "nvdec" where it runs (mvm.nvdec; elsewhere PyAV, with
+    one warning). shape: the expected RGB (T, H, W, 3), checked either way.
     """
     where = f"shard {sample['url']}, sample {sample['key']}"
     if "mp4" not in sample or "json" not in sample:
@@ -46,9 +48,11 @@ def decode_sample(
         )
     try:
         meta = json.loads(sample["json"])
-        frames = (
-            decode_i420(sample["mp4"]) if i420 else decode_clip(sample["mp4"], backend=rgb_decoder(decoder))
-        )
+        on_gpu = decoder == NVDEC and nvdec_runs()  # where it cannot run: says why, once
+        if i420:
+            frames = decode_i420_cuda(sample["mp4"]) if on_gpu else decode_i420(sample["mp4"])
+        else:
+            frames = decode_clip(sample["mp4"], backend=rgb_decoder(decoder))
     except Exception as error:  # decord, PyAV and torchcodec raise their own types for broken streams
         raise DamagedShardError(f"{where}: cannot decode: {error}") from error
     if shape is not None:
@@ -62,16 +66,17 @@ def decode_sample(
 def hands_over_i420(decoder: str) -> bool:
     """Whether the trainer's workers hand over I420 planes for DataConfig.decoder `decoder`.
 
-    "pyav-i420": always; "auto": when CUDA is available (the batch is converted on the GPU, where it
-    costs nothing; on a CPU the conversion in the training process costs more than the workers'
-    RGB decode saves); a named RGB decoder: never. Called in the main process, before workers fork.
+    "pyav-i420": always; "auto" and "nvdec": when CUDA is available (the batch is converted on the
+    GPU, where it costs nothing; on a CPU the conversion in the training process costs more than
+    the workers' RGB decode saves); a named RGB decoder: never. Called in the main process, before
+    workers fork.
     """
-    return decoder == "pyav-i420" or (decoder == "auto" and torch.cuda.is_available())
+    return decoder == "pyav-i420" or (decoder in ("auto", NVDEC) and torch.cuda.is_available())
 
 
 def rgb_decoder(decoder: str) -> str:
-    """The mvm.video decoder name behind a DataConfig.decoder ("pyav-i420" decodes with PyAV)."""
-    return "pyav" if decoder == "pyav-i420" else decoder
+    """The mvm.video decoder name behind a DataConfig.decoder ("pyav-i420" and "nvdec" decode RGB with PyAV)."""
+    return "pyav" if decoder in ("pyav-i420", NVDEC) else decoder
 
 
 def iter_clips(
@@ -138,7 +143,7 @@ def decoded(samples: Iterator[dict], decoder: str, i420: bool, shape, on_bad_sam
                 raise
             yield {"key": sample["key"], "bad": str(error)}
             continue
-        yield {"key": sample["key"], "frames": torch.from_numpy(frames)}
+        yield {"key": sample["key"], "frames": torch.as_tensor(frames)}  # numpy, or CUDA from nvdec
 
 
 class RankStream(IterableDataset):

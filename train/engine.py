@@ -129,13 +129,18 @@ class CommTimer:
 
 
 def wrap_model(
-    model: torch.nn.Module, device: torch.device, world: int, compile_model: bool
+    model: torch.nn.Module,
+    device: torch.device,
+    world: int,
+    compile_model: bool,
+    compile_mode: str = "default",
 ) -> tuple[torch.nn.Module, CommTimer | None]:
     """(the module the step runs, its CommTimer or None on one process).
 
     world > 1: DistributedDataParallel (buckets all-reduced during backward) with the timing hook.
     compile_model: torch.compile on the outside, so DDP's graph splitting at bucket boundaries
-    (DDPOptimizer) keeps the overlap. Checkpoints always save `model` itself, never the wrappers.
+    (DDPOptimizer) keeps the overlap; compile_mode: a TrainConfig.compile_mode (torch.compile's
+    mode). Checkpoints always save `model` itself, never the wrappers.
     """
     timer = None
     if world > 1:
@@ -145,7 +150,7 @@ def wrap_model(
         timer = CommTimer(device)
         model.register_comm_hook(None, timer.hook)
     if compile_model:
-        model = torch.compile(model)
+        model = torch.compile(model, mode=compile_mode)
     return model, timer
 
 

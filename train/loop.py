@@ -257,7 +257,7 @@ def _train(config, run, resume_state, console, rank, world, device) -> int:
     probe = online_probe(config) if lead else None
     model, optimizer, step = build_training(config, device, resume_state)
     position = start_position(resume_state, rank, world)
-    step_model, comm_timer = wrap_model(model, device, world, config.compile)
+    step_model, comm_timer = wrap_model(model, device, world, config.compile, config.compile_mode)
     model.train()
     bf16 = use_bf16(config, device)
     keys_log, log = open_logs(config, run, rank, step, position if resume_state is not None else None)
