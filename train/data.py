@@ -14,8 +14,10 @@ checked against the manifest's sha256 the first time a process opens it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,14 +160,31 @@ class EpochPlans:
         return plan_epoch(list(self.counts), self.world, self.workers, self.seed, epoch)[self.rank]
 
 
-class RankStream(IterableDataset):
-    """One rank's samples, epoch after epoch, from (start_epoch, consumed); each DataLoader worker runs
-    one slot of every epoch's plan, so the workers live as long as the stream (no restart per epoch).
+HANDOVER_CLIPS = 8
+"""Items a worker hands over at once, their clips stacked in one tensor: each hand-over costs the training
+process about 0.5 ms of CPU (a shared-memory segment and a file descriptor per tensor), 7x less per clip
+in groups of 8 (bench/loader_scaling.py)."""
 
-    Items: {"epoch", "key", "frames" | "bad"}, or a filler {"epoch"} with no key. Every worker yields the
-    same number of items per epoch (its samples, then fillers), so the DataLoader's strict round robin
-    crosses each epoch boundary at worker 0, and dropping the fillers gives exactly the order of a
-    fresh round robin per epoch in which an exhausted worker leaves the cycle (split.consumed_per_worker).
+
+def handovers(items: Iterator[dict], epoch: int, count: int) -> Iterator[dict]:
+    """`count` items (`items`, cut or padded with fillers {}) in groups of HANDOVER_CLIPS, count a multiple
+    of it: {"epoch", "items": [{"key"} | {"key", "bad"} | {}], "frames": (good items, ...) uint8 or None}."""
+    padded = itertools.chain(itertools.islice(items, count), itertools.repeat({}))
+    for _ in range(count // HANDOVER_CLIPS):
+        group = [dict(item) for item in itertools.islice(padded, HANDOVER_CLIPS)]
+        clips = [item.pop("frames") for item in group if "frames" in item]
+        yield {"epoch": epoch, "items": group, "frames": torch.stack(clips) if clips else None}
+
+
+class RankStream(IterableDataset):
+    """One rank's samples, epoch after epoch, from (start_epoch, consumed), as `handovers`; each DataLoader
+    worker runs one slot of every epoch's plan, so the workers live as long as the stream.
+
+    Every worker hands over the same number of items per epoch (its samples, then fillers, rounded up to
+    whole hand-overs), so the DataLoader's strict round robin over workers crosses each epoch boundary at
+    worker 0 and EpochReader can deal the items out one by one, worker after worker: dropping the fillers
+    gives exactly the order of a fresh round robin per epoch in which an exhausted worker leaves the cycle
+    (mvm.train.split.consumed_per_worker).
     """
 
     def __init__(self, urls, plans: Callable[[int], list[SlotPlan]], start_epoch: int, consumed: int, cfg,
@@ -199,38 +218,49 @@ class RankStream(IterableDataset):
             # The round robin starts at physical worker 0; rotating makes a resumed stream continue
             # with the worker that was next in the interrupted run (later epochs start at worker 0).
             worker = (physical + phase) % len(slots)
-            length = max(slot.clips - done for slot, done in zip(slots, skip, strict=True))
+            longest = max(slot.clips - done for slot, done in zip(slots, skip, strict=True))
             rng = np.random.default_rng(np.random.SeedSequence([self.seed, epoch, self.rank, worker]))
             samples = shuffled(slot_samples(self.urls, slots[worker]), self.cfg.shuffle_buffer, rng)
             items = decoded(skipped(samples, skip[worker]), self.cfg.decoder, self.i420, self.shape,
                             self.cfg.on_bad_sample)  # fmt: skip
-            given = 0
-            for item in items:
-                given += 1
-                yield {"epoch": epoch, **item}
-            for _ in range(length - given):  # a damaged shard gives fewer items than planned
-                yield {"epoch": epoch}
+            # A damaged shard gives fewer items than planned (fillers make up for them), or one error
+            # record more, after all of its planned samples (dropped: no sample is lost).
+            yield from handovers(items, epoch, -(-longest // HANDOVER_CLIPS) * HANDOVER_CLIPS)
             epoch += 1
 
 
 class EpochReader:
-    """The main process's side of a RankStream: its merged items split back into epochs, fillers dropped."""
+    """The training process's side of a RankStream: its hand-overs dealt out item by item, worker after
+    worker, and split back into epochs, fillers dropped."""
 
-    def __init__(self, items: Iterator[dict]):
-        self.items = items
-        self.pending: dict | None = None
-        """The first item of an epoch, read while ending the one before."""
+    def __init__(self, handed_over: Iterator[dict], workers: int):
+        self.handed_over = handed_over
+        self.queues: list[deque[dict]] = [deque() for _ in range(max(workers, 1))]
+        """Per worker: its items not yet dealt (each with its epoch, and its clip as a view of the stack)."""
+        self.turn = 0
+        """The worker whose item comes next."""
+
+    def next_item(self) -> dict | None:
+        """The item whose turn it is, not yet taken (None when the stream has ended)."""
+        queue = self.queues[self.turn]
+        if not queue:
+            handover = next(self.handed_over, None)  # the DataLoader's round robin: this worker's next
+            if handover is None:
+                return None
+            clips = iter(handover["frames"] if handover["frames"] is not None else ())
+            for item in handover["items"]:
+                item = {"epoch": handover["epoch"], **item}
+                if "key" in item and "bad" not in item:
+                    item["frames"] = next(clips)
+                queue.append(item)
+        return queue[0]
 
     def samples(self, epoch: int) -> Iterator[dict]:
         """Epoch `epoch`'s samples; what an earlier epoch left unread is dropped first. Call it once per
         epoch, in order; it stops at the first item of a later epoch (kept for the next call)."""
-        while True:
-            item, self.pending = self.pending or next(self.items, None), None
-            if item is None:
-                return
-            if item["epoch"] > epoch:
-                self.pending = item
-                return
+        while (item := self.next_item()) is not None and item["epoch"] <= epoch:
+            self.queues[self.turn].popleft()
+            self.turn = (self.turn + 1) % len(self.queues)
             if item["epoch"] == epoch and "key" in item:
                 yield item
 
@@ -248,12 +278,12 @@ def die_with_parent(_worker_id: int = 0) -> None:
 
 
 def rank_items(stream: RankStream, workers: int) -> Iterator[dict]:
-    """The stream's items, read in process (workers 0) or merged from `workers` DataLoader workers that
-    live until the iterator is dropped."""
+    """The stream's hand-overs, read in process (workers 0) or merged from `workers` DataLoader workers
+    (2 hand-overs prefetched each) that live until the iterator is dropped."""
     if workers == 0:
         return iter(stream)
     loader = DataLoader(
-        stream, batch_size=None, num_workers=workers, prefetch_factor=4, worker_init_fn=die_with_parent
+        stream, batch_size=None, num_workers=workers, prefetch_factor=2, worker_init_fn=die_with_parent
     )
     return iter(loader)
 
@@ -262,7 +292,7 @@ def epoch_samples(urls, slots, consumed, cfg, seed, epoch, rank, shape) -> Itera
     """One epoch of the rank's merged sample stream (slots: its plan), starting after `consumed` samples."""
     # A dict's bound __getitem__ pickles, where a lambda would not (workers started by spawn/forkserver).
     stream = RankStream(urls, {epoch: slots}.__getitem__, epoch, consumed, cfg, seed, rank, shape, epochs=1)
-    return EpochReader(rank_items(stream, cfg.workers)).samples(epoch)
+    return EpochReader(rank_items(stream, cfg.workers), cfg.workers).samples(epoch)
 
 
 def _say_skipped(reason: str) -> None:
