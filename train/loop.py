@@ -35,7 +35,7 @@ from mvm.shards import ShardError, resolve_shards, shard_clip_counts
 from mvm.tensors import to_video
 from mvm.train import checkpoint
 from mvm.train.config import TrainConfig, to_dict
-from mvm.train.data import EpochPlans, EpochReader, RankStream, batches, rank_items
+from mvm.train.data import EpochPlans, EpochReader, RankStream, batches, rank_handovers
 from mvm.train.diagnostics import fixed_mask, logged_step_diagnostics
 from mvm.train.engine import build_optimizer, load_optimizer_state, lr_at, step_on_batch, wrap_model
 from mvm.train.log_window import LogWindow, write_window
@@ -111,7 +111,7 @@ def data_stream(
     frame_shape = (config.model.clip_len, *config.model.image_size, 3)
     plans = EpochPlans(tuple(counts), world, cfg_d.workers, config.seed, rank)
     stream = RankStream(urls, plans, start.epoch, start.consumed, cfg_d, config.seed, rank, frame_shape)
-    reader = EpochReader(rank_items(stream, cfg_d.workers), cfg_d.workers)
+    reader = EpochReader(rank_handovers(stream, cfg_d.workers), cfg_d.workers)
     epoch, epoch_steps, consumed = start.epoch, start.epoch_steps, start.consumed
     while True:
         plan = plan_epoch(counts, world, cfg_d.workers, config.seed, epoch)
