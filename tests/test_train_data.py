@@ -99,13 +99,14 @@ def corrupt_copy(shard_dir, tmp_path):
     return bad_dir
 
 
-def test_corrupt_shard_error_names_it_or_is_skipped(shard_dir, tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_corrupt_shard_error_names_it_or_is_skipped(shard_dir, tmp_path, workers):
     bad_dir = corrupt_copy(shard_dir, tmp_path)
     urls = resolve_shards(str(bad_dir))
-    plan = plan_epoch(shard_clip_counts(urls), 1, 0, seed=0, epoch=0)
+    plan = plan_epoch(shard_clip_counts(urls), 1, workers, seed=0, epoch=0)
     with pytest.raises(ShardError, match="shard-000001.tar"):
-        keys_of(epoch_samples(urls, plan[0], 0, DataConfig(workers=0), 0, 0, 0, SHAPE))
-    cfg = DataConfig(workers=0, on_bad_sample="skip")
+        keys_of(epoch_samples(urls, plan[0], 0, DataConfig(workers=workers), 0, 0, 0, SHAPE))
+    cfg = DataConfig(workers=workers, on_bad_sample="skip")
     samples = list(epoch_samples(urls, plan[0], 0, cfg, 0, 0, 0, SHAPE))
     bad = [s for s in samples if "bad" in s]
     assert len(bad) == 1 and "shard-000001.tar" in bad[0]["bad"]
