@@ -52,7 +52,8 @@ class ScalingConfig:
     batch_size: int = 32
     """Clips per batch (the base preset's)."""
     warmup_batches: int = 4
-    """Batches not timed (worker start-up, the shuffle buffers filling)."""
+    """Batches not timed before each phase (worker start-up and the shuffle buffers filling; before the
+    stepped phase, the workers getting ahead again)."""
     ceiling_batches: int = 80
     """Timed batches of the ceiling phase (64 batches are one epoch of 2048 clips)."""
     stepped_batches: int = 24
@@ -95,7 +96,7 @@ def measure(urls: list[str], decoder: str, workers: int, config: ScalingConfig, 
     data = DataConfig(batch_size=config.batch_size, workers=workers, decoder=decoder)
     plans = EpochPlans(tuple(shard_clip_counts(urls)), 1, workers, 0, 0)
     stream = RankStream(urls, plans, 0, 0, data, 0, 0, (clip_len, *size, 3))
-    reader = EpochReader(rank_handovers(stream, workers), workers)
+    reader = EpochReader(rank_handovers(stream, workers, 2 * config.batch_size), workers)
     clock = Clock()
     pin = device.type == "cuda"
     batch_stream = (
@@ -131,6 +132,7 @@ def measure(urls: list[str], decoder: str, workers: int, config: ScalingConfig, 
     clock.__init__()
     ceiling_s, cpu_s, _ = run(batch_stream, config.ceiling_batches, step=False)
     per_batch = {stage: 1000 * clock.seconds[stage] / config.ceiling_batches for stage in STAGES}
+    run(batch_stream, config.warmup_batches, step=True)  # the ceiling phase left nothing decoded ahead
     stepped_s, _, blocked_s = run(batch_stream, config.stepped_batches, step=True)
     del batch_stream, reader  # stops the workers
     return {

@@ -113,7 +113,7 @@ QUICK = BenchConfig(
     # One decoder (the GPU hand-over) and one epoch boundary: about 15 s, plus ~20 s writing the
     # 2048-clip shard set on the first run.
     loader_scaling=ScalingConfig(
-        shard_set=ShardSetSpec(), decoders=("pyav-i420",), ceiling_batches=64, stepped_batches=8
+        shard_set=ShardSetSpec(), decoders=("pyav-i420",), ceiling_batches=64, stepped_batches=24
     ),
 )
 FULL = BenchConfig(dataroot=DatarootSpec(scenes=8, frames_per_scene=240))

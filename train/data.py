@@ -278,13 +278,23 @@ def die_with_parent(_worker_id: int = 0) -> None:
         pass
 
 
-def rank_handovers(stream: RankStream, workers: int) -> Iterator[dict]:
+def rank_handovers(stream: RankStream, workers: int, ahead: int) -> Iterator[dict]:
     """The stream's hand-overs, read in process (workers 0) or merged from `workers` DataLoader workers
-    (2 hand-overs prefetched each) that live until the iterator is dropped."""
+    that live until the iterator is dropped and decode up to `ahead` clips ahead of the training process.
+
+    ahead: two batches' clips, so the workers decode the next batch while a step runs. (The DataLoader's
+    own default, 2 items per worker, keeps fewer clips ready than one batch needs: the training process
+    then waits for the rest of every batch after its step, whatever the number of workers.)
+    """
     if workers == 0:
         return iter(stream)
+    per_worker = max(2, -(-ahead // (workers * HANDOVER_CLIPS)))
     loader = DataLoader(
-        stream, batch_size=None, num_workers=workers, prefetch_factor=2, worker_init_fn=die_with_parent
+        stream,
+        batch_size=None,
+        num_workers=workers,
+        prefetch_factor=per_worker,
+        worker_init_fn=die_with_parent,
     )
     return iter(loader)
 
@@ -293,7 +303,8 @@ def epoch_samples(urls, slots, consumed, cfg, seed, epoch, rank, shape) -> Itera
     """One epoch of the rank's merged sample stream (slots: its plan), starting after `consumed` samples."""
     # A dict's bound __getitem__ pickles, where a lambda would not (workers started by spawn/forkserver).
     stream = RankStream(urls, {epoch: slots}.__getitem__, epoch, consumed, cfg, seed, rank, shape, epochs=1)
-    return EpochReader(rank_handovers(stream, cfg.workers), cfg.workers).samples(epoch)
+    ahead = 2 * cfg.batch_size // cfg.repeat_aug
+    return EpochReader(rank_handovers(stream, cfg.workers, ahead), cfg.workers).samples(epoch)
 
 
 def _say_skipped(reason: str) -> None:

@@ -111,7 +111,8 @@ def data_stream(
     frame_shape = (config.model.clip_len, *config.model.image_size, 3)
     plans = EpochPlans(tuple(counts), world, cfg_d.workers, config.seed, rank)
     stream = RankStream(urls, plans, start.epoch, start.consumed, cfg_d, config.seed, rank, frame_shape)
-    reader = EpochReader(rank_handovers(stream, cfg_d.workers), cfg_d.workers)
+    ahead = 2 * cfg_d.batch_size // cfg_d.repeat_aug  # clips of two steps
+    reader = EpochReader(rank_handovers(stream, cfg_d.workers, ahead), cfg_d.workers)
     epoch, epoch_steps, consumed = start.epoch, start.epoch_steps, start.consumed
     while True:
         plan = plan_epoch(counts, world, cfg_d.workers, config.seed, epoch)
