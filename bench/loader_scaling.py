@@ -66,7 +66,11 @@ class Clock:
     """Seconds per training-process stage, accumulated over the timed batches."""
 
     def __init__(self):
-        self.seconds = dict.fromkeys((*STAGES, "step"), 0.0)
+        self.reset()
+
+    def reset(self) -> None:
+        """Zero every stage (after the warm-up)."""
+        self.seconds = dict.fromkeys(STAGES, 0.0)
 
     def waited(self, items: Iterator[dict]) -> Iterator[dict]:
         """`items`, adding the time spent in each next() to "wait"."""
@@ -129,7 +133,7 @@ def measure(urls: list[str], decoder: str, workers: int, config: ScalingConfig, 
         return time.perf_counter() - start, time.process_time() - cpu, blocked
 
     run(batch_stream, config.warmup_batches, step=False)
-    clock.__init__()
+    clock.reset()
     ceiling_s, cpu_s, _ = run(batch_stream, config.ceiling_batches, step=False)
     per_batch = {stage: 1000 * clock.seconds[stage] / config.ceiling_batches for stage in STAGES}
     run(batch_stream, config.warmup_batches, step=True)  # the ceiling phase left nothing decoded ahead
