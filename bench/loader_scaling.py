@@ -3,7 +3,7 @@ where the training process spends its time per batch.
 
 The shard set (bench.workspace.ShardSetSpec: thousands of short clips, written through mvm.shards'
 writers) is read by the trainer's own stages, composed as mvm.train.loop.data_stream composes them
-for one rank: RankStream (one set of DataLoader workers for every epoch) -> EpochReader -> batches
+for one rank: rank_reader (one set of DataLoader workers for every epoch) -> batches
 (pinned on CUDA) -> copy to the device -> mvm.tensors.to_video. Each worker count gets one stream
 that runs across at least one epoch boundary, in two phases on the same workers:
 - ceiling: the training process does nothing but its own stages, so rows/s is the most this loader
@@ -94,13 +94,12 @@ def measure(urls: list[str], decoder: str, workers: int, config: ScalingConfig, 
     from mvm.shards import clip_shape_of, shard_clip_counts
     from mvm.tensors import to_video
     from mvm.train.config import DataConfig
-    from mvm.train.data import EpochPlans, EpochReader, RankStream, batches, rank_handovers
+    from mvm.train.data import EpochPlans, batches, rank_reader
 
     clip_len, size = clip_shape_of(urls)
     data = DataConfig(batch_size=config.batch_size, workers=workers, decoder=decoder)
     plans = EpochPlans(tuple(shard_clip_counts(urls)), 1, workers, 0, 0)
-    stream = RankStream(urls, plans, 0, 0, data, 0, 0, (clip_len, *size, 3))
-    reader = EpochReader(rank_handovers(stream, workers, 2 * config.batch_size), workers)
+    reader = rank_reader(urls, plans, data, 0, 0, 0, 0, (clip_len, *size, 3))
     clock = Clock()
     pin = device.type == "cuda"
     batch_stream = (

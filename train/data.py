@@ -299,12 +299,20 @@ def rank_handovers(stream: RankStream, workers: int, ahead: int) -> Iterator[dic
     return iter(loader)
 
 
+def rank_reader(urls, plans: Callable[[int], list[SlotPlan]], cfg, seed: int, rank: int, start_epoch: int,
+                consumed: int, shape, epochs: int | None = None) -> EpochReader:  # fmt: skip
+    """The training process's reader of one rank's RankStream (arguments: see there), with its workers
+    two steps' clips ahead."""
+    stream = RankStream(urls, plans, start_epoch, consumed, cfg, seed, rank, shape, epochs)
+    return EpochReader(rank_handovers(stream, cfg.workers, 2 * cfg.batch_size // cfg.repeat_aug), cfg.workers)
+
+
 def epoch_samples(urls, slots, consumed, cfg, seed, epoch, rank, shape) -> Iterator[dict]:
     """One epoch of the rank's merged sample stream (slots: its plan), starting after `consumed` samples."""
     # A dict's bound __getitem__ pickles, where a lambda would not (workers started by spawn/forkserver).
-    stream = RankStream(urls, {epoch: slots}.__getitem__, epoch, consumed, cfg, seed, rank, shape, epochs=1)
-    ahead = 2 * cfg.batch_size // cfg.repeat_aug
-    return EpochReader(rank_handovers(stream, cfg.workers, ahead), cfg.workers).samples(epoch)
+    return rank_reader(urls, {epoch: slots}.__getitem__, cfg, seed, rank, epoch, consumed, shape, 1).samples(
+        epoch
+    )
 
 
 def _say_skipped(reason: str) -> None:

@@ -35,7 +35,7 @@ from mvm.shards import ShardError, resolve_shards, shard_clip_counts
 from mvm.tensors import to_video
 from mvm.train import checkpoint
 from mvm.train.config import TrainConfig, to_dict
-from mvm.train.data import EpochPlans, EpochReader, RankStream, batches, rank_handovers
+from mvm.train.data import EpochPlans, batches, rank_reader
 from mvm.train.diagnostics import fixed_mask, logged_step_diagnostics
 from mvm.train.engine import build_optimizer, load_optimizer_state, lr_at, step_on_batch, wrap_model
 from mvm.train.log_window import LogWindow, write_window
@@ -98,21 +98,17 @@ def data_stream(
     pin_memory: bool = False,
 ) -> Iterator[tuple[Position, tuple[list[str], torch.Tensor, int]]]:
     """Endless (position after the batch, (keys, frames uint8 (B, T, H, W, 3), used)); each skipped
-    bad sample's reason goes to `on_bad` when it is read (mvm.train.data.batches). pin_memory: batches
-    in page-locked memory (for a CUDA device).
+    bad sample's reason goes to `on_bad` when it is read (mvm.train.data.batches); batches pinned for a CUDA device.
 
     Each epoch is planned by mvm.train.split (the same plan on every rank, no communication) and
     every rank yields exactly `steps_per_epoch` batches, so no rank waits at a collective another
-    never reaches. `start` resumes mid-epoch: already consumed samples are skipped undecoded. One
-    set of DataLoader workers serves every epoch (mvm.train.data.RankStream); they stop when this
-    generator is closed.
+    never reaches. `start` resumes mid-epoch: already consumed samples are skipped undecoded. One set of
+    DataLoader workers, two steps' clips ahead, serves every epoch until this generator is closed.
     """
     cfg_d = config.data
     frame_shape = (config.model.clip_len, *config.model.image_size, 3)
     plans = EpochPlans(tuple(counts), world, cfg_d.workers, config.seed, rank)
-    stream = RankStream(urls, plans, start.epoch, start.consumed, cfg_d, config.seed, rank, frame_shape)
-    ahead = 2 * cfg_d.batch_size // cfg_d.repeat_aug  # clips of two steps
-    reader = EpochReader(rank_handovers(stream, cfg_d.workers, ahead), cfg_d.workers)
+    reader = rank_reader(urls, plans, cfg_d, config.seed, rank, start.epoch, start.consumed, frame_shape)
     epoch, epoch_steps, consumed = start.epoch, start.epoch_steps, start.consumed
     while True:
         plan = plan_epoch(counts, world, cfg_d.workers, config.seed, epoch)
@@ -287,9 +283,8 @@ def _train(config, run, resume_state, console, rank, world, device) -> int:
             log.write({"event": "bad_sample", "step": step, "rank": rank, "detail": reason})
 
     # ---- the step loop ---------------------------------------------------------------------------
-    stream = data_stream(
-        urls, counts, config, rank, world, position, skipped_sample, pin_memory=device.type == "cuda"
-    )
+    pin = device.type == "cuda"
+    stream = data_stream(urls, counts, config, rank, world, position, skipped_sample, pin_memory=pin)
     window = LogWindow(config.data.batch_size * world, device, comm_timer)
     video = mask = None
     exit_code = 0
