@@ -96,6 +96,21 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list]]]:
             [[r["label"], fmt(r["clips_per_s"], 1), fmt(r["clips_per_cpu_s"], 1), fmt(r["frames_per_s"], 0),
               fmt(r["vs_baseline"], 2), fmt(r["vs_resized"], 2)] for r in loader["rows"]],
         ))  # fmt: skip
+    if _ok(results, "loader_scaling"):
+        scaling = results["loader_scaling"]
+        h, w = scaling["size"]
+        out.append((
+            f"Loader scaling on {scaling['device']}: the trainer's stream, {scaling['clips']} clips of T={scaling['clip_len']} "
+            f"{h}x{w} in {scaling['shards']} shards, batch {scaling['batch_size']} ({scaling['epoch_batches']} per epoch), "
+            f"{scaling['timed_batches']} timed batches across an epoch boundary; ms per batch in the training process; "
+            f"data wait with a simulated {fmt(scaling['model_rows_per_s'], 0)} rows/s model step (sleep)",
+            ["decoder", "workers", "rows/s", "x first", "wait", "collate", "copy", "convert", "CPU ms",
+             "ceiling", "data wait"],
+            [[r["decoder"], r["workers"], fmt(r["rows_per_s"], 0), fmt(r["vs_first"], 2),
+              *[fmt(r["ms_per_batch"][stage], 2) for stage in ("wait", "collate", "copy", "convert")],
+              fmt(r["main_cpu_ms_per_batch"], 1), r["ceiling"], f"{r['data_wait_frac']:.0%}"]
+             for r in scaling["rows"]],
+        ))  # fmt: skip
     if _ok(results, "codec"):
         codec = results["codec"]
         decoders = codec["decoders"]

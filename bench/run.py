@@ -2,7 +2,9 @@
 
 One run measures, on one synthetic nuScenes dataroot at the real CAM_FRONT resolution (1600x900):
 loader clips/s per worker (our shards as I420 planes and as RGB from every installed decoder, and
-with repeat-aug 2, vs the naive devkit JPEG Dataset vs a pre-resized JPEG folder), codec settings
+with repeat-aug 2, vs the naive devkit JPEG Dataset vs a pre-resized JPEG folder), the trainer's
+stream on a 2048-clip shard set (rows/s, data_wait and the training process's stages against the
+number of workers: bench/loader_scaling.py), codec settings
 (x264 presets, CRF and fast-decode flags: encode and decode ms per clip, size, PSNR), ingest
 frames/s per core (full-size decode, DCT-scaled decode, the ingest's frame reader, whole
 `mvm-ingest` and its steady state without start-up, and a per-step profile), bytes per clip and PSNR, `mvm-train --model tiny` throughput with 0/1/2 workers (plus small/base when CUDA is
@@ -10,7 +12,7 @@ available), and how ingest time/memory and trainer memory scale with the data. R
 (JSON, with machine info and goals) and a markdown table next to it (`results.md`), printed as
 rich tables.
 
-Modes: `--quick` (4 scenes x 32 frames, 1-second timings, 6-step training runs; about 2 minutes on
+Modes: `--quick` (4 scenes x 32 frames, 1-second timings, 6-step training runs; about 2.5 minutes on
 2 quiet cores, plus ~25 s generating the dataroot on the first run) for CI-sized checks; the
 default full mode (8 scenes x 240 frames = ~1900 frames, 5-second timings, 40-step training runs
 at batch 16: roughly 12-15 minutes on 2 quiet cores, plus ~6 minutes generating the dataroot on
@@ -34,8 +36,19 @@ from pathlib import Path
 import click
 import numpy as np
 
-from bench import codec, cost_scaling, ingest_speed, loader, machine, report, storage, training
-from bench.workspace import WORK_DIR, DatarootSpec, cached_dataroot, scene_names
+from bench import (
+    codec,
+    cost_scaling,
+    ingest_speed,
+    loader,
+    loader_scaling,
+    machine,
+    report,
+    storage,
+    training,
+)
+from bench.loader_scaling import ScalingConfig
+from bench.workspace import WORK_DIR, DatarootSpec, ShardSetSpec, cached_dataroot, scene_names
 from mvm.atomic import ensure_dir, write_atomic
 from mvm.ingest.config import IngestConfig
 from mvm.report_format import dumps_json
@@ -78,6 +91,10 @@ class BenchConfig:
     """Clips encoded and decoded per codec setting (spread over the shards)."""
     codec_seconds: float = 0.5
     """Minimum timed seconds per codec encode or decode measurement."""
+    loader_scaling: ScalingConfig = field(
+        default_factory=lambda: ScalingConfig(ceiling_batches=160, stepped_batches=48)
+    )
+    """The trainer's stream on a shard set at training scale: rows/s and data_wait against workers."""
 
 
 QUICK = BenchConfig(
@@ -93,6 +110,11 @@ QUICK = BenchConfig(
     codec_grid=codec.QUICK_GRID,
     codec_clips=8,
     codec_seconds=0.2,
+    # One decoder (the GPU hand-over) and one epoch boundary: about 15 s, plus ~20 s writing the
+    # 2048-clip shard set on the first run.
+    loader_scaling=ScalingConfig(
+        shard_set=ShardSetSpec(), decoders=("pyav-i420",), ceiling_batches=64, stepped_batches=24
+    ),
 )
 FULL = BenchConfig(dataroot=DatarootSpec(scenes=8, frames_per_scene=240))
 
@@ -144,7 +166,7 @@ class Sections:
         self.progress.advance(self.task)
 
 
-SECTIONS = ("loader", "codec", "ingest", "storage", "training", "scaling")
+SECTIONS = ("loader", "loader_scaling", "codec", "ingest", "storage", "training", "scaling")
 """Measurement sections in run order (the dataroot, ingest runs and JPEG folder always run first)."""
 
 
@@ -160,7 +182,7 @@ def run_bench(
     spec = config.dataroot
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn()) as progress:
         sections = Sections(
-            progress, progress.add_task("bench", total=2 + len(config.scale_factors) + 6), only
+            progress, progress.add_task("bench", total=2 + len(config.scale_factors) + len(SECTIONS)), only
         )
         render = progress.add_task("  rendering CAM_FRONT frames", total=spec.scenes * spec.frames_per_scene)
         dataroot = sections.step(
@@ -192,6 +214,8 @@ def run_bench(
         setup = loader.LoaderSetup(shard_dir, dataroot, spec.version, resized_dir, config.size)
         sections.measure("loader", "loader clips/s per worker",
                          lambda: loader.bench_loaders(setup, config.min_seconds, config.rounds))  # fmt: skip
+        sections.measure("loader_scaling", "loader rows/s and data_wait against workers",
+                         lambda: loader_scaling.bench_loader_scaling(config.loader_scaling, work))  # fmt: skip
         sections.measure("codec", "codec settings: encode/decode ms, size, PSNR",
                          lambda: codec.bench_codecs(clips, source_path, resize, config.codec_grid,
                                                     config.codec_clips, config.codec_seconds))  # fmt: skip

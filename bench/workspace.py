@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from mvm.atomic import open_append, write_atomic
 
 WORK_DIR = Path(__file__).resolve().parent / "work"
@@ -138,3 +140,76 @@ def venv_script(name: str) -> str:
 
     candidate = Path(sys.executable).parent / name
     return str(candidate) if candidate.exists() else name
+
+
+@dataclass(frozen=True)
+class ShardSetSpec:
+    """A synthetic shard set at training scale (many short clips); the cache key of its folder."""
+
+    clips: int = 2048
+    """Clips in the set: enough that an epoch is long next to worker start-up."""
+    clip_len: int = 8
+    """Frames per clip."""
+    size: tuple[int, int] = (32, 64)
+    """(H, W) of the clips: small, so the set is quick to write and decode costs what it does at scale per pixel."""
+    shard_clips: int = 64
+    """Clips per shard."""
+    seed: int = 0
+    """Content seed."""
+
+    @property
+    def key(self) -> str:
+        """Folder name under WORK_DIR, unique per argument set."""
+        return f"shardset-c{self.clips}-t{self.clip_len}-{self.size[0]}x{self.size[1]}-s{self.shard_clips}-seed{self.seed}"
+
+
+def moving_texture(rng, clip_len: int, size: tuple[int, int]) -> np.ndarray:
+    """uint8 (T, H, W, 3): a smooth random texture (8 px blocks) panning at a random speed."""
+    height, width = size
+    speed = int(rng.integers(-3, 4))
+    margin = 3 * clip_len
+    blocks = rng.integers(0, 256, (height // 8 + 1, (width + 2 * margin) // 8 + 1, 3), dtype=np.uint8)
+    texture = blocks.repeat(8, axis=0).repeat(8, axis=1)
+    return np.stack(
+        [texture[:height, margin + speed * t : margin + speed * t + width] for t in range(clip_len)]
+    )
+
+
+def cached_shard_set(spec: ShardSetSpec, work_dir: Path = WORK_DIR) -> Path:
+    """The shard folder for `spec`, written on first use through mvm.shards' writers (ustar members,
+    manifest last), as mvm-ingest writes them; a half-written folder is never taken for a cached one."""
+    from mvm.shards import FORMAT_NAME, FORMAT_VERSION, clip_key, sha256_bytes, shard_name, tar_bytes
+    from mvm.shards import dumps as canonical_json
+    from mvm.video import encode_clip
+
+    final = work_dir / spec.key
+    if (final / "manifest.json").exists():
+        return final
+    partial = work_dir / f"{spec.key}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    rng = np.random.default_rng(spec.seed)
+    entries = []
+    for index, first in enumerate(range(0, spec.clips, spec.shard_clips)):
+        members = []
+        for clip in range(first, min(first + spec.shard_clips, spec.clips)):
+            scene = f"scene-{clip // 8:04d}"
+            key = clip_key(scene, (clip % 8) * spec.clip_len)
+            meta = {
+                "version": 1,
+                "key": key,
+                "scene": scene,
+                "clip_len": spec.clip_len,
+                "size": list(spec.size),
+            }
+            members += [(f"{key}.mp4", encode_clip(moving_texture(rng, spec.clip_len, spec.size))),
+                        (f"{key}.json", canonical_json(meta).encode())]  # fmt: skip
+        archive = tar_bytes(members)
+        write_atomic(partial / shard_name(index), archive)
+        entries.append({"name": shard_name(index), "clips": len(members) // 2, "sha256": sha256_bytes(archive),
+                        "bytes": len(archive)})  # fmt: skip
+    manifest = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "shards": entries, "total_clips": spec.clips,
+                "config": {"clip_len": spec.clip_len, "size": list(spec.size)}}  # fmt: skip
+    write_atomic(partial / "manifest.json", canonical_json(manifest))
+    partial.rename(final)
+    return final

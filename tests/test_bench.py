@@ -12,8 +12,9 @@ import math
 import pytest
 
 from bench import codec, report
+from bench.loader_scaling import ScalingConfig
 from bench.run import BenchConfig, run_bench
-from bench.workspace import DatarootSpec
+from bench.workspace import DatarootSpec, ShardSetSpec
 from mvm.video import available_decoders
 
 TINY = BenchConfig(
@@ -32,6 +33,16 @@ TINY = BenchConfig(
     codec_grid=codec.QUICK_GRID,
     codec_clips=2,
     codec_seconds=0.05,
+    # 8 batches per epoch: the 10 timed after the first cross the boundary.
+    loader_scaling=ScalingConfig(
+        shard_set=ShardSetSpec(clips=64, shard_clips=8),
+        workers=(0, 1),
+        decoders=("pyav-i420",),
+        batch_size=8,
+        warmup_batches=1,
+        ceiling_batches=10,
+        stepped_batches=2,
+    ),  # fmt: skip
 )
 
 
@@ -54,6 +65,7 @@ def test_bench_sections_report_finite_positive_ratios(tmp_path):
     assert failed == [], [results[name]["error"] for name in failed]
     assert {
         "loader",
+        "loader_scaling",
         "codec",
         "ingest",
         "storage",
@@ -78,6 +90,16 @@ def test_bench_sections_report_finite_positive_ratios(tmp_path):
     )
     assert [row["setting"] for row in results["codec"]["rows"]] == [s.label for s in codec.QUICK_GRID]
     assert {f"decode_ms_{name}_rgb" for name in available_decoders()} <= results["codec"]["rows"][0].keys()
+    scaling = results["loader_scaling"]
+    assert [(row["decoder"], row["workers"]) for row in scaling["rows"]] == [
+        ("pyav-i420", 0),
+        ("pyav-i420", 1),
+    ]
+    assert scaling["clips"] == 64 and scaling["epoch_batches"] == 8 and scaling["device"] == "cpu"
+    for row in scaling["rows"]:
+        assert set(row["ms_per_batch"]) == {"wait", "collate", "copy", "convert"}
+        assert row["ceiling"].startswith(("training process (", "workers' decode"))
+        assert 0 < row["data_wait_frac"] < 1
     assert [step["step"] for step in results["ingest"]["profile"]] == [
         "decode",
         "resize",
@@ -93,7 +115,7 @@ def test_bench_sections_report_finite_positive_ratios(tmp_path):
     assert results["storage"]["mean_psnr_db"] > 20
     assert results["machine"]["cores"] >= 1 and results["machine"]["libraries"]["av"]
 
-    for section in ("loader", "codec", "ingest", "storage", "training", "scaling"):
+    for section in ("loader", "loader_scaling", "codec", "ingest", "storage", "training", "scaling"):
         for path, value in floats(results[section], section):
             if path.endswith("startup_cpu_s") or ".profile[1]" in path:
                 continue  # an extrapolated intercept / a difference of two timings: may be <= 0 when noisy
@@ -109,5 +131,6 @@ def test_bench_sections_report_finite_positive_ratios(tmp_path):
 
     markdown = report.markdown(results)
     assert "| (c) devkit full-size JPEGs + resize |" in markdown
+    assert "| pyav-i420 | 1 |" in markdown
     assert "| crf 14, superfast, fast-decode |" in markdown
     json.dumps(results)

@@ -3,7 +3,9 @@ the I420 hand-over and its conversion on the batch, repeated sampling."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,13 +99,14 @@ def corrupt_copy(shard_dir, tmp_path):
     return bad_dir
 
 
-def test_corrupt_shard_error_names_it_or_is_skipped(shard_dir, tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_corrupt_shard_error_names_it_or_is_skipped(shard_dir, tmp_path, workers):
     bad_dir = corrupt_copy(shard_dir, tmp_path)
     urls = resolve_shards(str(bad_dir))
-    plan = plan_epoch(shard_clip_counts(urls), 1, 0, seed=0, epoch=0)
+    plan = plan_epoch(shard_clip_counts(urls), 1, workers, seed=0, epoch=0)
     with pytest.raises(ShardError, match="shard-000001.tar"):
-        keys_of(epoch_samples(urls, plan[0], 0, DataConfig(workers=0), 0, 0, 0, SHAPE))
-    cfg = DataConfig(workers=0, on_bad_sample="skip")
+        keys_of(epoch_samples(urls, plan[0], 0, DataConfig(workers=workers), 0, 0, 0, SHAPE))
+    cfg = DataConfig(workers=workers, on_bad_sample="skip")
     samples = list(epoch_samples(urls, plan[0], 0, cfg, 0, 0, 0, SHAPE))
     bad = [s for s in samples if "bad" in s]
     assert len(bad) == 1 and "shard-000001.tar" in bad[0]["bad"]
@@ -181,3 +184,44 @@ def test_repeat_aug_repeats_each_clip_and_resume_counts_clips(shard_dir):
         validate(replace(preset("tiny"), data=DataConfig(batch_size=16, repeat_aug=3)))
     with pytest.raises(ValueError, match="data.decoder must be one of"):
         validate(replace(preset("tiny"), data=DataConfig(decoder="opencv")))
+
+
+def child_pids() -> set[int]:
+    """This process's children (Linux /proc): the DataLoader workers while a stream runs."""
+    tasks = Path(f"/proc/{os.getpid()}/task")
+    return {int(pid) for task in tasks.iterdir() for pid in (task / "children").read_text().split()}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_workers_live_across_epochs_and_resume_mid_epoch_continues_exactly(shard_dir, workers):
+    """One set of workers serves epoch after epoch (no restart at the boundary); every epoch is the
+    stream a fresh epoch_samples gives, and a resume in a later epoch continues it exactly."""
+    from mvm.train.loop import Position, data_stream
+
+    urls = resolve_shards(str(shard_dir))
+    counts = shard_clip_counts(urls)
+    cfg = DataConfig(workers=workers, shuffle_buffer=4, batch_size=4)
+    config = replace(preset("tiny"), seed=3, data=cfg, model=replace(preset("tiny").model, clip_len=8,
+                                                                     image_size=(32, 64)))  # fmt: skip
+    steps = 18 // 4  # per epoch: the last 2 clips of each epoch are dropped
+    stream = data_stream(urls, counts, config, 0, 1, Position(0, 0, 0), on_bad=print)
+    before = child_pids()
+    keys, pids = [], []
+    for epoch in range(3):
+        epoch_keys = []
+        for _ in range(steps):
+            position, (batch_keys, frames, _) = next(stream)
+            epoch_keys += batch_keys
+            assert position.epoch == epoch and frames.shape == (4, *SHAPE)
+        pids.append(child_pids() - before if workers else set())
+        fresh = plan_epoch(counts, 1, workers, seed=3, epoch=epoch)
+        assert epoch_keys == keys_of(epoch_samples(urls, fresh[0], 0, cfg, 3, epoch, 0, SHAPE))[: steps * 4]
+        keys.append(epoch_keys)
+    assert len(pids[0]) == workers and pids[0] == pids[1] == pids[2]
+    assert keys[0] != keys[1]  # each epoch its own shuffle
+    resumed = data_stream(urls, counts, config, 0, 1, Position(1, 1, 4), on_bad=print)
+    assert [key for _ in range(2 * steps - 1) for key in next(resumed)[1][0]] == keys[1][4:] + keys[2]
+    stream.close()
+    resumed.close()
+    if workers:
+        assert not child_pids() & pids[0]  # closing the stream stops its workers

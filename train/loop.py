@@ -35,7 +35,7 @@ from mvm.shards import ShardError, resolve_shards, shard_clip_counts
 from mvm.tensors import to_video
 from mvm.train import checkpoint
 from mvm.train.config import TrainConfig, to_dict
-from mvm.train.data import batches, epoch_samples
+from mvm.train.data import EpochPlans, batches, rank_reader
 from mvm.train.diagnostics import fixed_mask, logged_step_diagnostics
 from mvm.train.engine import build_optimizer, load_optimizer_state, lr_at, step_on_batch, wrap_model
 from mvm.train.log_window import LogWindow, write_window
@@ -95,16 +95,20 @@ def data_stream(
     world: int,
     start: Position,
     on_bad: Callable[[str], None],
+    pin_memory: bool = False,
 ) -> Iterator[tuple[Position, tuple[list[str], torch.Tensor, int]]]:
     """Endless (position after the batch, (keys, frames uint8 (B, T, H, W, 3), used)); each skipped
-    bad sample's reason goes to `on_bad` when it is read (mvm.train.data.batches).
+    bad sample's reason goes to `on_bad` when it is read (mvm.train.data.batches); batches pinned for a CUDA device.
 
     Each epoch is planned by mvm.train.split (the same plan on every rank, no communication) and
     every rank yields exactly `steps_per_epoch` batches, so no rank waits at a collective another
-    never reaches. `start` resumes mid-epoch: already consumed samples are skipped undecoded.
+    never reaches. `start` resumes mid-epoch: already consumed samples are skipped undecoded. One set of
+    DataLoader workers, two steps' clips ahead, serves every epoch until this generator is closed.
     """
     cfg_d = config.data
     frame_shape = (config.model.clip_len, *config.model.image_size, 3)
+    plans = EpochPlans(tuple(counts), world, cfg_d.workers, config.seed, rank)
+    reader = rank_reader(urls, plans, cfg_d, config.seed, rank, start.epoch, start.consumed, frame_shape)
     epoch, epoch_steps, consumed = start.epoch, start.epoch_steps, start.consumed
     while True:
         plan = plan_epoch(counts, world, cfg_d.workers, config.seed, epoch)
@@ -114,8 +118,7 @@ def data_stream(
             raise ShardError(
                 f"{sum(counts)} clips are fewer than world {world} x batch {cfg_d.batch_size} per step"
             )
-        samples = epoch_samples(urls, plan[rank], consumed, cfg_d, config.seed, epoch, rank, frame_shape)
-        batch_iter = batches(samples, cfg_d.batch_size, cfg_d.repeat_aug, on_bad)
+        batch_iter = batches(reader.samples(epoch), cfg_d.batch_size, cfg_d.repeat_aug, on_bad, pin_memory)
         while epoch_steps < epoch_total:
             item = next(batch_iter, None)
             if world > 1 and cfg_d.on_bad_sample == "skip":
@@ -128,7 +131,6 @@ def data_stream(
                 break
             consumed, epoch_steps = consumed + item[2], epoch_steps + 1
             yield Position(epoch, epoch_steps, consumed), item
-        del batch_iter, samples  # shuts the epoch's DataLoader workers down
         epoch, epoch_steps, consumed = epoch + 1, 0, 0
 
 
@@ -281,7 +283,8 @@ def _train(config, run, resume_state, console, rank, world, device) -> int:
             log.write({"event": "bad_sample", "step": step, "rank": rank, "detail": reason})
 
     # ---- the step loop ---------------------------------------------------------------------------
-    stream = data_stream(urls, counts, config, rank, world, position, skipped_sample)
+    pin = device.type == "cuda"
+    stream = data_stream(urls, counts, config, rank, world, position, skipped_sample, pin_memory=pin)
     window = LogWindow(config.data.batch_size * world, device, comm_timer)
     video = mask = None
     exit_code = 0
