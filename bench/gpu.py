@@ -189,7 +189,7 @@ def run_all(
             model_row(name, config, precision, mode, limit=240)
     if shards is not None:
         measure(checks, budget, 150, {"kind": "stage-profile"},
-                lambda: stage_profile(shards, device, [0, *worker_counts]))  # fmt: skip
+                lambda: stage_profile(shards, device, sorted({0, *worker_counts})))  # fmt: skip
     count = torch.cuda.device_count() if device.type == "cuda" else 0
     ddp = []
     if count >= 2:

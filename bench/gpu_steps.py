@@ -144,7 +144,16 @@ def loader_steps(config: TrainConfig, shards: str, device: torch.device, *, warm
     torch.manual_seed(config.seed)
     model = build_model(cfg_m).to(device)
     optimizer = build_optimizer(model, config.optim)
-    stream = data_stream(urls, shard_clip_counts(urls), config, 0, 1, Position(0, 0, 0), on_bad=log)
+    stream = data_stream(
+        urls,
+        shard_clip_counts(urls),
+        config,
+        0,
+        1,
+        Position(0, 0, 0),
+        on_bad=log,
+        pin_memory=device.type == "cuda",
+    )
     waited = 0.0
     try:
         for index in range(warmup + steps):

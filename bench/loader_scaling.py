@@ -24,7 +24,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -193,3 +193,18 @@ def bench_loader_scaling(config: ScalingConfig, work: Path) -> dict:
         "model_rows_per_s": config.model_rows_per_s,
         "rows": rows,
     }
+
+
+def gpu_profile(shards: str, device: torch.device, workers: list[int]) -> list[dict]:
+    """bench.gpu's per-stage loader profile: `measure` on the given shards for each worker count,
+    with the default decoder and the I420 hand-over (one row per decoder and count)."""
+    from mvm.shards import resolve_shards, shard_clip_counts
+
+    urls = resolve_shards(shards)
+    # A set smaller than a batch would never fill one (the last short batch of an epoch is dropped).
+    config = replace(GPU_PROFILE, batch_size=min(GPU_PROFILE.batch_size, sum(shard_clip_counts(urls)) // 2))
+    return [measure(urls, decoder, count, config, device) for decoder in config.decoders for count in workers]
+
+
+GPU_PROFILE = ScalingConfig(warmup_batches=2, ceiling_batches=12, stepped_batches=6)
+"""Shorter phases for bench.gpu, whose rows share one time budget (150 s for this one)."""

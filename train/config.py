@@ -365,6 +365,11 @@ def validate(config: TrainConfig) -> None:
         raise ValueError(
             "data.repeat_aug > 1 repeats clips under new masks; the future mask is the same every time"
         )
+    if config.data.decoder == "nvdec" and config.data.workers > 0:
+        raise ValueError(
+            "data.decoder nvdec decodes in the training process (CUDA cannot start in a forked "
+            "DataLoader worker): use --workers 0"
+        )
     if config.probe_every > 0 and not config.probe_shards:
         raise ValueError("probe_every > 0 needs probe_shards (--probe-shards)")
     model = config.model

@@ -353,6 +353,13 @@ def batches(
         if len(keys) == clips_per_batch:
             rows = [clip for clip in frames for _ in range(repeat_aug)]
             # One copy from the workers' shared memory into the batch, pinned when asked for.
-            stacked = torch.empty((len(rows), *rows[0].shape), dtype=rows[0].dtype, pin_memory=pin_memory)
+            # Clips NVDEC decoded are already on the GPU: stacked there, never pinned on the host.
+            on_host = rows[0].device.type == "cpu"
+            stacked = torch.empty(
+                (len(rows), *rows[0].shape),
+                dtype=rows[0].dtype,
+                device=rows[0].device,
+                pin_memory=pin_memory and on_host,
+            )
             yield [key for key in keys for _ in range(repeat_aug)], torch.stack(rows, out=stacked), used
             keys, frames, used = [], [], 0
