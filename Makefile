@@ -59,7 +59,7 @@ bench: setup
 bench-quick: setup
 	$(BIN)/python -m bench.run --quick
 
-# The one-command GPU check (bench/gpu.py): small and base at 144x256, T=8, under 8 minutes on a
+# The one-command GPU check (bench/gpu.py): small and base at 144x256, T=8, under 9 minutes on a
 # CUDA machine; without CUDA it says so and exits 0. GPU_SHARDS=DIR uses pre-built shards.
 GPU_SHARDS ?=
 bench-gpu: setup
