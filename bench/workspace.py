@@ -178,7 +178,7 @@ def moving_texture(rng, clip_len: int, size: tuple[int, int]) -> np.ndarray:
 def cached_shard_set(spec: ShardSetSpec, work_dir: Path = WORK_DIR) -> Path:
     """The shard folder for `spec`, written on first use through mvm.shards' writers (ustar members,
     manifest last), as mvm-ingest writes them; a half-written folder is never taken for a cached one."""
-    from mvm.shards import FORMAT_NAME, FORMAT_VERSION, clip_key, sha256_bytes, shard_name, tar_bytes
+    from mvm.shards import clip_key, write_shard_folder
     from mvm.shards import dumps as canonical_json
     from mvm.video import encode_clip
 
@@ -187,11 +187,10 @@ def cached_shard_set(spec: ShardSetSpec, work_dir: Path = WORK_DIR) -> Path:
         return final
     partial = work_dir / f"{spec.key}.partial"
     shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
     rng = np.random.default_rng(spec.seed)
-    entries = []
-    for index, first in enumerate(range(0, spec.clips, spec.shard_clips)):
-        members = []
+    shards = []
+    for first in range(0, spec.clips, spec.shard_clips):
+        samples = []
         for clip in range(first, min(first + spec.shard_clips, spec.clips)):
             scene = f"scene-{clip // 8:04d}"
             key = clip_key(scene, (clip % 8) * spec.clip_len)
@@ -202,14 +201,9 @@ def cached_shard_set(spec: ShardSetSpec, work_dir: Path = WORK_DIR) -> Path:
                 "clip_len": spec.clip_len,
                 "size": list(spec.size),
             }
-            members += [(f"{key}.mp4", encode_clip(moving_texture(rng, spec.clip_len, spec.size))),
-                        (f"{key}.json", canonical_json(meta).encode())]  # fmt: skip
-        archive = tar_bytes(members)
-        write_atomic(partial / shard_name(index), archive)
-        entries.append({"name": shard_name(index), "clips": len(members) // 2, "sha256": sha256_bytes(archive),
-                        "bytes": len(archive)})  # fmt: skip
-    manifest = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "shards": entries, "total_clips": spec.clips,
-                "config": {"clip_len": spec.clip_len, "size": list(spec.size)}}  # fmt: skip
-    write_atomic(partial / "manifest.json", canonical_json(manifest))
+            samples.append([(f"{key}.mp4", encode_clip(moving_texture(rng, spec.clip_len, spec.size))),
+                            (f"{key}.json", canonical_json(meta).encode())])  # fmt: skip
+        shards.append(samples)
+    write_shard_folder(partial, shards, {"clip_len": spec.clip_len, "size": list(spec.size)})
     partial.rename(final)
     return final

@@ -32,7 +32,7 @@ from typing import BinaryIO
 
 import braceexpand
 
-from mvm.atomic import write_atomic
+from mvm.atomic import ensure_dir, write_atomic
 
 FORMAT_NAME = "mvm-shards"
 FORMAT_VERSION = 1
@@ -182,6 +182,34 @@ def clip_shape(manifest: dict, where: str | Path = MANIFEST) -> tuple[int, tuple
 def write_manifest(folder: Path, manifest: dict) -> None:
     """Write DIR/manifest.json atomically (canonical JSON); call it after every shard is in place."""
     write_atomic(folder / MANIFEST, dumps(manifest))
+
+
+def write_shard_folder(folder: Path, shards: list[list[list[tuple[str, bytes]]]], config: dict) -> dict:
+    """folder/shard-NNNNNN.tar per entry of `shards` (a list of samples, each a list of (name, data)
+    tar members), then manifest.json last; returns the manifest. For shard sets made outside
+    mvm-ingest (tests, the bench): the same writers, the same manifest fields."""
+    folder = ensure_dir(folder)
+    entries = []
+    for index, samples in enumerate(shards):
+        archive = tar_bytes(member for sample in samples for member in sample)
+        write_atomic(folder / shard_name(index), archive)
+        entries.append(
+            {
+                "name": shard_name(index),
+                "clips": len(samples),
+                "sha256": sha256_bytes(archive),
+                "bytes": len(archive),
+            }
+        )
+    manifest = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "config": config,
+        "shards": entries,
+        "total_clips": sum(entry["clips"] for entry in entries),
+    }
+    write_manifest(folder, manifest)
+    return manifest
 
 
 def listed_shards(folder: str | Path, manifest: dict) -> list[Path]:

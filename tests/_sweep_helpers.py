@@ -9,9 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from _train_helpers import write_shard_folder
-
-from mvm.shards import clip_key
+from mvm.shards import clip_key, write_shard_folder
 
 EXPERIMENTS = [(1, 8, 1, 0.40), (2, 8, 1, 0.50), (4, 8, 1, 0.60), (4, 4, 1, 0.45), (4, 8, 2, 0.58)]
 """(data scale, T, world size, probe metric): the default --local sweep's five experiments."""

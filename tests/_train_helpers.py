@@ -14,16 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mvm.atomic import write_atomic
-from mvm.shards import (
-    FORMAT_NAME,
-    FORMAT_VERSION,
-    clip_key,
-    sha256_bytes,
-    shard_name,
-    tar_bytes,
-    write_manifest,
-)
+from mvm.shards import clip_key, write_shard_folder
 from mvm.train.config import ModelConfig
 from mvm.video import encode_clip
 
@@ -52,23 +43,6 @@ def moving_clip(rng: np.random.Generator, clip_len: int, size: tuple[int, int]) 
         for t in range(clip_len)
     ]
     return np.ascontiguousarray(np.stack(frames)), velocity
-
-
-def write_shard_folder(folder: Path, shards: list[list[list[tuple[str, bytes]]]], config: dict) -> dict:
-    """folder/shard-NNNNNN.tar per entry of `shards` (a list of samples, each a list of (name, data)
-    tar members), then manifest.json last: the format's own writers (mvm.shards), as ingest uses them."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    entries = []
-    for index, samples in enumerate(shards):
-        archive = tar_bytes(member for sample in samples for member in sample)
-        write_atomic(folder / shard_name(index), archive)
-        entries.append({"name": shard_name(index), "clips": len(samples), "sha256": sha256_bytes(archive),
-                        "bytes": len(archive)})  # fmt: skip
-    manifest = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "config": config, "shards": entries,
-                "total_clips": sum(entry["clips"] for entry in entries)}  # fmt: skip
-    write_manifest(folder, manifest)
-    return manifest
 
 
 def write_shards(folder: Path, counts: list[int], clip_len: int = 8, size=(32, 64), seed: int = 0) -> Path:

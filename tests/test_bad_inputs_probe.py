@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 from _sweep_helpers import write_run
-from _train_helpers import moving_clip, write_shard_folder, write_shards
+from _train_helpers import moving_clip, write_shards
 from click.testing import CliRunner
 
 from mvm.atomic import exclusive_lock
@@ -33,6 +33,7 @@ from mvm.shards import (
     iter_samples,
     read_manifest,
     resolve_shards,
+    write_shard_folder,
 )
 from mvm.slurm.report_collect import collect
 from mvm.train.checkpoint import CheckpointError, load_newest, save

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from _train_helpers import FAULTS, REPO, read_keys, tiny_config, write_shard_folder, write_shards
+from _train_helpers import FAULTS, REPO, read_keys, tiny_config, write_shards
 from click.testing import CliRunner
 
 from mvm.atomic import exclusive_lock
-from mvm.shards import iter_samples, sample_members
+from mvm.shards import iter_samples, sample_members, write_shard_folder
 from mvm.train.checkpoint import complete_checkpoints, load_for_eval
 from mvm.train.cli import main
 from mvm.train.metrics import read_jsonl

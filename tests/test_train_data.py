@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _train_helpers import write_shard_folder, write_shards
+from _train_helpers import write_shards
 
-from mvm.shards import ShardError, resolve_shards, shard_clip_counts
+from mvm.shards import ShardError, resolve_shards, shard_clip_counts, write_shard_folder
 from mvm.shards import clip_shape_of as clip_shape
 from mvm.tensors import i420_to_rgb, to_video
 from mvm.train.config import DataConfig, preset, validate
