@@ -178,7 +178,7 @@ def moving_texture(rng, clip_len: int, size: tuple[int, int]) -> np.ndarray:
 def cached_shard_set(spec: ShardSetSpec, work_dir: Path = WORK_DIR) -> Path:
     """The shard folder for `spec`, written on first use through mvm.shards' writers (ustar members,
     manifest last), as mvm-ingest writes them; a half-written folder is never taken for a cached one."""
-    from mvm.shards import clip_key, write_shard_folder
+    from mvm.shards import FORMAT_VERSION, clip_key, write_shard_folder
     from mvm.shards import dumps as canonical_json
     from mvm.video import encode_clip
 
@@ -195,11 +195,12 @@ def cached_shard_set(spec: ShardSetSpec, work_dir: Path = WORK_DIR) -> Path:
             scene = f"scene-{clip // 8:04d}"
             key = clip_key(scene, (clip % 8) * spec.clip_len)
             meta = {
-                "version": 1,
+                "version": FORMAT_VERSION,
                 "key": key,
                 "scene": scene,
                 "clip_len": spec.clip_len,
                 "size": list(spec.size),
+                "depth": None,
             }
             samples.append([(f"{key}.mp4", encode_clip(moving_texture(rng, spec.clip_len, spec.size))),
                             (f"{key}.json", canonical_json(meta).encode())])  # fmt: skip

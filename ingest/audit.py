@@ -17,10 +17,11 @@ import numpy as np
 
 from mvm.atomic import PARTIAL_SUFFIX
 from mvm.ego_motion import ego_motion_label
+from mvm.ingest.audit_depth import DepthStats, depth_problems
 from mvm.ingest.frames import FrameError, load_frame
 from mvm.sampling import spread_subset
 from mvm.shards import (
-    FORMAT_VERSION,
+    DEPTH_MEMBER,
     RESERVED,
     ShardError,
     iter_samples,
@@ -32,6 +33,8 @@ from mvm.video import decode_clip, psnr
 
 WRITER_CONFIG = ("dataroot", "version", "clip_len", "stride", "size", "max_gap_ms")
 """Config fields of the manifest that the audit checks clips against."""
+DEPTH_CONFIG = ("depth_patch", "depth_max_offset_ms")
+"""Config fields of a version-2 manifest that the depth check reads."""
 MAX_LISTED = 20
 """Failures listed per check in the report (the count is always complete)."""
 STRAY_SUBFOLDERS = ("staging", "parts", "audit")
@@ -76,6 +79,7 @@ class Stats:
     labels: Counter = field(default_factory=Counter)
     clips_read: int = 0
     psnr_db: list[float] = field(default_factory=list)
+    depth: DepthStats = field(default_factory=DepthStats)
 
 
 def scene_records_ok(manifest: dict) -> bool:
@@ -113,13 +117,16 @@ def stray_files(shard_dir: Path, manifest: dict) -> list[str]:
 
 
 def check_clip(
-    key: str, sample: dict, config: dict, where: str
+    key: str, sample: dict, config: dict, version: int, where: str
 ) -> tuple[list[str], dict | None, np.ndarray | None]:
-    """Contract violations of one sample, its metadata and its decoded frames (T, H, W, 3)."""
+    """Contract violations of one sample of a format-`version` folder (depth aside: audit_depth),
+    its metadata and its decoded frames (T, H, W, 3)."""
     problems = []
-    members = sorted(set(sample) - set(RESERVED))
+    members = sorted(set(sample) - set(RESERVED) - {DEPTH_MEMBER})
     if members != ["json", "mp4"]:
-        problems.append(f"{where}: members {members} != ['json', 'mp4']")
+        problems.append(
+            f"{where}: members {members} != ['json', 'mp4'] (and {DEPTH_MEMBER} where there is depth)"
+        )
     try:
         meta = json.loads(sample["json"])
     except (KeyError, ValueError) as error:
@@ -131,7 +138,7 @@ def check_clip(
             problems.append(f"{where}: {name} is missing or of the wrong type")
     clip_len, size = config["clip_len"], config["size"]
     expected = {
-        "version": FORMAT_VERSION,
+        "version": version,
         "key": key,
         "clip_len": clip_len,
         "size": size,
@@ -194,8 +201,8 @@ def audit_shards(
     except ShardError as error:
         manifest_check.failures.append(str(error))
         return [manifest_check], stats, None
-    config = manifest["config"]
-    missing = [name for name in WRITER_CONFIG if name not in config]
+    config, version = manifest["config"], manifest["version"]
+    missing = [name for name in WRITER_CONFIG + (DEPTH_CONFIG if version >= 2 else ()) if name not in config]
     missing += [] if scene_records_ok(manifest) else ["scenes [{name, token, clips}]"]
     rejects = manifest.get("rejects")
     if not isinstance(rejects, list) or not all(isinstance(r, dict) and "reason" in r for r in rejects):
@@ -213,6 +220,10 @@ def audit_shards(
     timing = Check("timestamps", "timestamps strictly increasing, every interval within the max gap")
     keys = Check("keys_unique", "clip keys are unique across all shards")
     counts = Check("counts", "at least one clip; clips per shard, per scene and in total match the manifest")
+    depth = Check(
+        "depth",
+        "depth targets as the format says: field and member together, (H/p, W/p) float32, values NaN or > 0",
+    )
     if manifest["total_clips"] == 0:
         counts.failures.append("the manifest lists 0 clips (an empty ingest is not a shard set)")
     seen_keys: set[str] = set()
@@ -232,10 +243,15 @@ def audit_shards(
                 if key in seen_keys:
                     keys.failures.append(f"{where}: duplicate key")
                 seen_keys.add(key)
-                problems, meta, _frames = check_clip(key, sample, config, where)
+                problems, meta, _frames = check_clip(key, sample, config, version, where)
                 clips.failures += problems
                 if meta is None or problems:
                     continue
+                problems, values = depth_problems(sample, meta, config, version, where)
+                depth.failures += problems
+                if problems:
+                    continue
+                stats.depth.add(values)
                 timing.failures += timing_problems(meta, config, where)
                 stats.clips_read += 1
                 stats.clips_per_scene[meta["scene"]] += 1
@@ -252,7 +268,19 @@ def audit_shards(
                 counts.failures.append(
                     f"{scene['name']}: {stats.clips_per_scene[scene['name']]} clips read, manifest says {scene['clips']}"
                 )
-    checks = [manifest_check, folder, present, hashes, clips, timing, keys, counts]
+    missing_depth = len(manifest.get("depth_missing", []))
+    if (
+        version >= 2
+        and present.ok
+        and hashes.ok
+        and clips.ok
+        and depth.ok
+        and missing_depth != stats.depth.clips_without
+    ):
+        depth.failures.append(
+            f"{stats.depth.clips_without} clips without depth, the manifest's depth_missing lists {missing_depth}"
+        )
+    checks = [manifest_check, folder, present, hashes, clips, timing, keys, counts, depth]
     if against is not None:
         checks.append(leakage_check(manifest, against))
     checks.append(psnr_check(manifest, shard_dir, psnr_clips, min_psnr, stats))

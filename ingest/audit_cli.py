@@ -56,7 +56,9 @@ def main(
     Checks: manifest present; every shard present with matching sha256; every sample decodes to
     exactly T frames of the declared size; timestamps strictly increasing and every interval
     within the max gap; keys unique; clip counts per shard, scene and in total; no scene shared
-    with --against; mean PSNR against the source frames. Writes audit.json, audit.md and PNG plots.
+    with --against; depth targets well-formed (shape, float32, values NaN or > 0; clips without
+    one are counted, not failed); mean PSNR against the source frames. Writes audit.json, audit.md
+    and PNG plots (depth coverage and histogram included).
 
     A manifest is data: shard names must be shard-NNNNNN.tar inside SHARD_DIR, and unlisted
     shard-* / *.tar files or leftover temporaries in the folder (or its staging/, parts/, audit/)

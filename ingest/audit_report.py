@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from mvm.atomic import PARTIAL_SUFFIX, ensure_dir, save_figure, write_atomic  # noqa: E402
 from mvm.ego_motion import EGO_MOTION_CLASSES  # noqa: E402
 from mvm.ingest.audit import Check, Stats  # noqa: E402
+from mvm.ingest.audit_depth import HISTOGRAM_EDGES_M  # noqa: E402
 from mvm.report_format import dumps_json, fmt, markdown_table  # noqa: E402
 
 REPORT_TEMPORARY = re.compile(r"\.(audit\.json|audit\.md|[a-z_]+\.png)(\..*)?" + re.escape(PARTIAL_SUFFIX))
@@ -68,6 +69,17 @@ def write_plots(report_dir: Path, stats: Stats, manifest: dict | None) -> list[s
     labels = {name: stats.labels.get(name, 0) for name in EGO_MOTION_CLASSES}
     _bar(report_dir / "ego_motion.png", labels, "ego-motion labels (mvm.ego_motion)", "class")
     names.append("ego_motion.png")
+    figure, axes = plt.subplots(figsize=(6, 3.2))
+    edges = HISTOGRAM_EDGES_M
+    axes.bar(edges[:-1], stats.depth.counts, width=edges[1] - edges[0], align="edge", color="tab:purple")
+    axes.set(
+        title=f"lidar depth per patch ({stats.depth.clips_with} clips with depth)",
+        xlabel=f"median depth, m (last bin: >= {edges[-2]:g})",
+        ylabel="patches",
+    )
+    figure.tight_layout()
+    save_figure(figure, report_dir / "depth.png")
+    names.append("depth.png")
     return names
 
 
@@ -85,7 +97,18 @@ def summary_stats(stats: Stats, manifest: dict | None) -> dict:
         },
         "psnr_db_mean": sum(stats.psnr_db) / len(stats.psnr_db) if stats.psnr_db else None,
         "psnr_clips": len(stats.psnr_db),
+        "depth": stats.depth.to_json(manifest),
     }
+
+
+def depth_line(depth: dict) -> str:
+    """The report's line on lidar depth targets: coverage and why clips have none."""
+    clips = depth["clips_with_depth"] + depth["clips_without_depth"]
+    return (
+        f"- lidar depth targets: {depth['clips_with_depth']} of {clips} clips "
+        f"(share {fmt(depth['share_clips_with_depth'], 3)}); patches with a value in those clips: "
+        f"{fmt(depth['patch_coverage'], 3)}; clips without, by reason: {depth['missing_by_reason'] or 'none'}"
+    )
 
 
 def write_report(
@@ -129,6 +152,7 @@ def write_report(
         f"- ego-motion labels: {stats_json['ego_motion_labels']}",
         f"- intervals between clip frames: {fmt(stats_json['interval_ms']['min'], 1)}–{fmt(stats_json['interval_ms']['max'], 1)} ms",
         f"- mean PSNR: {fmt(stats_json['psnr_db_mean'], 2)} dB over {stats_json['psnr_clips']} clips",
+        depth_line(stats_json["depth"]),
         "",
         *[f"![{name}]({name})" for name in plots],
         "",

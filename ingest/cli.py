@@ -11,7 +11,7 @@ import click
 from rich.table import Table
 
 from mvm.atomic import OutputError
-from mvm.ingest.config import IngestConfig
+from mvm.ingest.config import IngestConfig, depth_patch_problem
 from mvm.ingest.output import (
     ForeignOutputError,
     claim_output,
@@ -78,6 +78,12 @@ def parse_part(value: str | None) -> tuple[int, int] | None:
     if not 0 <= part < parts:
         raise click.BadParameter(f"{value}: need 0 <= I < N (I is 0-based)", param_hint="--part")
     return part, parts
+
+
+def depth_summary(clips: int, missing: Counter) -> str:
+    """`N of M clips` plus the reasons of the clips without a depth target."""
+    reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(missing.items()))
+    return f"{clips - sum(missing.values())} of {clips} clips" + (f" (none: {reasons})" if reasons else "")
 
 
 def print_summary(title: str, rows: list[tuple[str, str]]) -> None:
@@ -149,6 +155,11 @@ def ingest_main(**options) -> None:
       mvm-ingest ... --part $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT
       mvm-ingest ... --finalize
 
+    Each clip also gets a lidar depth target (shards/README.md, "Depth targets"): the LIDAR_TOP
+    keyframe nearest in time to one of its frames (within --depth-max-offset-ms), projected into
+    that frame as the devkit does and reduced to per-patch median depths. A clip whose lidar is
+    absent, empty or unreadable is kept without a target; the summary counts the reasons.
+
     Tables are data: scene names must be plain file names (letters, digits, . _ -), unique;
     sample_data filenames must stay inside the dataroot; a record that breaks this is named.
     --out belongs to one writer: a second mvm-ingest on it (or on the same part) stops at once;
@@ -172,10 +183,13 @@ def ingest_main(**options) -> None:
 
 def run_ingest(
     dataroot, nusc_version, scenes_spec, out, clip_len, stride, hop, size_text, crf, preset,
-    max_gap_ms, shard_clips, seed, part_text, finalize, workers, overwrite,
+    max_gap_ms, shard_clips, seed, depth_patch, depth_min_points, depth_max_offset_ms, part_text,
+    finalize, workers, overwrite,
 ):  # fmt: skip
     """The body of mvm-ingest; raises OutputError / TablesError / FinalizeError for exit 1."""
     size = parse_size(size_text)
+    if problem := depth_patch_problem(size, depth_patch):
+        raise click.BadParameter(problem, param_hint="--depth-patch")
     part = parse_part(part_text)
     if part is not None and finalize:
         raise click.UsageError("--part and --finalize are separate steps; give one of them")
@@ -197,6 +211,9 @@ def run_ingest(
         max_gap_ms=max_gap_ms,
         shard_clips=shard_clips,
         seed=seed,
+        depth_patch=depth_patch,
+        depth_min_points=depth_min_points,
+        depth_max_offset_ms=depth_max_offset_ms,
     )
     if resolved.absent_from_split:
         console.print(
@@ -301,8 +318,10 @@ def ingest_locked(
         ]
     if manifest is not None:
         reasons = Counter(reject["reason"] for reject in manifest["rejects"])
+        no_depth = Counter(missing["reason"] for missing in manifest["depth_missing"])
         rows += [
             ("clips", str(manifest["total_clips"])),
+            ("depth targets", depth_summary(manifest["total_clips"], no_depth)),
             ("shards", f"{len(manifest['shards'])} x <= {config.shard_clips} clips"),
             (
                 "rejects",
@@ -312,6 +331,7 @@ def ingest_locked(
     else:
         rows += [
             ("clips staged", str(tally.clips)),
+            ("depth targets", depth_summary(tally.clips, tally.depth_missing)),
             ("rejects", ", ".join(f"{r} {c}" for r, c in sorted(tally.rejects.items())) or "none"),
         ]
     rows.append(("time", f"{elapsed:.1f} s (details: {out / 'ingest.log'})"))

@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass
 
 from mvm.options import option
-from mvm.video import DEFAULT_CRF, DEFAULT_PRESET
+from mvm.video import DEFAULT_CRF, DEFAULT_PRESET, x264_params
 
 X264_PRESETS = (
     "ultrafast",
@@ -61,16 +61,41 @@ class IngestConfig:
     """Clips per shard (the last shard may hold fewer)."""
     seed: int = option(0, low=0)
     """Seed of the clip-start offsets (keyed further by scene name)."""
+    depth_patch: int = option(16, low=1)
+    """Side in pixels (at --size) of the square patches of the lidar depth target; must divide H and W
+    (the depth probe needs it equal to the encoder's patch)."""
+    depth_min_points: int = option(3, low=1)
+    """Projected lidar points a patch needs for a depth value (fewer: NaN)."""
+    depth_max_offset_ms: int = option(50, low=0)
+    """Largest |lidar - camera| time between a clip frame and the LIDAR_TOP keyframe of its depth
+    target (keyframe pairs are a few ms apart in nuScenes; beyond it the clip has no target)."""
 
     def __post_init__(self) -> None:
         if self.hop is None:
             object.__setattr__(self, "hop", self.clip_len * self.stride)
+        problem = depth_patch_problem(self.size, self.depth_patch)
+        if problem:
+            raise ValueError(problem)
 
     def to_json(self) -> dict:
+        """The manifest's `config`: the fields, plus `x264_params`, the encoder settings they imply."""
         values = asdict(self)
         values["size"] = list(self.size)
+        values["x264_params"] = x264_params(self.clip_len)
         return values
 
     def digest(self) -> str:
         """sha256 of the canonical JSON of the config: staged files and ledgers carry it."""
         return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()
+
+
+def depth_patch_problem(size: tuple[int, int], patch: int) -> str | None:
+    """Why `patch` cannot tile frames of size (H, W) (with the patches that would), or None."""
+    height, width = size
+    if height % patch == 0 and width % patch == 0:
+        return None
+    divisors = [d for d in range(1, min(height, width) + 1) if height % d == 0 and width % d == 0]
+    return (
+        f"depth patch {patch} does not divide the frame size {height}x{width}; "
+        f"patches that do: {', '.join(map(str, divisors))}"
+    )

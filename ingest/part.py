@@ -56,12 +56,14 @@ class PartTally:
     clips: int = 0
     reused: int = 0
     rejects: Counter = field(default_factory=Counter)
+    depth_missing: Counter = field(default_factory=Counter)
     failed: dict[str, str] = field(default_factory=dict)
 
     def add(self, sidecar: dict) -> None:
         self.frames += sidecar["scene"]["frames"]
         self.clips += sidecar["scene"]["clips"]
         self.rejects.update(reject["reason"] for reject in sidecar["rejects"])
+        self.depth_missing.update(missing["reason"] for missing in sidecar["depth_missing"])
 
 
 def run_part(
@@ -104,7 +106,10 @@ def run_part(
             log_line(out, f"part {part}/{parts} scene {name} FAILED {tally.failed[name]}")
         else:
             sidecars.append(
-                {key: result[key] for key in ("config_digest", "scene", "rejects", "sha256", "bytes")}
+                {
+                    key: result[key]
+                    for key in ("config_digest", "scene", "rejects", "depth_missing", "sha256", "bytes")
+                }
             )
             tally.add(result)
             log_line(

@@ -145,7 +145,9 @@ def read_ledger(path: Path) -> dict:
     try:
         ledger = json.loads(path.read_text())
         fields_present = {"config", "config_digest", "software", "scenes"} <= set(ledger)
-        if fields_present and all({"scene", "sha256", "rejects"} <= set(s) for s in ledger["scenes"]):
+        if fields_present and all(
+            {"scene", "sha256", "rejects", "depth_missing"} <= set(s) for s in ledger["scenes"]
+        ):
             return ledger
         problem = "fields missing"
     except (OSError, ValueError, TypeError) as error:
@@ -243,6 +245,7 @@ def finalize(out: Path, config: IngestConfig, scenes: list[str], parts: int) -> 
         "total_clips": sum(shard["clips"] for shard in shards),
         "scenes": [sidecar["scene"] for sidecar in sidecars],
         "rejects": [reject for sidecar in sidecars for reject in sidecar["rejects"]],
+        "depth_missing": [missing for sidecar in sidecars for missing in sidecar["depth_missing"]],
     }
     write_manifest(out, manifest)
     shutil.rmtree(staging_dir, ignore_errors=True)

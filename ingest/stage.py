@@ -7,6 +7,7 @@ shards are the same for any --part split and any --workers.
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from dataclasses import asdict
@@ -18,10 +19,11 @@ from mvm.atomic import write_atomic
 from mvm.ego_motion import clip_motion
 from mvm.ingest.chain import Reject, split_segments
 from mvm.ingest.config import IngestConfig
+from mvm.ingest.depth import LidarError, clip_depth
 from mvm.ingest.frames import FrameError, load_frame
 from mvm.ingest.tables import SceneJob
 from mvm.sampling import clip_span, clip_starts, scene_rng
-from mvm.shards import FORMAT_VERSION, clip_key, dumps, sha256_bytes, sha256_file, tar_bytes
+from mvm.shards import DEPTH_MEMBER, FORMAT_VERSION, clip_key, dumps, sha256_bytes, sha256_file, tar_bytes
 from mvm.video import encode_i420, rgb_to_i420
 
 
@@ -35,8 +37,8 @@ def reject_record(scene: str, reject: Reject) -> dict:
     return {"scene": scene, **asdict(reject)}
 
 
-def clip_metadata(job: SceneJob, config: IngestConfig, positions: list[int]) -> dict:
-    """The `json` member of one clip (fields: shards/README.md)."""
+def clip_metadata(job: SceneJob, config: IngestConfig, positions: list[int], depth: dict | None) -> dict:
+    """The `json` member of one clip (fields: shards/README.md); `depth` from ingest/depth.py."""
     frames = [job.frames[position] for position in positions]
     timestamps = [frame["timestamp"] for frame in frames]
     translations = [frame["ego_translation"] for frame in frames]
@@ -59,7 +61,15 @@ def clip_metadata(job: SceneJob, config: IngestConfig, positions: list[int]) -> 
         "ego_rotation": rotations,
         "speed_mps": speed_mps,
         "yaw_rate_rps": yaw_rate_rps,
+        "depth": depth,
     }
+
+
+def depth_member(key: str, values: np.ndarray) -> tuple[str, bytes]:
+    """The `<key>.depth.npy` tar member: float32 (H/p, W/p) as a .npy file."""
+    buffer = io.BytesIO()
+    np.save(buffer, values.astype(np.float32), allow_pickle=False)
+    return f"{key}.{DEPTH_MEMBER}", buffer.getvalue()
 
 
 def load_scene_frames(
@@ -92,6 +102,8 @@ def stage_scene(job: SceneJob, config: IngestConfig, staging_dir: Path) -> dict:
     rng = scene_rng(config.seed, job.name)
     span = clip_span(config.clip_len, config.stride)
     members: list[tuple[str, bytes]] = []
+    clips, depth_missing = 0, []
+    lidar_cache: dict = {}  # lidar token -> points or LidarError: each keyframe is read once per scene
     for segment in segments:
         if len(segment) < span:
             detail = f"segment of {len(segment)} frames; a clip spans {span}"
@@ -99,12 +111,30 @@ def stage_scene(job: SceneJob, config: IngestConfig, staging_dir: Path) -> dict:
             continue
         for start in clip_starts(len(segment), config.clip_len, config.stride, config.hop, rng):
             positions = segment[start : start + span : config.stride]
-            metadata = clip_metadata(job, config, positions)
+            key = clip_key(job.name, positions[0])
+            try:
+                depth, values = clip_depth(
+                    [job.frames[p] for p in positions],
+                    job.lidar_keyframes,
+                    job.cameras,
+                    Path(job.dataroot),
+                    config,
+                    lidar_cache,
+                )
+            except LidarError as error:
+                depth, values = None, None
+                depth_missing.append(
+                    {"scene": job.name, "key": key, "reason": error.reason, "detail": error.detail}
+                )
+            metadata = clip_metadata(job, config, positions, depth)
             video = encode_i420(
                 np.stack([images[p] for p in positions]), crf=config.crf, preset=config.preset
             )
-            members.append((f"{metadata['key']}.json", json.dumps(metadata, sort_keys=True).encode()))
-            members.append((f"{metadata['key']}.mp4", video))
+            members.append((f"{key}.json", json.dumps(metadata, sort_keys=True).encode()))
+            members.append((f"{key}.mp4", video))
+            if values is not None:
+                members.append(depth_member(key, values))
+            clips += 1
     if not segments:
         rejects.append(Reject(-1, timestamps[0] if timestamps else 0, "too_short", "no usable frame"))
     rejects.sort(key=lambda reject: (reject.frame_index, reject.reason))
@@ -118,9 +148,11 @@ def stage_scene(job: SceneJob, config: IngestConfig, staging_dir: Path) -> dict:
             "token": job.token,
             "frames": len(job.frames),
             "segments": len(segments),
-            "clips": len(members) // 2,
+            "clips": clips,
+            "depth_clips": clips - len(depth_missing),
         },
         "rejects": [reject_record(job.name, reject) for reject in rejects],
+        "depth_missing": depth_missing,
         "sha256": sha256_bytes(archive),
         "bytes": len(archive),
     }

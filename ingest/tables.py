@@ -1,7 +1,8 @@
 """nuScenes tables through the real devkit -> one light, picklable job per scene.
 
 Only the main process loads the devkit; workers get SceneJobs (CAM_FRONT records and ego poses of
-one scene) and never touch the tables. No file of another channel is ever named in a job.
+one scene, plus the LIDAR_TOP keyframes its depth targets read) and never touch the tables. No file
+of another channel is ever named in a job.
 """
 
 from __future__ import annotations
@@ -11,12 +12,16 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from nuscenes.nuscenes import NuScenes
+from pyquaternion import Quaternion
 
 from mvm.ingest.chain import Reject, walk_chain
+from mvm.ingest.depth import Pose
 from mvm.ingest.names import UnsafeNameError, check_filename, check_token, scene_names
 
 CHANNEL = "CAM_FRONT"
+LIDAR = "LIDAR_TOP"
 
 
 class DatarootError(ValueError):
@@ -60,6 +65,12 @@ class SceneJob:
     """Chain positions that start over after a broken link."""
     chain_rejects: list[Reject] = field(default_factory=list)
     """`broken_chain` rejects found while walking."""
+    cameras: dict[str, dict] = field(default_factory=dict)
+    """CAM_FRONT calibrated_sensor records by token: `pose` (a Pose, camera -> ego) and
+    `intrinsic` (3x3 list)."""
+    lidar_keyframes: list[dict] = field(default_factory=list)
+    """The scene's LIDAR_TOP keyframes (sample['data']['LIDAR_TOP']) in time order: token, timestamp,
+    filename, `sensor` (Pose, lidar -> ego) and `ego` (Pose, ego -> global at the lidar time)."""
 
 
 def open_nuscenes(dataroot: str | Path, version: str) -> NuScenes:
@@ -126,13 +137,16 @@ class SceneTables:
             )
 
         walked = walk_chain(self._lookup, keyframes, in_scene)
-        frames = []
+        frames, cameras = [], {}
         for record in walked.records:
             try:
                 token, filename = check_token("sample_data", record), check_filename(record)
             except UnsafeNameError as error:
                 raise TablesError(str(error)) from None
             pose = self.nusc.get("ego_pose", record["ego_pose_token"])
+            calibration = record["calibrated_sensor_token"]
+            if calibration not in cameras:
+                cameras[calibration] = self._camera(calibration)
             frames.append(
                 {
                     "token": token,
@@ -142,6 +156,7 @@ class SceneTables:
                     "height": int(record["height"]),
                     "ego_translation": [float(value) for value in pose["translation"]],
                     "ego_rotation": [float(value) for value in pose["rotation"]],
+                    "calibrated_sensor_token": calibration,
                 }
             )
         log = self.nusc.get("log", scene["log_token"])
@@ -154,4 +169,52 @@ class SceneTables:
             frames=frames,
             breaks=walked.breaks,
             chain_rejects=walked.rejects,
+            cameras=cameras,
+            lidar_keyframes=[
+                self._lidar(sample["data"][LIDAR]) for sample in samples if LIDAR in sample["data"]
+            ],
         )
+
+    def _pose(self, table: str, token: str) -> Pose:
+        """The Pose of a calibrated_sensor or ego_pose record; TablesError naming it if malformed."""
+        record = self.nusc.get(table, token)
+        try:
+            translation = tuple(float(value) for value in record["translation"])
+            rotation = tuple(float(value) for value in record["rotation"])
+            if (
+                len(translation) != 3
+                or len(rotation) != 4
+                or not np.isfinite([*translation, *rotation]).all()
+            ):
+                raise ValueError("not 3 + 4 finite numbers")
+            Quaternion(rotation)  # a zero quaternion cannot be a rotation
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as error:
+            raise TablesError(f"{table} record {token!r}: translation/rotation unusable ({error})") from None
+        return Pose(translation, rotation)
+
+    def _camera(self, token: str) -> dict:
+        """A camera calibrated_sensor record as {pose, intrinsic}; TablesError naming it if malformed."""
+        intrinsic = self.nusc.get("calibrated_sensor", token).get("camera_intrinsic")
+        if np.shape(intrinsic) != (3, 3) or not np.isfinite(np.asarray(intrinsic, dtype=float)).all():
+            raise TablesError(
+                f"calibrated_sensor record {token!r}: camera_intrinsic is not a finite 3x3 matrix"
+            )
+        return {
+            "pose": self._pose("calibrated_sensor", token),
+            "intrinsic": [[float(v) for v in row] for row in intrinsic],
+        }
+
+    def _lidar(self, token: str) -> dict:
+        """A LIDAR_TOP keyframe for SceneJob.lidar_keyframes, its token and filename checked."""
+        record = self.nusc.get("sample_data", token)
+        try:
+            token, filename = check_token("sample_data", record), check_filename(record)
+        except UnsafeNameError as error:
+            raise TablesError(str(error)) from None
+        return {
+            "token": token,
+            "timestamp": int(record["timestamp"]),
+            "filename": filename,
+            "sensor": self._pose("calibrated_sensor", record["calibrated_sensor_token"]),
+            "ego": self._pose("ego_pose", record["ego_pose_token"]),
+        }

@@ -31,12 +31,18 @@ from pathlib import Path
 from typing import BinaryIO
 
 import braceexpand
+import numpy as np
 
 from mvm.atomic import ensure_dir, write_atomic
 
 FORMAT_NAME = "mvm-shards"
-FORMAT_VERSION = 1
-"""Shard format version (shards/README.md); bump when a reader would misread old shards."""
+FORMAT_VERSION = 2
+"""Shard format version written (shards/README.md); bump when a reader would misread old shards.
+Version 2 added the per-clip lidar depth target (`depth` in the json, the `depth.npy` member)."""
+READABLE_VERSIONS = (1, 2)
+"""Versions every reader accepts: version 1 shards are version 2 without depth targets."""
+DEPTH_MEMBER = "depth.npy"
+"""Extension of a clip's depth target member, `<key>.depth.npy` (version 2, only when it has one)."""
 MANIFEST = "manifest.json"
 """The manifest's file name in a shard folder; it is written last and means "complete"."""
 SHARD_PATTERN = re.compile(r"shard-\d{6}\.tar")
@@ -136,10 +142,10 @@ def read_manifest(folder: str | Path) -> dict:
         raise DamagedShardError(f"cannot read {path}: {error}") from None
     if not isinstance(manifest, dict):
         raise DamagedShardError(f"{path} is not a JSON object")
-    if manifest.get("format") != FORMAT_NAME or manifest.get("version") != FORMAT_VERSION:
+    if manifest.get("format") != FORMAT_NAME or manifest.get("version") not in READABLE_VERSIONS:
         raise DamagedShardError(
             f"{path}: format {manifest.get('format')!r} v{manifest.get('version')}, "
-            f"expected {FORMAT_NAME!r} v{FORMAT_VERSION}"
+            f"expected {FORMAT_NAME!r} v{' or v'.join(map(str, READABLE_VERSIONS))}"
         )
     shards = manifest.get("shards")
     if not isinstance(shards, list):
@@ -289,6 +295,25 @@ def iter_samples(path: str | Path) -> Iterator[dict]:
         ) from None
     if current is not None:
         yield current
+
+
+def decode_depth(sample: dict) -> np.ndarray | None:
+    """The depth target of a sample from iter_samples: float32 (H/p, W/p) median metres per patch,
+    NaN where too few lidar points; None when the clip has none (version 1 shards never do).
+    DamagedShardError naming shard and key when the member is not a 2-D float32 .npy."""
+    data = sample.get(DEPTH_MEMBER)
+    if data is None:
+        return None
+    where = f"shard {sample.get('url')}, sample {sample.get('key')}"
+    try:
+        values = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise DamagedShardError(f"{where}: {DEPTH_MEMBER} is not a .npy array ({error})") from None
+    if values.dtype != np.float32 or values.ndim != 2:
+        raise DamagedShardError(
+            f"{where}: {DEPTH_MEMBER} is {values.dtype} {values.shape}, expected float32 (H/p, W/p)"
+        )
+    return values
 
 
 _verified: dict[str, tuple[int, int]] = {}

@@ -29,11 +29,15 @@ DEFAULT_CRF = 14
 """x264 constant rate factor: the largest that keeps >= 35 dB (the audit's floor) on a natural
 photograph; ~40 dB on the 1600x900 bench data (shards/README.md, "Codec settings")."""
 DEFAULT_PRESET = "superfast"
-"""x264 preset: with the clip-long macroblock-tree lookahead below, ~1.2x the encode speed of
+"""x264 preset: ~1.2x the encode speed of
 `veryfast` for ~12% more bytes and the same decode time (shards/README.md, "Codec settings")."""
 FAST_DECODE_PARAMS = {"cabac": 0, "no-deblock": 1, "weightp": 0}
 """x264's `tune=fastdecode` without its B-frame part (there are none): CAVLC entropy coding, no
 deblocking filter, no weighted prediction. Decoding is what the shards pay for on every epoch."""
+LOOKAHEAD_PARAMS = {"mbtree": 0, "rc-lookahead": 0}
+"""No macroblock-tree rate control and no lookahead: each frame is quantized from itself and the
+frames before it, so the hidden last frames of a clip (future prediction) cannot change how its
+visible frames are coded. Costs bytes, not PSNR (shards/README.md, "Codec settings")."""
 NOMINAL_FPS = 12
 """Container frame rate (CAM_FRONT runs at ~12 Hz); frame times in the MP4 are index / NOMINAL_FPS."""
 DECODERS = ("pyav", "decord", "torchcodec")
@@ -80,7 +84,9 @@ def rgb_to_i420(frame: np.ndarray) -> np.ndarray:
     )
 
 
-def _x264_params(clip_len: int, fast_decode: bool) -> str:
+def x264_params(clip_len: int, fast_decode: bool = True) -> str:
+    """The `x264-params` string every clip of `clip_len` frames is encoded with (recorded in the
+    shard manifest's config as `x264_params`)."""
     params = {
         "keyint": clip_len,
         "min-keyint": clip_len,
@@ -93,10 +99,7 @@ def _x264_params(clip_len: int, fast_decode: bool) -> str:
         "colorprim": "smpte170m",
         "transfer": "smpte170m",
         "colormatrix": "smpte170m",
-        # Macroblock-tree rate control over the whole clip, whatever the preset: it halves the
-        # bytes of `superfast` (which turns it off by default) at no decode cost.
-        "mbtree": 1,
-        "rc-lookahead": clip_len,
+        **LOOKAHEAD_PARAMS,
         **(FAST_DECODE_PARAMS if fast_decode else {}),
     }
     return ":".join(f"{name}={value}" for name, value in params.items())
@@ -128,7 +131,7 @@ def encode_i420(
         stream.options = {
             "crf": str(crf),
             "preset": preset,
-            "x264-params": _x264_params(clip_len, fast_decode),
+            "x264-params": x264_params(clip_len, fast_decode),
         }
         for index, plane in enumerate(planes):
             frame = av.VideoFrame.from_ndarray(plane, format="yuv420p")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mvm.shards import clip_key, write_shard_folder
+from mvm.shards import FORMAT_VERSION, clip_key, write_shard_folder
 from mvm.train.config import ModelConfig
 from mvm.video import encode_clip
 
@@ -55,7 +55,7 @@ def write_shards(folder: Path, counts: list[int], clip_len: int = 8, size=(32, 6
             frames, velocity = moving_clip(rng, clip_len, size)
             scene = f"scene-{clip // 10:04d}"
             key = clip_key(scene, (clip % 10) * clip_len)
-            meta = {"version": 1, "key": key, "scene": scene, "clip_len": clip_len, "size": list(size),
+            meta = {"version": FORMAT_VERSION, "depth": None, "key": key, "scene": scene, "clip_len": clip_len, "size": list(size),
                     "speed_mps": abs(velocity), "yaw_rate_rps": 0.0}  # fmt: skip
             samples.append(
                 [

@@ -26,6 +26,7 @@ from mvm.ingest.audit_cli import main as audit_main
 from mvm.probe.cli import EXIT_ERROR
 from mvm.probe.cli import main as probe_main
 from mvm.shards import (
+    FORMAT_VERSION,
     DamagedShardError,
     ShardError,
     ShardWarning,
@@ -157,7 +158,7 @@ def clip_shards(folder: Path, scene: str, lengths: list[int]) -> Path:
     for index, length in enumerate(lengths):
         frames, velocity = moving_clip(rng, length, SIZE)
         key = clip_key(scene, index * CLIP_LEN)
-        meta = {"version": 1, "key": key, "scene": scene, "clip_len": CLIP_LEN, "size": list(SIZE),
+        meta = {"version": FORMAT_VERSION, "depth": None, "key": key, "scene": scene, "clip_len": CLIP_LEN, "size": list(SIZE),
                 "speed_mps": abs(velocity), "yaw_rate_rps": 0.0}  # fmt: skip
         samples.append([(f"{key}.mp4", encode_clip(frames)), (f"{key}.json", json.dumps(meta).encode())])
     write_shard_folder(folder, [samples], {"clip_len": CLIP_LEN, "size": list(SIZE)})

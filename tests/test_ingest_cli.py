@@ -151,7 +151,8 @@ def test_usage_errors(dataroot, tmp_path, change, exit_code, message):
 
 
 def test_size_not_multiple_of_16_warns_and_works(dataroot, tmp_path):
-    result = ingest(dataroot, tmp_path / "out", "--size", "72x126", scenes="scene-0061")
+    # The depth patch must tile the frame: 6 divides 72 and 126 (the default 16 is a usage error).
+    result = ingest(dataroot, tmp_path / "out", "--size", "72x126", "--depth-patch", "6", scenes="scene-0061")
     assert result.exit_code == 0, result.output
     assert "width 126" in result.output and "16" in result.output and "patch" in result.output
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["config"]["size"] == [72, 126]
