@@ -6,7 +6,7 @@ Layout (as real nuScenes): `<out>/<version>/*.json`, `<out>/samples/<CHANNEL>/` 
 may replace it) and records the arguments and whether the run completed.
 
 Keyframe LIDAR_TOP files (`samples/LIDAR_TOP/*.pcd.bin`) are ray-cast point clouds
-(mvm.synth.lidar), about 27 thousand points (540 kB) each; the non-keyframe sweeps
+(mvm.synth.lidar), about 26 thousand points (0.5 MB) each; the non-keyframe sweeps
 (`sweeps/LIDAR_TOP/`) are empty placeholders, since nothing downstream reads them.
 """
 
