@@ -38,6 +38,20 @@ def quaternion_matrix(quaternion) -> np.ndarray:
     )
 
 
+def quaternion_product(first, second) -> np.ndarray:
+    """Hamilton product (4,) of quaternions [w, x, y, z]: the rotation `second`, then `first`."""
+    w1, x1, y1, z1 = np.asarray(first, dtype=np.float64)
+    w2, x2, y2, z2 = np.asarray(second, dtype=np.float64)
+    return np.array(
+        [
+            w1 * w2 - x1 * x2 - y1 * y2 - z1 * z2,
+            w1 * x2 + x1 * w2 + y1 * z2 - z1 * y2,
+            w1 * y2 - x1 * z2 + y1 * w2 + z1 * x2,
+            w1 * z2 + x1 * y2 - y1 * x2 + z1 * w2,
+        ]
+    )
+
+
 def image_size(width: int) -> tuple[int, int]:
     """(width, height) of a CAM_FRONT image `width` pixels wide: 16:9 like nuScenes' 1600×900.
 

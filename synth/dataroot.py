@@ -1,9 +1,13 @@
-"""Write a synthetic nuScenes-format dataroot: tables, rendered CAM_FRONT JPEGs, placeholders.
+"""Write a synthetic nuScenes-format dataroot: tables, rendered CAM_FRONT JPEGs, ray-cast LIDAR_TOP.
 
 Layout (as real nuScenes): `<out>/<version>/*.json`, `<out>/samples/<CHANNEL>/` (keyframes),
 `<out>/sweeps/<CHANNEL>/` (non-keyframes), `<out>/maps/*.png`, plus the marker file
 `<out>/mvm-synth.json` that identifies the folder as this generator's output (so a later run
 may replace it) and records the arguments and whether the run completed.
+
+Keyframe LIDAR_TOP files (`samples/LIDAR_TOP/*.pcd.bin`) are ray-cast point clouds
+(mvm.synth.lidar), about 26 thousand points (0.5 MB) each; the non-keyframe sweeps
+(`sweeps/LIDAR_TOP/`) are empty placeholders, since nothing downstream reads them.
 """
 
 from __future__ import annotations
@@ -20,11 +24,12 @@ from PIL import Image
 from mvm.atomic import atomic_path, ensure_dir, write_atomic
 from mvm.ego_motion import yaw_from_quaternion
 from mvm.synth.camera import Camera
+from mvm.synth.lidar import cast_sweep, lidar_pose
 from mvm.synth.plan import ScenePlan, plan_scene
 from mvm.synth.render import Renderer
-from mvm.synth.schedule import VERSIONS, rng_for, scene_names
+from mvm.synth.schedule import TICK_US, VERSIONS, rng_for, scene_names
 from mvm.synth.tables import TableBuilder
-from mvm.synth.world import build_lot_world, build_world
+from mvm.synth.world import World, build_lot_world, build_world
 
 MARKER = "mvm-synth.json"
 """Marker file name in the dataroot."""
@@ -131,8 +136,10 @@ def generate(
     builder = TableBuilder(version, seed)
     for name, split in names:
         plan = plan_scene(name, split, frames_per_scene, drop_rate, seed)
-        records = builder.add_scene(plan, camera)
-        _render_scene(out, plan, records, camera, seed, progress)
+        camera_records, lidar_records = builder.add_scene(plan, camera)
+        world = _build_world(plan, seed)
+        _render_scene(out, world, plan, camera_records, camera, progress)
+        _cast_lidar(out, world, plan, lidar_records, seed)
     tables = builder.finish()
     _write_placeholders(out, tables)
     ensure_dir(out / version)
@@ -142,17 +149,20 @@ def generate(
     return out
 
 
+def _build_world(plan: ScenePlan, seed: int) -> World:
+    rng = rng_for(seed, plan.name, "world")
+    builder = build_lot_world if plan.layout == "lot" else build_world
+    return builder(plan.grid, plan.trajectory.xy, plan.night, int(rng.integers(0, 2**62)), rng)
+
+
 def _render_scene(
     out: Path,
+    world: World,
     plan: ScenePlan,
     records: list[dict],
     camera: Camera,
-    seed: int,
     progress: Callable[[int], None] | None,
 ) -> None:
-    rng = rng_for(seed, plan.name, "world")
-    builder = build_lot_world if plan.layout == "lot" else build_world
-    world = builder(plan.grid, plan.trajectory.xy, plan.night, int(rng.integers(0, 2**62)), rng)
     renderer = Renderer(camera, world, plan.night)
     for record in records:
         # Render from the pose exactly as written to ego_pose.
@@ -166,10 +176,30 @@ def _render_scene(
             progress(1)
 
 
+def traffic_boxes(plan: ScenePlan, seconds: float) -> np.ndarray:
+    """The other road users at trajectory time `seconds` as (N, 7) boxes [x, y, z_centre, width,
+    length, height, yaw] (global), for the lidar: none yet (the traffic plan wires in here)."""
+    return np.zeros((0, 7))
+
+
+def _cast_lidar(out: Path, world: World, plan: ScenePlan, records: list[dict], seed: int) -> None:
+    """Write the keyframe LIDAR_TOP point clouds of one scene: little-endian float32 x y z
+    intensity ring per point, in the sensor frame, from the ego pose written to ego_pose."""
+    for record in records:
+        if not record["is_key_frame"]:
+            continue
+        translation, rotation = lidar_pose(record["ego_translation"], record["ego_rotation"])
+        seconds = float(plan.seconds(np.array([record["timestamp"]]))[0])
+        tick = (record["timestamp"] - plan.start_us) // TICK_US
+        rng = rng_for(seed, plan.name, "lidar", str(tick))
+        points = cast_sweep(world, traffic_boxes(plan, seconds), translation, rotation, rng)
+        write_atomic(out / record["filename"], points.astype("<f4").tobytes())
+
+
 def _write_placeholders(out: Path, tables: dict[str, list[dict]]) -> None:
-    """Empty point clouds for the lidar records and a small blank mask per map."""
+    """Empty point clouds for the non-keyframe lidar sweeps and a small blank mask per map."""
     for record in tables["sample_data"]:
-        if record["fileformat"] == "pcd":
+        if record["fileformat"] == "pcd" and not record["is_key_frame"]:
             write_atomic(out / record["filename"], b"")
     for record in tables["map"]:
         with atomic_path(out / record["filename"]) as path:

@@ -22,7 +22,8 @@ from mvm.synth.schedule import next_sample_index, token
 from mvm.synth.trajectory import poses_at
 
 CHANNELS = {"CAM_FRONT": "camera", "LIDAR_TOP": "lidar"}
-"""Channels written, with their modality. LIDAR_TOP files are empty placeholder point clouds."""
+"""Channels written, with their modality. Keyframe LIDAR_TOP files hold ray-cast point clouds
+(mvm.synth.lidar); the non-keyframe sweeps are empty placeholders."""
 CATEGORIES = (
     "human.pedestrian.adult",
     "vehicle.bicycle",
@@ -87,9 +88,10 @@ class TableBuilder:
         """Where the map mask PNG of a location goes, relative to the dataroot."""
         return f"maps/{self.token('map', location)}.png"
 
-    def add_scene(self, plan: ScenePlan, camera: Camera) -> list[dict]:
-        """Add one scene's records; returns its CAM_FRONT sample_data records in time order
-        (with `ego_translation`/`ego_rotation` the renderer uses, not part of the table)."""
+    def add_scene(self, plan: ScenePlan, camera: Camera) -> tuple[list[dict], list[dict]]:
+        """Add one scene's records; returns its CAM_FRONT and its LIDAR_TOP sample_data records,
+        each in time order (with `ego_translation`/`ego_rotation`, the ego pose at the record's
+        timestamp that the renderer and the lidar caster use, not part of the table)."""
         log_token = self.token("log", plan.name)
         self.tables["log"].append(
             {
@@ -103,7 +105,7 @@ class TableBuilder:
         self.logs_by_location.setdefault(plan.location, []).append(log_token)
         sample_tokens = self._samples(plan)
         camera_records = self._channel(plan, "CAM_FRONT", plan.times.camera_ticks, sample_tokens, camera)
-        self._channel(plan, "LIDAR_TOP", plan.times.lidar_ticks, sample_tokens, camera)
+        lidar_records = self._channel(plan, "LIDAR_TOP", plan.times.lidar_ticks, sample_tokens, camera)
         self.tables["scene"].append(
             {
                 "token": self.token("scene", plan.name),
@@ -115,7 +117,7 @@ class TableBuilder:
                 "last_sample_token": sample_tokens[-1],
             }
         )
-        return camera_records
+        return camera_records, lidar_records
 
     def _samples(self, plan: ScenePlan) -> list[str]:
         ticks = plan.times.sample_ticks
