@@ -39,11 +39,12 @@ demo: setup
 	$(BIN)/mvm-audit $(DEMO_DIR)/shards/val --against $(DEMO_DIR)/shards/train
 	$(BIN)/mvm-train --shards $(DEMO_DIR)/shards/train --out $(DEMO_DIR)/run --model tiny \
 	  --steps $(DEMO_STEPS) --resume auto --viz-shards $(DEMO_DIR)/shards/val
-	@# The gate's verdict is the demo's result: a fail (exit 3) fails the demo, after saying where to look.
+	@# The gates' verdicts are the demo's result (ego-motion, and depth when the shards carry depth
+	@# targets; report.md says when depth was skipped and why): a fail (exit 3) fails the demo.
 	@echo "demo outputs: $(DEMO_DIR)/{nuscenes,shards,run,probe}"
 	$(BIN)/mvm-probe --checkpoint $(DEMO_DIR)/run --train-shards $(DEMO_DIR)/shards/train \
 	  --val-shards $(DEMO_DIR)/shards/val --out $(DEMO_DIR)/probe || { code=$$?; \
-	  [ $$code -ne 3 ] || echo "demo: every stage ran; the probe gate FAILED (exit 3): $(DEMO_DIR)/probe/report.md says why (README: the demo's result)"; \
+	  [ $$code -ne 3 ] || echo "demo: every stage ran; a probe task's gate FAILED (exit 3): $(DEMO_DIR)/probe/report.md says which and why (README: the demo's result)"; \
 	  exit $$code; }
 
 test: setup

@@ -22,7 +22,7 @@ number of sources, views and grids.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -135,6 +135,7 @@ def extract_features(
     batch_size: int = 16,
     device: str | torch.device = "cpu",
     seed: int = 0,
+    token_sink: Callable[[str, str, int, torch.Tensor], None] | None = None,
 ) -> dict[tuple[str, str, Grid], np.ndarray]:
     """Probe features of every clip for every (source, view, grid), in one pass over the clips.
 
@@ -143,6 +144,8 @@ def extract_features(
     of the shuffled view); every grid must be at most each source's (R, C) or PIXELS' (H, W).
     Returns (name, view, grid) -> float32 (N, 3 * gh * gw * d) in clip order. nn.Module sources run
     in eval mode without gradients; their train/eval mode is restored afterwards.
+    token_sink: called as (name, view, index of the batch's first clip, tokens (B, T', R, C, d)) for
+    every batch, so per-token probes (mvm.probe's depth) read the same forward passes unpooled.
     """
     modules = {name: source for name, source in sources.items() if isinstance(source, torch.nn.Module)}
     was_training = {name: module.training for name, module in modules.items()}
@@ -161,6 +164,8 @@ def extract_features(
                 video = frames_to_video(viewed).to(device)
                 for name, source in sources.items():
                     tokens = source.token_grid(video).float()
+                    if token_sink is not None:
+                        token_sink(name, view, first, tokens)
                     for grid in grids:
                         chunks[(name, view, tuple(grid))].append(pool(tokens, grid).cpu().numpy())
             first += len(frames)

@@ -147,11 +147,21 @@ def _is(value, kind) -> bool:
     return isinstance(value, kind)
 
 
+def is_repeated(kind) -> bool:
+    """Whether annotation `kind` is a variadic tuple (`tuple[str, ...]`): a flag that may repeat."""
+    return typing.get_origin(kind) is tuple and typing.get_args(kind)[1:] == (Ellipsis,)
+
+
 def type_problem(value, kind) -> str | None:
     """Why `value` is not of annotation `kind`, e.g. 'must be an integer, got "2"' (None when it is)."""
     if value is None and kind is not base_kind(kind):
         return None
     kind = base_kind(kind)
+    if is_repeated(kind):
+        item = typing.get_args(kind)[0]
+        if isinstance(value, tuple) and all(_is(element, item) for element in value):
+            return None
+        return f"must be a list of {NOUNS[item][1]}, got {shown(value)}"
     if typing.get_origin(kind) is tuple:
         items = typing.get_args(kind)
         if isinstance(value, tuple) and len(value) == len(items) and all(map(_is, value, items)):
@@ -176,9 +186,13 @@ def value_problem(leaf: Leaf, value) -> str | None:
     problem = type_problem(value, leaf.kind)
     if problem or value is None:
         return problem
-    if leaf.spec.choices is not None and value not in leaf.spec.choices:
-        return f"must be one of {', '.join(leaf.spec.choices)}, got {value!r}"
-    if isinstance(value, str | bool | Path):
+    if leaf.spec.choices is not None:
+        wrong = [
+            item for item in (value if is_repeated(leaf.kind) else (value,)) if item not in leaf.spec.choices
+        ]
+        if wrong:
+            return f"must be one of {', '.join(leaf.spec.choices)}, got {wrong[0]!r}"
+    if isinstance(value, str | bool | Path) or is_repeated(leaf.kind):  # repeated flags are str choices
         return None
     for number in value if isinstance(value, tuple) else (value,):  # a tuple's range is per element
         problem = bound_problem(leaf.spec, number)
@@ -230,6 +244,8 @@ def click_option(leaf: Leaf, preset_defaults: bool):
     if kind is bool:
         return click.option(f"--{name}/--no-{name}", param, help=leaf.doc + suffix, **extra)
     doc = leaf.doc
+    if is_repeated(kind):  # given once per value: --task a --task b; () = none given
+        extra.update(multiple=True, show_default=bool(default))
     if spec.choices is not None:
         param_type = click.Choice(spec.choices)
     elif kind in (int, float):

@@ -34,10 +34,14 @@ class ProbeOptions:
     val_shards: str = option(free_text=True)
     """Shards the heads are scored on (same forms); must share no scene with --train-shards."""
     out: Path = option()
-    """Output folder: report.json, report.md, confusion.png or speed.png, and controls.png with the controls."""
-    task: str = option("ego-motion", choices=TASKS)
-    """ego-motion: stopped/straight/left/right from the clip's ego poses, scored by balanced accuracy;
-    speed: mean ego speed regression, scored by R²."""
+    """Output folder: report.json and report.md (a section per task), confusion.png or speed.png,
+    controls.png with the controls, depth.png."""
+    task: tuple[str, ...] = option((), choices=TASKS)
+    """A task to probe; repeat for several in one run (--task ego-motion --task depth), one report.
+    ego-motion: stopped/straight/left/right from the clip's ego poses, scored by balanced accuracy;
+    speed: mean ego speed regression, scored by R²; depth: per-token log depth from the shards'
+    LIDAR_TOP depth maps, scored by delta < 1.25 and AbsRel. Default: ego-motion, plus depth when the
+    shards carry depth targets (else the report says depth was skipped and why)."""
     stopped_speed: float = option(MotionThresholds.stopped_speed_mps, low=0)
     """Mean speed (m/s) below which a clip is 'stopped'."""
     turn_yaw_rate: float = option(MotionThresholds.turn_yaw_rate_rps, low=0)
@@ -70,12 +74,14 @@ class ProbeOptions:
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
     epilog="""\b
 Exit codes:
-  0  the requirement holds: with --require pass (default) the gate passed (pretrained beats the
-     best random encoder, 95% CI of the difference above 0); with --require strong the gate
-     passed AND strength is strong
+  0  the requirement holds for every task run: with --require pass (default) each gate passed
+     (pretrained beats the best random encoder, 95% CI of the difference above 0); with
+     --require strong each gate passed AND each strength is strong
   2  usage error: bad option, missing shards or checkpoint, train/val sharing a scene,
-     --require strong with --controls none
-  3  gate failed, or strength below a --require strong (the report is still written)
+     --require strong with --controls none, --task depth on shards without depth targets or
+     whose depth patch differs from the encoder's patch size
+  3  gate failed (any task), or a strength below a --require strong (the report is still
+     written)
   1  any other error: a damaged shard or manifest (sha256 mismatch, broken tar, undecodable or
      short clip, missing metadata, a FIFO or other non-file), an output folder that cannot be
      written or that another mvm-probe is writing""",
@@ -115,6 +121,12 @@ def main(
     CI of the paired difference (pretrained minus the best random encoder of each replicate) lies
     above zero.
 
+    Depth (mvm/probe/depth.py): each patch with a LIDAR_TOP value at the clip's depth frame is a
+    sample; a ridge head on the token at that step and position fits log depth minus
+    `position-only` (each token position's mean log depth over the training clips), which is
+    also a row; `pixels` reads the patch's pixels. Gate as above on delta < 1.25; strength:
+    pretrained also beats pixels and position-only. Every task reads the same forward passes.
+
     Controls (on by default): `pixels`, RGB thumbnails at the same grid through the same pooling
     and heads (no learning: the floor to beat); views `shuffled` (each clip's frames in a seeded
     random order) and `static` (frame 0 repeated) of every source; per-class recall of every row;
@@ -136,7 +148,7 @@ def main(
         train_shards=train_shards,
         val_shards=val_shards,
         out=out,
-        task=task,
+        tasks=task,
         thresholds=MotionThresholds(stopped_speed_mps=stopped_speed, turn_yaw_rate_rps=turn_yaw_rate),
         seeds=seeds,
         batch_size=batch_size,
@@ -161,15 +173,21 @@ def main(
     except (SceneOverlapError, FileNotFoundError, ValueError) as error:
         console.print(f"[red]mvm-probe: {error}[/red]")
         sys.exit(EXIT_USAGE)
-    passed = result.verdict.gate == PASS
-    console.print(
-        f"[{'green' if passed else 'red'}]gate {result.verdict.gate.upper()}[/]: {result.verdict.reason}"
-    )
-    if result.strength is not None:
-        strong = result.strength == STRONG
+    met = True
+    for outcome in result.results:
+        name, passed = outcome.task.name, outcome.verdict.gate == PASS
         console.print(
-            f"[{'green' if strong else 'yellow'}]strength {result.strength.upper()}[/]: {result.strength_reason}"
+            f"[{'green' if passed else 'red'}]{name}: gate {outcome.verdict.gate.upper()}[/]: "
+            f"{escape(outcome.verdict.reason)}"
         )
+        if outcome.strength is not None:
+            strong = outcome.strength == STRONG
+            console.print(
+                f"[{'green' if strong else 'yellow'}]{name}: strength {outcome.strength.upper()}[/]: "
+                f"{escape(outcome.strength_reason)}"
+            )
+        met = met and passed and (require == PASS or outcome.strength == STRONG)
+    for name, reason in result.skipped.items():
+        console.print(f"[yellow]{name}: skipped: {escape(reason)}")
     console.print(f"report: {out / 'report.md'}")
-    met = passed and (require == PASS or result.strength == STRONG)
     sys.exit(EXIT_PASS if met else EXIT_FAIL)

@@ -70,8 +70,12 @@ def encode_clips(
     device: torch.device,
     seed: int,
     description: str = "features",
+    token_sink=None,
 ) -> dict[tuple[Source, str, Grid], np.ndarray]:
-    """(source, view, grid) -> (len(keys), F) float32 features of the named clips, decoded once."""
+    """(source, view, grid) -> (len(keys), F) float32 features of the named clips, decoded once.
+
+    token_sink: passed to mvm.features.extract_features (the unpooled tokens of every batch, by source name).
+    """
     frames = track(
         iter_selected_frames(urls, keys, decoder), total=len(keys), description=description, transient=True
     )
@@ -84,5 +88,6 @@ def encode_clips(
         batch_size=batch_size,
         device=device,
         seed=seed,
+        token_sink=token_sink,
     )
     return {(by_name[name], view, grid): values for (name, view, grid), values in features.items()}

@@ -36,7 +36,9 @@ from mvm.probe.stats import (
 from mvm.probe.tasks import Task
 
 PRETRAINED, RANDOM, PIXELS, FLOW, MAJORITY = "pretrained", "random", "pixels", "flow", "majority"
-KINDS = (PRETRAINED, RANDOM, PIXELS, FLOW, MAJORITY)
+POSITION_ONLY = "position-only"
+"""The depth probe's featureless baseline (mvm.probe.depth): each token position's mean depth."""
+KINDS = (PRETRAINED, RANDOM, PIXELS, FLOW, POSITION_ONLY, MAJORITY)
 CONTROL_KINDS = (PIXELS, FLOW)
 """The no-learning sources: reported only with the controls."""
 
@@ -46,7 +48,7 @@ class Source:
     """One feature source the probe compares."""
 
     kind: str
-    """PRETRAINED, RANDOM, PIXELS, FLOW or MAJORITY (the constant predictor; it has no features)."""
+    """PRETRAINED, RANDOM, PIXELS, FLOW, POSITION_ONLY or MAJORITY (the last two have no features)."""
     seed: int | None = None
     """The initialisation seed of a RANDOM encoder; None for the others."""
 

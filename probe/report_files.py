@@ -1,6 +1,7 @@
-"""Write the probe's outputs: DIR/report.json, DIR/report.md, DIR/confusion.png or DIR/speed.png,
-and with the controls DIR/controls.png (probe/plots.py). Every file goes through mvm.atomic;
-numbers and tables through mvm.report_format."""
+"""A clip-level task's report section (ego-motion, speed): its report.json entry, its report.md
+section, and its PNGs, confusion.png or speed.png and with the controls controls.png (probe/plots.py).
+probe/report_run.py gathers every task's section into the run's files. Every file goes through
+mvm.atomic; numbers and tables through mvm.report_format."""
 
 from __future__ import annotations
 
@@ -8,14 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-from mvm.atomic import ensure_dir, write_atomic
 from mvm.features import INGESTED, VIEWS
 from mvm.probe.evaluate import FLOW, MAJORITY, ProbeResult, ProbeRow, Source
 from mvm.probe.gate import Comparison
 from mvm.probe.plots import plot_confusions, plot_controls, plot_speed
 from mvm.probe.stats import CI_LEVEL
 from mvm.probe.tasks import class_counts
-from mvm.report_format import dumps_json, fmt, fmt_ci, markdown_table
+from mvm.report_format import fmt, fmt_ci, markdown_table
 
 
 def grid_name(grid) -> str:
@@ -47,7 +47,7 @@ def _control_json(row: ProbeRow) -> dict:
     }
 
 
-def _condition_json(condition: Comparison) -> dict:
+def condition_json(condition: Comparison) -> dict:
     return {
         "name": condition.name,
         "statement": condition.statement,
@@ -59,8 +59,8 @@ def _condition_json(condition: Comparison) -> dict:
     }
 
 
-def report_dict(result: ProbeResult, extra: dict | None = None) -> dict:
-    """The JSON-ready report: gate fields as before, plus strength, conditions, pooling, controls."""
+def report_dict(result: ProbeResult) -> dict:
+    """The task's JSON-ready section: the gate fields, strength, conditions, pooling, controls."""
     task = result.task
     randoms = result.randoms
     values = np.array([row.metrics[task.metric] for row in randoms])
@@ -87,7 +87,7 @@ def report_dict(result: ProbeResult, extra: dict | None = None) -> dict:
         "reason": result.verdict.reason,
         "strength": result.strength,
         "strength_reason": result.strength_reason,
-        "conditions": [_condition_json(condition) for condition in result.conditions],
+        "conditions": [condition_json(condition) for condition in result.conditions],
         "pooling": {
             "grid": list(pooling.grid),
             "candidates": [list(grid) for grid in pooling.candidates],
@@ -132,7 +132,6 @@ def report_dict(result: ProbeResult, extra: dict | None = None) -> dict:
             }
             for split, y in (("train", result.train_targets), ("val", result.val_targets))
         }
-    report.update(extra or {})
     return report
 
 
@@ -146,7 +145,7 @@ def condition_sentence(condition: Comparison, metric: str, right_label: str) -> 
 
 
 def markdown(result: ProbeResult, report: dict) -> str:
-    """report.md: one sentence per condition first, then the tables."""
+    """The task's report.md section: one sentence per condition first, then the tables."""
     task, metric = result.task, result.task.metric
     labels = {
         "beats_random": f"({result.best_random.name})",
@@ -154,14 +153,13 @@ def markdown(result: ProbeResult, report: dict) -> str:
         "needs_order": "(shuffled frames)",
     }
     strength = f", strength **{result.strength.upper()}**" if result.strength else ""
-    lines = [f"# Probe gate: **{result.verdict.gate.upper()}**{strength}", ""]
+    lines = [f"# {task.name}: gate **{result.verdict.gate.upper()}**{strength}", ""]
     lines += [condition_sentence(c, metric, labels[c.name]) for c in result.conditions]
     lines += [
         "",
         f"- gate: {result.verdict.reason}.",
         f"- strength: {result.strength or 'not computed'} ({result.strength_reason}).",
         f"- task: `{task.name}`, primary metric: `{metric}`",
-        f"- checkpoint: `{report.get('checkpoint', '?')}` (step {report.get('checkpoint_step', '?')})",
         f"- train: {report['n_train_clips']} clips from {report['n_train_scenes']} scenes; "
         f"val: {report['n_val_clips']} clips from {report['n_val_scenes']} scenes",
         f"- CIs: percentile bootstrap over validation scenes, {result.n_boot} replicates, seed "
@@ -279,16 +277,9 @@ def _controls_markdown(result: ProbeResult) -> list[str]:
     return lines
 
 
-def write_outputs(result: ProbeResult, out: Path, extra: dict | None = None) -> list[Path]:
-    """Write report.json, report.md, the task's PNG and (controls) controls.png under `out`. Returns the paths.
-
-    extra: more report.json fields (the checkpoint, the model shape, the requirement).
-    """
-    ensure_dir(out)
-    report = report_dict(result, extra)
-    paths = [out / "report.json", out / "report.md"]
-    write_atomic(paths[0], dumps_json(report))
-    write_atomic(paths[1], markdown(result, report))
+def write_figures(result: ProbeResult, out: Path, controls_name: str = "controls.png") -> list[Path]:
+    """Write the task's PNG (confusion.png or speed.png) and (controls) `controls_name` under `out`; their paths."""
+    paths = []
     if result.task.kind == "classification":
         paths.append(out / "confusion.png")
         plot_confusions(result, paths[-1])
@@ -296,6 +287,6 @@ def write_outputs(result: ProbeResult, out: Path, extra: dict | None = None) -> 
         paths.append(out / "speed.png")
         plot_speed(result, paths[-1])
     if result.controls:
-        paths.append(out / "controls.png")
+        paths.append(out / controls_name)
         plot_controls(result, paths[-1])
     return paths

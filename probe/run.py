@@ -1,4 +1,5 @@
-"""One probe run: shards + checkpoint -> features of every encoder -> evaluation -> report files."""
+"""One probe run: shards + checkpoint -> features of every encoder, extracted once for every task ->
+evaluation per task -> one report."""
 
 from __future__ import annotations
 
@@ -10,12 +11,23 @@ import numpy as np
 from mvm.atomic import exclusive_lock
 from mvm.ego_motion import MotionThresholds
 from mvm.features import INGESTED, VIEWS, token_layout
-from mvm.probe.data import read_metadata
+from mvm.probe.data import read_depth_maps, read_metadata
+from mvm.probe.depth import DepthResult, evaluate_depth
+from mvm.probe.depth_data import DepthTokens, depth_frames, depth_problem, depth_split
 from mvm.probe.encoders import encode_clips, load_sources, resolve_device
-from mvm.probe.evaluate import PRETRAINED, ProbeResult, Split, evaluate_encoders, shared_scenes
+from mvm.probe.evaluate import (
+    FLOW,
+    PIXELS,
+    PRETRAINED,
+    RANDOM,
+    ProbeResult,
+    Split,
+    evaluate_encoders,
+    shared_scenes,
+)
 from mvm.probe.pooling import candidate_grids
-from mvm.probe.report_files import write_outputs
-from mvm.probe.tasks import make_task, targets
+from mvm.probe.report_run import write_report
+from mvm.probe.tasks import CLIP_TASKS, DEPTH, make_task, targets
 from mvm.sampling import spread_subset
 from mvm.shards import resolve_shards
 
@@ -36,8 +48,9 @@ class ProbeConfig:
     """Shard spec of the clips the heads are scored on; must share no scene with train_shards."""
     out: Path
     """Output folder for report.json, report.md and the PNG."""
-    task: str = "ego-motion"
-    """Task name: "ego-motion" (4 classes, balanced accuracy) or "speed" (regression, R²)."""
+    tasks: tuple[str, ...] = ()
+    """Task names (mvm.probe.tasks.TASKS), each reported in its own section; () = ego-motion, plus
+    depth when the shards carry depth targets (plan_tasks)."""
     thresholds: MotionThresholds = field(default_factory=MotionThresholds)
     """Ego-motion class thresholds."""
     seeds: int = 3
@@ -78,14 +91,40 @@ def check_clip_shape(model_config, metas: list[dict]) -> None:
         )
 
 
-def run_probe(config: ProbeConfig) -> ProbeResult:
-    """Run the gate and its controls; write the outputs; return the result.
+@dataclass
+class RunResult:
+    """What one mvm-probe run found: one result per task run, in the order asked, and the tasks skipped."""
+
+    results: list[ProbeResult | DepthResult]
+    skipped: dict[str, str] = field(default_factory=dict)
+    """Task -> why it did not run (depth on shards without depth targets, when no --task was given)."""
+
+
+def plan_tasks(requested: tuple[str, ...], depth_problem: str | None) -> tuple[list[str], dict[str, str]]:
+    """(tasks to run, skipped task -> reason) for the --task values given (none: the default).
+
+    Default: ego-motion, and depth when the shards allow it (`depth_problem` None), else depth is
+    skipped with that reason. Depth asked for when the shards do not allow it is a usage error
+    (ValueError with the reason). Repeated names count once.
+    """
+    if requested:
+        if DEPTH in requested and depth_problem:
+            raise ValueError(depth_problem)
+        return list(dict.fromkeys(requested)), {}
+    if depth_problem:
+        return ["ego-motion"], {DEPTH: depth_problem}
+    return ["ego-motion", DEPTH], {}
+
+
+def run_probe(config: ProbeConfig) -> RunResult:
+    """Run every task's gate and its controls on features extracted once; write the outputs; return the result.
 
     Raises SceneOverlapError before loading any model when the splits share scenes, ValueError on
     bad inputs (both before the output folder is created), BusyError when another process holds
     the output folder's lock.
     """
-    task = make_task(config.task, config.thresholds)
+    for name in config.tasks:
+        make_task(name)  # an unknown name fails before any shard is read
     train_urls, train_metas = load_split_metadata(config.train_shards, config.max_clips)
     val_urls, val_metas = load_split_metadata(config.val_shards, config.max_clips)
     overlap = shared_scenes((m["scene"] for m in train_metas), (m["scene"] for m in val_metas))
@@ -101,15 +140,39 @@ def run_probe(config: ProbeConfig) -> ProbeResult:
     )
     model_config = train_config.model
     check_clip_shape(model_config, train_metas + val_metas)
+    may_run_depth = not config.tasks or DEPTH in config.tasks
+    problem = (
+        depth_problem({"train": train_metas, "val": val_metas}, model_config.patch_size)
+        if may_run_depth
+        else None
+    )
+    names, skipped = plan_tasks(config.tasks, problem)
+    clip_tasks = [make_task(name, config.thresholds) for name in names if name in CLIP_TASKS]
+    if not clip_tasks:  # flow is a reference of the clip-level tasks only
+        sources = {source: model for source, model in sources.items() if source.kind != FLOW}
     pretrained = next(model for source, model in sources.items() if source.kind == PRETRAINED)
-    grids = candidate_grids(token_layout(pretrained, model_config.clip_len, tuple(model_config.image_size)))
+    size = tuple(model_config.image_size)
+    layout = token_layout(pretrained, model_config.clip_len, size)
+    grids = candidate_grids(layout) if clip_tasks else []
     # Every view at every candidate grid in one decode pass: pooling is cheap next to the encoders.
-    views = VIEWS if config.controls else (INGESTED,)
+    views = VIEWS if config.controls and clip_tasks else (INGESTED,)
+    depth_names = {
+        source.name
+        for source in sources
+        if source.kind in (PRETRAINED, RANDOM) or (source.kind == PIXELS and config.controls)
+    }
     # One writer per --out, taken once every input is checked (a usage error creates no folder):
     # a second probe into the same folder stops here, before the expensive part (BusyError).
     with exclusive_lock(config.out, "mvm-probe"):
-        splits = {}
+        splits, depth_splits = {}, {}
         for name, urls, metas in (("train", train_urls, train_metas), ("val", val_urls, val_metas)):
+            sink = None
+            if DEPTH in names:
+                frames = depth_frames(metas)
+                sink = DepthTokens(depth_names, frames, model_config.clip_len, layout)
+                maps = read_depth_maps(
+                    urls, [m["key"] for m, f in zip(metas, frames, strict=True) if f is not None]
+                )
             features = encode_clips(
                 sources,
                 urls,
@@ -121,16 +184,25 @@ def run_probe(config: ProbeConfig) -> ProbeResult:
                 device,
                 config.seed,
                 f"{name} features",
+                token_sink=sink,
             )
-            splits[name] = Split(features, targets(task, metas), np.array([m["scene"] for m in metas]))
-        result = evaluate_encoders(
-            task,
-            splits["train"],
-            splits["val"],
-            n_boot=config.bootstrap,
-            seed=config.seed,
-            controls=config.controls,
-        )
+            splits[name] = (features, np.array([m["scene"] for m in metas]), metas)
+            if sink is not None:
+                depth_splits[name] = depth_split(sink, metas, maps, {s.name: s for s in sources})
+        results = {}
+        for task in clip_tasks:
+            train, val = (Split(f, targets(task, metas), scenes) for f, scenes, metas in splits.values())
+            results[task.name] = evaluate_encoders(
+                task, train, val, n_boot=config.bootstrap, seed=config.seed, controls=config.controls
+            )
+        if DEPTH in names:
+            results[DEPTH] = evaluate_depth(
+                depth_splits["train"],
+                depth_splits["val"],
+                n_boot=config.bootstrap,
+                seed=config.seed,
+                controls=config.controls,
+            )
         extra = {
             "checkpoint": str(config.checkpoint),
             "checkpoint_step": int(step_folder.name.split("-")[1]),
@@ -138,7 +210,9 @@ def run_probe(config: ProbeConfig) -> ProbeResult:
                 "preset": train_config.preset,
                 "image_size": list(model_config.image_size),
                 "clip_len": model_config.clip_len,
+                "patch_size": model_config.patch_size,
             },
         }
-        write_outputs(result, config.out, extra)
-    return result
+        run = RunResult([results[name] for name in names], skipped)
+        write_report(run.results, config.out, extra, skipped)
+    return run

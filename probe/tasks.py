@@ -4,6 +4,8 @@
   `left` / `right` from the clip's ego poses via `mvm.ego_motion` (positive yaw rate =
   counter-clockwise = left, as in nuScenes' global frame).
 - `speed` (regression, primary metric R²): mean ego speed in m/s over the clip.
+- `depth` (per-token regression of log depth, primary metric delta < 1.25): targets from the shards'
+  LIDAR_TOP depth maps, not from this module; see mvm.probe.depth.
 
 Both recompute the motion from `timestamps`, `ego_translation` and `ego_rotation` rather than
 trusting the derived `speed_mps` / `yaw_rate_rps` fields, so shards and labels cannot disagree
@@ -18,7 +20,10 @@ import numpy as np
 
 from mvm.ego_motion import EGO_MOTION_CLASSES, MotionThresholds, clip_motion, ego_motion_label
 
-TASKS = ("ego-motion", "speed")
+DEPTH = "depth"
+TASKS = ("ego-motion", "speed", DEPTH)
+CLIP_TASKS = ("ego-motion", "speed")
+"""The tasks with one target per clip (mvm.probe.evaluate); depth has one per token."""
 
 
 @dataclass(frozen=True)
@@ -30,7 +35,7 @@ class Task:
     kind: str
     """Either "classification" or "regression"."""
     metric: str
-    """Primary metric the gate compares: "balanced_accuracy" or "r2"."""
+    """Primary metric the gate compares: "balanced_accuracy", "r2" or "delta_1.25"."""
     classes: tuple[str, ...]
     """Class names in report order (empty for regression)."""
     thresholds: MotionThresholds
@@ -43,11 +48,15 @@ def make_task(name: str, thresholds: MotionThresholds = MotionThresholds()) -> T
         return Task(name, "classification", "balanced_accuracy", EGO_MOTION_CLASSES, thresholds)
     if name == "speed":
         return Task(name, "regression", "r2", (), thresholds)
+    if name == DEPTH:  # its heads are ridge regressions (mvm.probe.linear), scored by mvm.probe.depth
+        return Task(name, "regression", "delta_1.25", (), thresholds)
     raise ValueError(f"unknown task {name!r}; expected one of {TASKS}")
 
 
 def clip_target(task: Task, meta: dict) -> str | float:
     """The target of one clip: its ego-motion class name, or its mean speed in m/s."""
+    if task.name not in CLIP_TASKS:
+        raise ValueError(f"task {task.name!r} has no per-clip target")
     speed, yaw_rate = clip_motion(meta["timestamps"], meta["ego_translation"], meta["ego_rotation"])
     if task.kind == "classification":
         return ego_motion_label(speed, yaw_rate, task.thresholds)

@@ -167,6 +167,15 @@ def _experiment_and_probe(run: Path) -> tuple[Path, dict | None, dict | None]:
     return home, experiment, None
 
 
+def probe_section(report: dict) -> dict:
+    """The section of a probe report.json the records read: its `ego-motion` task (else its first
+    task); a report written before mvm-probe ran several tasks is that section itself."""
+    tasks = report.get("tasks")
+    if not isinstance(tasks, dict) or not tasks:
+        return report
+    return tasks.get("ego-motion") or next(iter(tasks.values()))
+
+
 def _count_clips(spec: str) -> int | None:
     try:
         return sum(shard_clip_counts(resolve_shards(spec)))
@@ -189,6 +198,7 @@ def summarize_run(run: Path) -> RunRecord:
     if not steps:
         raise ValueError(f"{run}/metrics.jsonl has no training step yet")
     home, experiment, probe = _experiment_and_probe(run)
+    probe = None if probe is None else probe_section(probe)
     experiment = experiment or {}
     world = experiment.get("world_size") or max(1, len(list(run.glob("keys-rank*.jsonl"))))
     last_step = steps[-1]["step"]

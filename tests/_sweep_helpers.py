@@ -47,13 +47,16 @@ def write_run(
 
 def write_probe(folder: Path, value: float, gate: str) -> None:
     folder.mkdir(parents=True)
-    report = {
+    section = {
         "metric": "balanced_accuracy",
         "pretrained": {"balanced_accuracy": value, "ci": [value - 0.1, value + 0.1]},
         "random": {"summary": {"best": 0.25}},
         "difference_ci": [value - 0.35, value - 0.15],
         "gate": gate,
     }
+    depth = {**section, "metric": "delta_1.25", "pretrained": {"delta_1.25": 0.5, "ci": [0.4, 0.6]}}
+    # mvm-probe's layout: a section per task (the records read ego-motion's, whatever the order).
+    report = {"tasks": {"depth": depth, "ego-motion": section}, "gate": gate, "skipped": {}}
     (folder / "report.json").write_text(json.dumps(report))
 
 

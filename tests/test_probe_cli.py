@@ -15,6 +15,7 @@ import mvm.probe.cli as probe_cli
 from mvm.ingest.cli import ingest_main
 from mvm.probe.cli import EXIT_FAIL, EXIT_USAGE, main
 from mvm.probe.evaluate import evaluate_encoders
+from mvm.probe.run import RunResult
 from mvm.probe.tasks import make_task
 from mvm.shards import resolve_shards
 from mvm.synth import generate
@@ -112,8 +113,12 @@ def test_random_checkpoint_fails_the_gate_deterministically(shards, tmp_path):
     run = random_checkpoint(tmp_path / "run", seed=0)
     first = probe(run, shards["train"], shards["val"], tmp_path / "a", "--seeds", "2")
     assert first.exit_code == EXIT_FAIL, first.output
-    report = json.loads((tmp_path / "a" / "report.json").read_text())
-    assert report["gate"] == "fail" and report["checkpoint_step"] == 7
+    whole = json.loads((tmp_path / "a" / "report.json").read_text())
+    # Synthesized shards without depth targets: the default runs ego-motion and says why not depth.
+    assert list(whole["tasks"]) == ["ego-motion"] and "no depth targets" in whole["skipped"]["depth"]
+    assert whole["gate"] == "fail" and whole["checkpoint_step"] == 7
+    report = whole["tasks"]["ego-motion"]
+    assert report["gate"] == "fail"
     assert report["pretrained"]["balanced_accuracy"] == report["random"]["per_seed"]["0"]["balanced_accuracy"]
     assert report["difference_ci"][1] <= 0  # pretrained minus the best random is never positive
     assert report["n_val_scenes"] == 2 and report["n_train_clips"] > report["n_val_clips"] > 0
@@ -136,7 +141,12 @@ def test_random_checkpoint_fails_the_gate_deterministically(shards, tmp_path):
     assert [c["name"] for c in report["conditions"]] == ["beats_random", "beats_pixels", "needs_order"]
     assert report["pooling"]["grid"] in report["pooling"]["candidates"]
     markdown = (tmp_path / "a" / "report.md").read_text().splitlines()
-    assert markdown[2].startswith("Not held: the pretrained encoder beats the best random encoder")
+    assert (
+        markdown[0] == "# Probe: **FAIL** (ego-motion)"
+        and "- depth: skipped: the train shards" in markdown[3]
+    )
+    section = markdown.index("## ego-motion: gate **FAIL**, strength **NONE**")
+    assert markdown[section + 2].startswith("Not held: the pretrained encoder beats the best random encoder")
 
     second = probe(run, shards["train"], shards["val"], tmp_path / "b", "--seeds", "2")
     assert second.exit_code == EXIT_FAIL
@@ -165,7 +175,7 @@ def test_speed_task_and_online_probe(shards, tmp_path):
     run = random_checkpoint(tmp_path / "run", seed=2)
     result = probe(run, shards["train"], shards["val"], tmp_path / "speed", "--task", "speed", "--seeds", "1")
     assert result.exit_code in (0, EXIT_FAIL), result.output
-    report = json.loads((tmp_path / "speed" / "report.json").read_text())
+    report = json.loads((tmp_path / "speed" / "report.json").read_text())["tasks"]["speed"]
     assert (
         report["metric"] == "r2"
         and "r2" in report["pretrained"]
@@ -190,7 +200,7 @@ def test_controls_none_and_require_strong_need_each_other(shards, tmp_path):
         run, shards["train"], shards["val"], tmp_path / "plain", "--seeds", "1", "--controls", "none"
     )
     assert plain.exit_code == EXIT_FAIL, plain.output
-    report = json.loads((tmp_path / "plain" / "report.json").read_text())
+    report = json.loads((tmp_path / "plain" / "report.json").read_text())["tasks"]["ego-motion"]
     assert "controls" not in report and report["strength"] is None
     assert [c["name"] for c in report["conditions"]] == ["beats_random"]
     assert not (tmp_path / "plain" / "controls.png").exists()
@@ -223,7 +233,7 @@ def test_require_strong_exit_codes(monkeypatch, tmp_path, order_free, require, e
     """A passing gate with weak strength exits 3 only under --require strong (planted features, real evaluation)."""
     result = planted_result(order_free)
     assert result.verdict.gate == "pass" and result.strength == ("weak" if order_free else "strong")
-    monkeypatch.setattr(probe_cli, "run_probe", lambda config: result)
+    monkeypatch.setattr(probe_cli, "run_probe", lambda config: RunResult([result]))
     args = [
         "--checkpoint",
         "x",

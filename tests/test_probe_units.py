@@ -12,7 +12,8 @@ import pytest
 from mvm.ego_motion import MotionThresholds
 from mvm.probe.evaluate import Source, Split, evaluate_encoders, majority_predictions
 from mvm.probe.gate import FAIL, PASS, decide
-from mvm.probe.report_files import report_dict, write_outputs
+from mvm.probe.report_files import report_dict
+from mvm.probe.report_run import write_report
 from mvm.probe.stats import paired_difference, percentile_interval, scene_resamples
 from mvm.probe.tasks import class_counts, clip_target, make_task, targets
 from mvm.report_format import dumps_json
@@ -116,8 +117,10 @@ def test_planted_separable_features_pass_and_noise_fails(tmp_path):
     assert null.verdict.gate == FAIL and null.strength == "none"
     assert null.conditions[0].ci[0] <= 0
 
-    paths = write_outputs(result, tmp_path)
+    paths = write_report([result], tmp_path)
     report = json.loads(paths[0].read_text())
+    assert list(report["tasks"]) == ["ego-motion"] and report["gate"] == PASS and report["skipped"] == {}
+    report = report["tasks"]["ego-motion"]
     assert report["n_val_scenes"] == 6 and report["n_val_clips"] == 120
     for field in (
         "task",
@@ -176,9 +179,9 @@ def test_speed_regression_and_majority_baseline(tmp_path):
     assert result.row(Source.pretrained()).metrics["r2"] > 0.8 and result.verdict.gate == PASS
     assert result.row(Source("majority")).metrics["r2"] <= 0.0
     assert result.strength is None and not result.row(Source.pretrained()).per_class_recall
-    paths = write_outputs(result, tmp_path)
+    paths = write_report([result], tmp_path)
     assert (tmp_path / "speed.png") in paths and (tmp_path / "controls.png") not in paths
-    assert "controls" not in json.loads(paths[0].read_text())
+    assert "controls" not in json.loads(paths[0].read_text())["tasks"]["speed"]
     counts = majority_predictions(make_task("ego-motion"), np.array(["left", "straight", "straight"]), 2)
     assert counts.tolist() == ["straight", "straight"]
 

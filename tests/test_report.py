@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from _sweep_helpers import make_sweep, write_probe, write_run
 
-from mvm.slurm.report_collect import collect, find_runs, with_ddp_overhead
+from mvm.slurm.report_collect import collect, find_runs, probe_section, with_ddp_overhead
 from mvm.slurm.report_plots import series
 
 MVM_REPORT = Path(sys.executable).parent / "mvm-report"
@@ -37,6 +37,9 @@ def test_collect_reads_axes_metrics_and_probes(sweep):
     assert by_name["x4-T8-w1"].comm_frac is None
     assert by_name["x1-T8-w1"].probe_pretrained == 0.40 and by_name["x1-T8-w1"].probe_gate == "fail"
     assert by_name["x2-T8-w1"].probe_ci == (0.4, 0.6)
+    # The probe's report.json has a section per task; a report from before that is read as it is.
+    legacy = {"metric": "balanced_accuracy", "gate": "pass"}
+    assert probe_section(legacy) is legacy and probe_section({"tasks": {"speed": legacy}}) is legacy
     # x4-T8-w2 against its one-process twin x4-T8-w1 (same data, T, preset, per-rank batch).
     assert w2.ddp_overhead == pytest.approx(0.25)
     assert all(by_name[name].ddp_overhead is None for name in by_name if name != "x4-T8-w2")
