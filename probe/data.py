@@ -8,13 +8,12 @@ errors naming shard and key) and decode with mvm.train.data.decode_sample.
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Iterator
 
 import numpy as np
 
-from mvm.shards import DamagedShardError, clip_shape_of
+from mvm.shards import DEPTH_MEMBER, DamagedShardError, clip_shape_of, decode_depth
 from mvm.shards import iter_verified as iter_samples
 from mvm.train.data import decode_sample
 
@@ -61,31 +60,6 @@ def iter_selected_frames(urls: list[str], keys: list[str], decoder: str) -> Iter
         raise DamagedShardError(
             f"shards changed while probing: {len(keys) - position} selected clips not found"
         )
-
-
-DEPTH_MEMBER = "depth.npy"
-"""A clip's per-patch LIDAR_TOP depth map (shard format v2, shards/README.md)."""
-
-
-# MERGE: the ground floor's mvm.shards.decode_depth (branch depth-ingest, shard format v2) replaces
-# this local reader: same behaviour, so the swap is this function and its import in read_depth_maps.
-def decode_depth(sample: dict) -> np.ndarray | None:
-    """The (H/p, W/p) float32 depth map of a sample (metres, NaN = no value), None without a depth member.
-
-    DamagedShardError (naming shard and key) when the member is not a 2-D float32 .npy array.
-    """
-    if DEPTH_MEMBER not in sample:
-        return None
-    where = f"shard {sample.get('url')}, sample {sample['key']}"
-    try:
-        depth = np.load(io.BytesIO(sample[DEPTH_MEMBER]), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as error:
-        raise DamagedShardError(f"{where}: unreadable {DEPTH_MEMBER}: {error}") from None
-    if depth.ndim != 2 or depth.dtype != np.float32:
-        raise DamagedShardError(
-            f"{where}: {DEPTH_MEMBER} is {depth.dtype} {depth.shape}, not a 2-D float32 map"
-        )
-    return depth
 
 
 def read_depth_maps(urls: list[str], keys: list[str]) -> dict[str, np.ndarray]:

@@ -56,15 +56,16 @@ def keyframe_lidar(root) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def lidar_root(dataroot, tmp_path_factory):
-    """The test dataroot with points in every keyframe LIDAR_TOP file, except the last scene's,
-    which keep the synthetic world's empty placeholders."""
+    """The test dataroot with planted points in every keyframe LIDAR_TOP file, except the last
+    scene's, which are emptied (a sweep without returns)."""
     root = copy_dataroot(dataroot, tmp_path_factory.mktemp("lidar") / "nuscenes")
     scenes = {s["token"]: s["name"] for s in load_table(root, "scene")}
     last = sorted(scenes.values())[-1]
     sample_scene = {s["token"]: scenes[s["scene_token"]] for s in load_table(root, "sample")}
     for index, record in enumerate(keyframe_lidar(root)):
-        if sample_scene[record["sample_token"]] != last:
-            (root / record["filename"]).write_bytes(planted_points(index).tobytes())
+        (root / record["filename"]).write_bytes(
+            planted_points(index).tobytes() if sample_scene[record["sample_token"]] != last else b""
+        )
     return root
 
 

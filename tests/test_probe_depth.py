@@ -17,7 +17,6 @@ from click.testing import CliRunner
 import mvm.probe.cli as probe_cli
 from mvm.features import INGESTED, PIXELS
 from mvm.probe.cli import EXIT_FAIL, EXIT_PASS, EXIT_USAGE, main
-from mvm.probe.data import decode_depth
 from mvm.probe.depth import (
     ABS_REL,
     DELTA,
@@ -33,7 +32,7 @@ from mvm.probe.gate import FAIL, PASS, STRONG, WEAK
 from mvm.probe.report_run import write_report
 from mvm.probe.run import RunResult, plan_tasks
 from mvm.probe.tasks import make_task
-from mvm.shards import DamagedShardError, clip_key, write_shard_folder
+from mvm.shards import FORMAT_VERSION, DamagedShardError, clip_key, decode_depth, write_shard_folder
 from mvm.train.checkpoint import save
 from mvm.train.config import apply_overrides, preset
 from mvm.train.model import build_model
@@ -178,7 +177,7 @@ def test_decode_depth_frames_and_problems():
     assert decode_depth({"key": "k"}) is None
     buffer = io.BytesIO()
     np.save(buffer, values.astype(np.float64))
-    with pytest.raises(DamagedShardError, match="not a 2-D float32"):
+    with pytest.raises(DamagedShardError, match="expected float32"):
         decode_depth({"key": "k", "url": "u", "depth.npy": buffer.getvalue()})
 
     metas = [
@@ -231,8 +230,7 @@ SIZE, CLIP_LEN = (32, 64), 8
 
 def depth_shards(folder: Path, scenes: list[str], clips: int = 3, patch: int = 16, with_depth: bool = True):
     """Moving-texture clips with ego poses (turning, straight or stopped by the texture's velocity) and,
-    with_depth, a `depth.npy` member and `depth` metadata (shard format v2's fields; the manifest
-    stays version 1, the version this branch's reader accepts)."""
+    with_depth, a `depth.npy` member and `depth` metadata (shard format v2, shards/README.md)."""
     rng = np.random.default_rng(len(scenes[0]) + clips)
     samples = []
     for scene in scenes:
@@ -242,7 +240,7 @@ def depth_shards(folder: Path, scenes: list[str], clips: int = 3, patch: int = 1
             speed, yaw_rate = (0.0 if velocity == 0 else 5.0), {-3.0: -0.5, 3.0: 0.5}.get(velocity, 0.0)
             times = np.arange(CLIP_LEN) * 0.1
             yaw = yaw_rate * times
-            meta = {"version": 1, "key": key, "scene": scene, "clip_len": CLIP_LEN, "size": list(SIZE),
+            meta = {"version": FORMAT_VERSION, "key": key, "scene": scene, "clip_len": CLIP_LEN, "size": list(SIZE),
                     "speed_mps": speed, "yaw_rate_rps": yaw_rate,
                     "timestamps": [int(t * 1e6) for t in times],
                     "ego_translation": [[speed * t, 0.0, 0.0] for t in times],
