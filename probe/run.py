@@ -9,10 +9,11 @@ import numpy as np
 
 from mvm.atomic import exclusive_lock
 from mvm.ego_motion import MotionThresholds
-from mvm.features import INGESTED, VIEWS, token_layout
+from mvm.features import INGESTED, VIEWS, EncoderLayer, token_layout
 from mvm.probe.data import read_metadata
 from mvm.probe.encoders import encode_clips, load_sources, resolve_device
-from mvm.probe.evaluate import PRETRAINED, ProbeResult, Split, evaluate_encoders, shared_scenes
+from mvm.probe.evaluate import FLOW, PRETRAINED, ProbeResult, Split, evaluate_encoders, shared_scenes
+from mvm.probe.layers import encode_layers, layer_names, select
 from mvm.probe.pooling import candidate_grids
 from mvm.probe.report_files import write_outputs
 from mvm.probe.tasks import make_task, targets
@@ -103,33 +104,55 @@ def run_probe(config: ProbeConfig) -> ProbeResult:
     check_clip_shape(model_config, train_metas + val_metas)
     pretrained = next(model for source, model in sources.items() if source.kind == PRETRAINED)
     grids = candidate_grids(token_layout(pretrained, model_config.clip_len, tuple(model_config.image_size)))
-    # Every view at every candidate grid in one decode pass: pooling is cheap next to the encoders.
     views = VIEWS if config.controls else (INGESTED,)
     # One writer per --out, taken once every input is checked (a usage error creates no folder):
     # a second probe into the same folder stops here, before the expensive part (BusyError).
     with exclusive_lock(config.out, "mvm-probe"):
-        splits = {}
-        for name, urls, metas in (("train", train_urls, train_metas), ("val", val_urls, val_metas)):
-            features = encode_clips(
-                sources,
-                urls,
-                [m["key"] for m in metas],
-                config.decoder,
-                grids,
-                views,
-                config.batch_size,
-                device,
-                config.seed,
-                f"{name} features",
-            )
-            splits[name] = Split(features, targets(task, metas), np.array([m["scene"] for m in metas]))
+        # The training clips' ingested view at every layer and grid chooses the grid, then each
+        # encoder's layer (probe/layers.py); the rest is encoded at those choices only.
+        train_keys = [m["key"] for m in train_metas]
+        train_targets, train_scenes = targets(task, train_metas), np.array([m["scene"] for m in train_metas])
+        every_layer = encode_layers(
+            {source.name: model for source, model in sources.items()},
+            train_urls,
+            train_keys,
+            config.decoder,
+            grids,
+            layer_names(model_config.depth),
+            config.batch_size,
+            device,
+            config.seed,
+        )
+        kinds = {source.name: source.kind for source in sources if source.kind != FLOW}
+        selection = select(task, every_layer, kinds, train_targets, train_scenes)
+        grid, layer_of = selection.pooling.grid, selection.layers.chosen
+        chosen = {
+            source: EncoderLayer(model, layer_of[source.name]) if source.name in layer_of else model
+            for source, model in sources.items()
+        }
+        train_features = {
+            (source, INGESTED, grid): every_layer[(source.name, layer_of.get(source.name), grid)]
+            for source in sources
+        }
+        del every_layer  # every other layer and grid: the bulk of the feature memory
+        other_views = [view for view in views if view != INGESTED]
+        if other_views:
+            train_features |= encode_clips(
+                chosen, train_urls, train_keys, config.decoder, [grid], other_views,
+                config.batch_size, device, config.seed, "train features, controls",
+            )  # fmt: skip
+        val_features = encode_clips(
+            chosen, val_urls, [m["key"] for m in val_metas], config.decoder, [grid], views,
+            config.batch_size, device, config.seed, "val features",
+        )  # fmt: skip
         result = evaluate_encoders(
             task,
-            splits["train"],
-            splits["val"],
+            Split(train_features, train_targets, train_scenes),
+            Split(val_features, targets(task, val_metas), np.array([m["scene"] for m in val_metas])),
             n_boot=config.bootstrap,
             seed=config.seed,
             controls=config.controls,
+            selection=selection,
         )
         extra = {
             "checkpoint": str(config.checkpoint),
