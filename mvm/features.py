@@ -7,8 +7,10 @@ features. Per clip (T, H, W, 3) uint8, for every view, source and grid:
 1. view (VIEWS): `ingested` as decoded; `shuffled` the frames in a seeded permutation of
    (seed, clip index) that is never the identity (order destroyed, content kept); `static` frame 0
    repeated T times (no motion at all).
-2. source: an encoder's token grid (`MaskedVideoModel.token_grid`, (B, T', R, C, d)) or the raw
-   pixels themselves (`PIXELS`: (B, T, H, W, 3) in [0, 1], a "token" per pixel, no learning).
+2. source: an encoder's token grid (`MaskedVideoModel.token_grid`, (B, T', R, C, d)), one named
+   layer of an encoder (`EncoderLayer`: `token_layers(video)[layer]`; every layer of one encoder
+   comes from a single forward pass per batch), or the raw pixels themselves (`PIXELS`:
+   (B, T, H, W, 3) in [0, 1], a "token" per pixel, no learning).
 3. spatial pooling to a (gh, gw) grid of cell averages (adaptive average pooling), per time step:
    (B, T', gh * gw * d). For pixels this is a gh x gw RGB thumbnail, so the pixel baseline never
    gets more spatial detail than the encoders at the same grid.
@@ -46,6 +48,30 @@ class PixelSource:
 
 
 PIXELS = PixelSource()
+
+
+class EncoderLayer:
+    """One layer of an encoder as a source: `model.token_layers(video)[layer]` ((B, T', R, C, d)).
+
+    model: anything with `token_layers(video) -> dict[str, Tensor]` (a MaskedVideoModel: layers
+    stem, block1..blockN, last). extract_features runs each model once per batch and view, however
+    many of its layers are sources.
+    """
+
+    def __init__(self, model, layer: str):
+        self.model, self.layer = model, layer
+
+    def token_grid(self, video: torch.Tensor) -> torch.Tensor:
+        return self.model.token_layers(video)[self.layer]
+
+
+def _tokens(source, video: torch.Tensor, layers_of: dict[int, dict[str, torch.Tensor]]) -> torch.Tensor:
+    """(B, T', R, C, d) tokens of `source`; an EncoderLayer reads `layers_of` (id(model) -> its layers), filled once."""
+    if not isinstance(source, EncoderLayer):
+        return source.token_grid(video)
+    if id(source.model) not in layers_of:
+        layers_of[id(source.model)] = source.model.token_layers(video)
+    return layers_of[id(source.model)][source.layer]
 
 
 def shuffled_order(frames: int, seed: int, clip_index: int) -> np.ndarray:
@@ -139,15 +165,16 @@ def extract_features(
 ) -> dict[tuple[str, str, Grid], np.ndarray]:
     """Probe features of every clip for every (source, view, grid), in one pass over the clips.
 
-    sources: name -> an encoder with `.token_grid(video (B, T, 3, H, W)) -> (B, T', R, C, d)`, or
-    PIXELS; clips: (T, H, W, 3) uint8 arrays, consumed once (clip i of the stream is clip index i
+    sources: name -> an encoder with `.token_grid(video (B, T, 3, H, W)) -> (B, T', R, C, d)`, an
+    EncoderLayer, or PIXELS; clips: (T, H, W, 3) uint8 arrays, consumed once (clip i of the stream is clip index i
     of the shuffled view); every grid must be at most each source's (R, C) or PIXELS' (H, W).
     Returns (name, view, grid) -> float32 (N, 3 * gh * gw * d) in clip order. nn.Module sources run
     in eval mode without gradients; their train/eval mode is restored afterwards.
     token_sink: called as (name, view, index of the batch's first clip, tokens (B, T', R, C, d)) for
     every batch, so per-token probes (mvm.probe's depth) read the same forward passes unpooled.
     """
-    modules = {name: source for name, source in sources.items() if isinstance(source, torch.nn.Module)}
+    models = {name: s.model if isinstance(s, EncoderLayer) else s for name, s in sources.items()}
+    modules = {name: model for name, model in models.items() if isinstance(model, torch.nn.Module)}
     was_training = {name: module.training for name, module in modules.items()}
     for module in modules.values():
         module.eval()
@@ -162,8 +189,9 @@ def extract_features(
                     [apply_view(clip, view, seed, first + offset) for offset, clip in enumerate(frames)]
                 )
                 video = frames_to_video(viewed).to(device)
+                layers_of: dict[int, dict[str, torch.Tensor]] = {}  # this batch's forward pass per encoder
                 for name, source in sources.items():
-                    tokens = source.token_grid(video).float()
+                    tokens = _tokens(source, video, layers_of).float()
                     if token_sink is not None:
                         token_sink(name, view, first, tokens)
                     for grid in grids:

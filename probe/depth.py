@@ -26,12 +26,13 @@ pretrained also beats `pixels` and `position-only`, each difference's CI above 0
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from mvm.probe.evaluate import PIXELS, POSITION_ONLY, PRETRAINED, RANDOM, Source
 from mvm.probe.gate import Comparison, Verdict, compare, decide, strength
+from mvm.probe.layers import LayerChoice
 from mvm.probe.linear import fit_head, predict
 from mvm.probe.stats import bootstrap_scores, paired_difference, percentile_interval, scene_resamples
 from mvm.probe.tasks import DEPTH, Task, make_task
@@ -122,6 +123,8 @@ class DepthResult:
     seed: int
     train: DepthSplit
     val: DepthSplit
+    layers: LayerChoice | None = None
+    """Each encoder's layer and the training-scene CV scores it was chosen by (choose_depth_layers)."""
 
     def row(self, source: Source) -> DepthRow:
         """The row of `source`; KeyError if absent."""
@@ -135,8 +138,59 @@ class DepthResult:
         return [row for row in self.rows if row.source.kind == RANDOM]
 
 
+def residual_log_depth(split: DepthSplit, means: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(position means (R*C,), residual (n,)): log depth minus its position's mean (the split's own
+    means unless given)."""
+    log_depth = np.log(split.depth)
+    if means is None:
+        means = position_means(log_depth, split.positions, split.layout[0] * split.layout[1])
+    return means, log_depth - means[split.positions]
+
+
+def choose_depth_layers(
+    train: DepthSplit, val: DepthSplit
+) -> tuple[DepthSplit, DepthSplit, LayerChoice | None]:
+    """Each encoder's layer for depth, by the grouped-CV score (R² of the residual) of its head on the
+    training scenes, for every encoder alike; ties go to the deeper layer. No validation sample is used.
+
+    train/val.features: (Source, layer or None for sources without layers) -> (n, F), layers shallow
+    to deep. Returns both splits with features keyed by Source (the chosen layer's only) and the
+    choice (None when no source has layers).
+    """
+    task = make_task(DEPTH)
+    _, residual = residual_log_depth(train)
+    options: dict[Source, list] = {}
+    for source, layer in train.features:
+        options.setdefault(source, []).append(layer)
+    chosen, cv_scores = {}, {}
+    for source, layers in options.items():
+        if layers == [None]:
+            chosen[source] = None
+            continue
+        scores = {
+            layer: fit_head(task, train.features[(source, layer)], residual, train.scenes).cv_score
+            for layer in layers
+        }
+        cv_scores[source.name] = scores
+        finite = [layer for layer in reversed(layers) if np.isfinite(scores[layer])]  # deeper first
+        chosen[source] = max(finite, key=scores.__getitem__) if finite else layers[-1]
+    keep = {source: (source, layer) for source, layer in chosen.items()}
+    train = replace(train, features={source: train.features[key] for source, key in keep.items()})
+    val = replace(val, features={source: val.features[key] for source, key in keep.items()})
+    if not cv_scores:
+        return train, val, None
+    offered = tuple(dict.fromkeys(layer for layer_list in options.values() for layer in layer_list if layer))
+    names = {source.name: layer for source, layer in chosen.items() if layer is not None}
+    return train, val, LayerChoice(train.layout, offered, names, cv_scores)
+
+
 def evaluate_depth(
-    train: DepthSplit, val: DepthSplit, n_boot: int = 1000, seed: int = 0, controls: bool = True
+    train: DepthSplit,
+    val: DepthSplit,
+    n_boot: int = 1000,
+    seed: int = 0,
+    controls: bool = True,
+    layers: LayerChoice | None = None,
 ) -> DepthResult:
     """Fit one residual ridge head per source on `train`, score on `val`, bootstrap, decide.
 
@@ -152,8 +206,7 @@ def evaluate_depth(
     if controls and PIXELS not in kinds:
         raise ValueError("the controls need the pixels source")
     task = make_task(DEPTH)
-    means = position_means(np.log(train.depth), train.positions, train.layout[0] * train.layout[1])
-    residual = np.log(train.depth) - means[train.positions]
+    means, residual = residual_log_depth(train)
     base = means[val.positions]
 
     rows = []
@@ -224,5 +277,17 @@ def evaluate_depth(
     else:
         level, reason = None, "controls were off (--controls none)"
     return DepthResult(
-        task, rows, verdict, conditions, level, reason, best_random, controls, n_boot, seed, train, val
+        task,
+        rows,
+        verdict,
+        conditions,
+        level,
+        reason,
+        best_random,
+        controls,
+        n_boot,
+        seed,
+        train,
+        val,
+        layers,
     )

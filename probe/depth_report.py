@@ -18,7 +18,12 @@ import numpy as np  # noqa: E402
 from mvm.atomic import save_figure  # noqa: E402
 from mvm.probe.depth import ABS_REL, DELTA, METRICS, DepthResult, DepthRow, abs_rel  # noqa: E402
 from mvm.probe.evaluate import POSITION_ONLY, Source  # noqa: E402
-from mvm.probe.report_files import condition_json, condition_sentence  # noqa: E402
+from mvm.probe.report_files import (  # noqa: E402
+    condition_json,
+    condition_sentence,
+    layers_json,
+    layers_markdown,
+)
 from mvm.probe.stats import CI_LEVEL  # noqa: E402
 from mvm.report_format import fmt, fmt_ci, markdown_table  # noqa: E402
 
@@ -106,6 +111,12 @@ def depth_report_dict(result: DepthResult) -> dict:
     }
     if result.controls:
         report["pixels"] = _row_json(result.row(Source.pixels()))
+    if result.layers is not None:
+        report["layers"] = layers_json(
+            result.layers,
+            "per encoder, the highest grouped-CV R² of the residual on the training scenes, every "
+            "token of the depth frame; ties to the deeper layer",
+        )
     return report
 
 
@@ -160,6 +171,8 @@ def depth_markdown(result: DepthResult, report: dict) -> str:
         ),
         "",
     ]
+    if result.layers is not None:
+        lines += layers_markdown(result.layers, score="grouped-CV R² of the residual")
     return "\n".join(lines)
 
 

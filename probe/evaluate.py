@@ -23,6 +23,7 @@ import numpy as np
 
 from mvm.features import INGESTED, SHUFFLED, STATIC, Grid
 from mvm.probe.gate import Comparison, Verdict, compare, decide, strength
+from mvm.probe.layers import LayerChoice, Selection
 from mvm.probe.linear import FittedHead, fit_head, predict
 from mvm.probe.pooling import PoolingChoice, select_grid
 from mvm.probe.stats import (
@@ -112,7 +113,11 @@ class ProbeRow:
     """The head's C or alpha; None for the majority predictor."""
     cv_score: float | None = None
     """The head's grouped-CV score on the training scenes."""
+    on_edge: bool | None = None
+    """The regularization is the first or last value of its grid (mvm.probe.linear.FittedHead.on_edge)."""
     feature_dim: int | None = None
+    layer: str | None = None
+    """The encoder layer read (probe/layers.py); None for sources without layers or without a layer choice."""
 
 
 @dataclass
@@ -140,6 +145,8 @@ class ProbeResult:
     val_targets: np.ndarray
     train_scenes: np.ndarray = field(repr=False, default_factory=lambda: np.array([]))
     val_scenes: np.ndarray = field(repr=False, default_factory=lambda: np.array([]))
+    layers: LayerChoice | None = None
+    """Each encoder's layer and every layer's CV score, when the layers were chosen (probe/layers.py)."""
 
     def row(self, source: Source, view: str = INGESTED) -> ProbeRow:
         """The row of (source, view); KeyError if absent."""
@@ -187,11 +194,18 @@ def _score(task: Task, source: Source, view: str, y_val: np.ndarray, y_pred: np.
         per_class_recall=per_class_recall(task, y_val, y_pred),
         regularization=None if head is None else head.regularization,
         cv_score=None if head is None else head.cv_score,
+        on_edge=None if head is None else head.on_edge,
     )
 
 
 def evaluate_encoders(
-    task: Task, train: Split, val: Split, n_boot: int = 1000, seed: int = 0, controls: bool = True
+    task: Task,
+    train: Split,
+    val: Split,
+    n_boot: int = 1000,
+    seed: int = 0,
+    controls: bool = True,
+    selection: Selection | None = None,
 ) -> ProbeResult:
     """Choose the pooling grid, fit one head per (source, view), score on `val`, bootstrap, decide.
 
@@ -201,7 +215,9 @@ def evaluate_encoders(
     grid choice (so the gate's features do not depend on `controls`); with controls=False the
     pixel and view rows are neither fitted nor reported and `strength` is None. A `flow` source,
     when present, is scored at the chosen grid like pixels (with the controls only) and takes no
-    part in the grid choice or the verdict.
+    part in the grid choice or the verdict. `selection` (probe/layers.py): the grid and each
+    encoder's layer chosen beforehand on the training clips, with their heads; the features of
+    train and val are then those of the chosen layers, at least at the chosen grid.
     """
     overlap = shared_scenes(train.scenes, val.scenes)
     if overlap:
@@ -213,13 +229,21 @@ def evaluate_encoders(
     if controls and PIXELS not in kinds:
         raise ValueError("the controls need the pixels source")
 
-    choice, heads = select_grid(
-        task,
-        {(s.name, g): x for (s, view, g), x in train.features.items() if view == INGESTED and s.kind != FLOW},
-        {source.name: source.kind for source in sources if source.kind != FLOW},
-        train.targets,
-        train.scenes,
-    )
+    if selection is not None:
+        choice, heads = selection.pooling, selection.heads
+    else:
+        choice, heads = select_grid(
+            task,
+            {
+                (s.name, g): x
+                for (s, view, g), x in train.features.items()
+                if view == INGESTED and s.kind != FLOW
+            },
+            {source.name: source.kind for source in sources if source.kind != FLOW},
+            train.targets,
+            train.scenes,
+        )
+    chosen_layers = {} if selection is None else selection.layers.chosen
     grid = choice.grid
     reported = [source for source in sources if controls or source.kind not in CONTROL_KINDS]
     views = (INGESTED, SHUFFLED, STATIC) if controls else (INGESTED,)
@@ -235,6 +259,7 @@ def evaluate_encoders(
                 task, source, view, val.targets, predict(head, val.features[(source, view, grid)]), head
             )
             row.feature_dim = int(train.features[(source, view, grid)].shape[1])
+            row.layer = chosen_layers.get(source.name)
             rows.append(row)
     rows.sort(key=lambda row: (row.source.order(), views.index(row.view)))
     majority = majority_predictions(task, train.targets, len(val.targets))
@@ -311,4 +336,5 @@ def evaluate_encoders(
         val_targets=val.targets,
         train_scenes=train.scenes,
         val_scenes=val.scenes,
+        layers=None if selection is None else selection.layers,
     )

@@ -17,6 +17,22 @@ Each CV fold standardizes and projects once and reuses that for every regulariza
 
 Logistic regression uses class_weight="balanced" (the same for every encoder compared), so a
 head is not rewarded for predicting the ~74% `straight` class everywhere.
+
+Choosing the regularization (`choose_regularization`): the one-standard-error rule. The best mean
+grouped-CV score sets a bar one standard error (over the folds) below it, and the most regularized
+grid value whose mean clears the bar is chosen: values within the noise of the best are not told
+apart by the CV, so the simplest head among them wins, and a small change of machine or data
+cannot flip the choice between two values that score alike (the previous rule, the argmax of the
+mean, flipped a random encoder's C between two machines). Grid values whose fold scores are
+identical are one head (with enough penalty the predictions stop changing: a logistic head at
+tiny C is the limit classifier of its centroid directions), so when the choice is the most
+regularized end and the next values score identically, the rule takes the least regularized of
+that run: a choice at the grid's end is a real edge only when the scores still change there. A choice on either end of the grid is reported (`FittedHead.on_edge`):
+the best value may then lie beyond the grid.
+
+The grids span 8 (C) and 9 (alpha) decades: the earlier ones (C 1e-3..10, alpha 0.1..1e4) put
+random encoders' choices on the edge (C = 1e-3) on the demo's data, where grid-pooled features have
+~10^4 dimensions and ~400 clips.
 """
 
 from __future__ import annotations
@@ -36,10 +52,11 @@ from threadpoolctl import threadpool_limits
 
 from mvm.probe.tasks import Task
 
-LOGISTIC_C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
-"""Inverse L2 strengths tried for logistic regression (features are standardized, so one grid fits all encoders)."""
-RIDGE_ALPHA_GRID = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
-"""L2 strengths tried for ridge regression."""
+LOGISTIC_C_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0)
+"""Inverse L2 strengths tried for logistic regression, most regularized first (features are
+standardized, so one grid fits all encoders)."""
+RIDGE_ALPHA_GRID = (1e6, 1e5, 1e4, 1e3, 100.0, 10.0, 1.0, 0.1, 0.01, 1e-3)
+"""L2 strengths tried for ridge regression, most regularized first."""
 MAX_CV_FOLDS = 5
 """Scene-grouped folds (fewer when there are fewer training scenes)."""
 
@@ -84,6 +101,28 @@ class FittedHead:
     """The chosen C (logistic) or alpha (ridge)."""
     cv_score: float
     """Mean grouped-CV score of the chosen setting (balanced accuracy or R²); NaN if no CV ran."""
+    on_edge: bool = False
+    """The choice is the grid's first or last value (its best may lie beyond the grid); False without CV."""
+
+
+def choose_regularization(scores: np.ndarray) -> int:
+    """The one-standard-error choice: the grid index to use, from (folds, G) CV scores.
+
+    The grid is ordered most regularized first. bar = best mean - standard error of the best's fold
+    scores (std with ddof 1 / sqrt(folds)); the first index whose mean reaches the bar is taken;
+    when that is the grid's first index, it moves on along the run of following indices with
+    identical fold scores (one head: see the module docstring). With one fold the standard error is 0 and this is the argmax of the mean
+    (ties: the more regularized).
+    """
+    folds = scores.shape[0]
+    mean = scores.mean(axis=0)
+    best = int(np.argmax(mean))
+    error = scores[:, best].std(ddof=1) / np.sqrt(folds) if folds > 1 else 0.0
+    chosen = int(np.flatnonzero(mean >= mean[best] - error)[0])
+    if chosen == 0:  # the strongest end: if the scores stop changing there, the limit is reached, not an edge
+        while chosen + 1 < scores.shape[1] and np.array_equal(scores[:, chosen], scores[:, chosen + 1]):
+            chosen += 1
+    return chosen
 
 
 def _parts(task: Task) -> tuple[Pipeline, object, str, tuple[float, ...], str]:
@@ -101,7 +140,7 @@ def fit_head(task: Task, features: np.ndarray, targets: np.ndarray, scenes: np.n
     features: (N, F) float; targets: (N,) class names or floats; scenes: (N,) scene names (CV groups).
     Classification needs at least two classes in the training clips (ValueError otherwise). With
     fewer than two training scenes no CV is possible and the middle of the grid is used. The chosen
-    value has the best mean score over the folds (ties: the first, i.e. the stronger penalty).
+    value follows the one-standard-error rule (`choose_regularization`).
     """
     preprocess, head, param, grid, scoring = _parts(task)
     if task.kind == "classification" and len(np.unique(targets)) < 2:
@@ -117,7 +156,7 @@ def fit_head(task: Task, features: np.ndarray, targets: np.ndarray, scenes: np.n
         warnings.simplefilter("ignore", UserWarning)
         warnings.simplefilter("ignore", ConvergenceWarning)
         if n_folds < 2:
-            chosen, cv_score = grid[len(grid) // 2], float("nan")
+            chosen, cv_score, on_edge = grid[len(grid) // 2], float("nan"), False
         else:
             scores = np.zeros((n_folds, len(grid)))
             folds = GroupKFold(n_splits=n_folds).split(features, targets, scenes)
@@ -130,12 +169,12 @@ def fit_head(task: Task, features: np.ndarray, targets: np.ndarray, scenes: np.n
                 for index, value in enumerate(grid):
                     fitted = clone(head).set_params(**{param: value}).fit(fit_x, targets[fit_rows])
                     scores[fold, index] = scorer(fitted, held_x, targets[held_rows])
-            mean = scores.mean(axis=0)
-            best = int(np.argmax(mean))
-            chosen, cv_score = grid[best], float(mean[best])
+            index = choose_regularization(scores)
+            chosen, cv_score = grid[index], float(scores[:, index].mean())
+            on_edge = index in (0, len(grid) - 1)
         pipeline = Pipeline([*preprocess.steps, ("head", clone(head).set_params(**{param: chosen}))])
         pipeline.fit(features, targets)
-    return FittedHead(pipeline, chosen, cv_score)
+    return FittedHead(pipeline, chosen, cv_score, on_edge)
 
 
 def predict(head: FittedHead, features: np.ndarray) -> np.ndarray:

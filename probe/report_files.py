@@ -12,6 +12,7 @@ import numpy as np
 from mvm.features import INGESTED, VIEWS
 from mvm.probe.evaluate import FLOW, MAJORITY, ProbeResult, ProbeRow, Source
 from mvm.probe.gate import Comparison
+from mvm.probe.layers import LayerChoice
 from mvm.probe.plots import plot_confusions, plot_controls, plot_speed
 from mvm.probe.stats import CI_LEVEL
 from mvm.probe.tasks import class_counts
@@ -26,7 +27,13 @@ def _row_json(row: ProbeRow) -> dict:
     """The legacy per-encoder entry: metrics at the top level, then ci and the head's settings."""
     entry = {**row.metrics, "ci": list(row.ci), "per_class_recall": row.per_class_recall}
     if row.regularization is not None:
-        entry.update(regularization=row.regularization, cv_score=row.cv_score, feature_dim=row.feature_dim)
+        entry.update(
+            regularization=row.regularization,
+            regularization_on_edge=row.on_edge,
+            cv_score=row.cv_score,
+            feature_dim=row.feature_dim,
+            layer=row.layer,
+        )
     return entry
 
 
@@ -42,8 +49,10 @@ def _control_json(row: ProbeRow) -> dict:
         "drop": row.drop,
         "drop_ci": None if row.drop_ci is None else list(row.drop_ci),
         "regularization": row.regularization,
+        "regularization_on_edge": row.on_edge,
         "cv_score": row.cv_score,
         "feature_dim": row.feature_dim,
+        "layer": row.layer,
     }
 
 
@@ -111,6 +120,8 @@ def report_dict(result: ProbeResult) -> dict:
             "turn_yaw_rate_rps": task.thresholds.turn_yaw_rate_rps,
         },
     }
+    if result.layers is not None:
+        report["layers"] = layers_json(result.layers)
     if result.controls:
         report["controls"] = {
             "views": list(VIEWS),
@@ -141,6 +152,55 @@ def condition_sentence(condition: Comparison, metric: str, right_label: str) -> 
         f"{'Held' if condition.held else 'Not held'}: {condition.statement} — {metric} "
         f"{fmt(condition.left)} vs {fmt(condition.right)} {right_label}, difference "
         f"{fmt(condition.difference)}, 95% CI {fmt_ci(condition.ci)}."
+    )
+
+
+GRID_RULE = (
+    "per encoder, the highest grouped-CV score on the training scenes at the chosen grid "
+    "(the grid itself chosen on the `last` layer); ties to the deeper layer"
+)
+
+
+def layers_json(choice: LayerChoice, rule: str = GRID_RULE) -> dict:
+    """report.json's `layers`: every encoder's CV score per layer at the chosen grid, and its choice."""
+    return {
+        "grid": list(choice.grid),
+        "candidates": list(choice.layers),
+        "cv_scores": choice.cv_scores,
+        "chosen": choice.chosen,
+        "rule": rule,
+    }
+
+
+def layers_markdown(choice: LayerChoice, score: str = "grouped-CV score") -> list[str]:
+    """report.md's layer table: one row per encoder, one column per layer, then the chosen one."""
+    return [
+        f"## Encoder layer ({score} on the training scenes at the {grid_name(choice.grid)} grid)",
+        "",
+        "`stem` = the CNN stem's tokens without position codes; `blockK` = the K-th block's output; "
+        "`last` = after the final norm. Each encoder reads its best layer (ties: the deeper).",
+        "",
+        markdown_table(
+            ["encoder", *choice.layers, "chosen"],
+            [
+                [name, *(scores[layer] for layer in choice.layers), choice.chosen[name]]
+                for name, scores in choice.cv_scores.items()
+            ],
+        ),  # fmt: skip
+        "",
+    ]
+
+
+def edge_sentence(rows: list[ProbeRow]) -> str:
+    """One sentence naming the rows whose regularization is on its grid's edge (or saying none is)."""
+    edged = [
+        row.source.name + ("" if row.view == INGESTED else f" ({row.view})") for row in rows if row.on_edge
+    ]
+    if not edged:
+        return "No head's regularization is on the edge of its grid (mvm.probe.linear)."
+    return (
+        f"Regularization on the edge of its grid (the best may lie beyond it): {', '.join(edged)}; "
+        "these rows may be under- or over-penalized."
     )
 
 
@@ -192,9 +252,13 @@ def markdown(result: ProbeResult, report: dict) -> str:
             ],
         ),
         "",
+        edge_sentence(result.rows),
+        "",
     ]
     if result.controls:
         lines += _controls_markdown(result)
+    if result.layers is not None:
+        lines += layers_markdown(result.layers)
     lines += ["## Pooling grid (grouped-CV score on the training scenes)", ""]
     pooling = result.pooling
     chosen_by = set(next(iter(pooling.cv_scores.values())))  # every source but flow (a reference only)

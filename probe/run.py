@@ -10,9 +10,9 @@ import numpy as np
 
 from mvm.atomic import exclusive_lock
 from mvm.ego_motion import MotionThresholds
-from mvm.features import INGESTED, VIEWS, token_layout
+from mvm.features import INGESTED, VIEWS, EncoderLayer, token_layout
 from mvm.probe.data import read_depth_maps, read_metadata
-from mvm.probe.depth import DepthResult, evaluate_depth
+from mvm.probe.depth import DepthResult, choose_depth_layers, evaluate_depth
 from mvm.probe.depth_data import DepthTokens, depth_frames, depth_problem, depth_split
 from mvm.probe.encoders import encode_clips, load_sources, resolve_device
 from mvm.probe.evaluate import (
@@ -25,6 +25,7 @@ from mvm.probe.evaluate import (
     evaluate_encoders,
     shared_scenes,
 )
+from mvm.probe.layers import encode_layers, layer_names, select
 from mvm.probe.pooling import candidate_grids
 from mvm.probe.report_run import write_report
 from mvm.probe.tasks import CLIP_TASKS, DEPTH, make_task, targets
@@ -151,57 +152,53 @@ def run_probe(config: ProbeConfig) -> RunResult:
     if not clip_tasks:  # flow is a reference of the clip-level tasks only
         sources = {source: model for source, model in sources.items() if source.kind != FLOW}
     pretrained = next(model for source, model in sources.items() if source.kind == PRETRAINED)
-    size = tuple(model_config.image_size)
-    layout = token_layout(pretrained, model_config.clip_len, size)
+    layout = token_layout(pretrained, model_config.clip_len, tuple(model_config.image_size))
     grids = candidate_grids(layout) if clip_tasks else []
-    # Every view at every candidate grid in one decode pass: pooling is cheap next to the encoders.
     views = VIEWS if config.controls and clip_tasks else (INGESTED,)
-    depth_names = {
-        source.name
-        for source in sources
-        if source.kind in (PRETRAINED, RANDOM) or (source.kind == PIXELS and config.controls)
-    }
+    layers = layer_names(model_config.depth)
+    encoders = [source for source in sources if source.kind in (PRETRAINED, RANDOM)]
+    # The depth probe reads every layer of every encoder (and the patches' pixels with the controls).
+    depth_keys = {f"{source.name}/{layer}": (source, layer) for source in encoders for layer in layers}
+    if config.controls:
+        depth_keys |= {source.name: (source, None) for source in sources if source.kind == PIXELS}
+    models = {source.name: model for source, model in sources.items()}
     # One writer per --out, taken once every input is checked (a usage error creates no folder):
     # a second probe into the same folder stops here, before the expensive part (BusyError).
     with exclusive_lock(config.out, "mvm-probe"):
-        splits, depth_splits = {}, {}
-        for name, urls, metas in (("train", train_urls, train_metas), ("val", val_urls, val_metas)):
+        # Each split's ingested view at every layer (and, for the training clips, every grid) in one
+        # decode pass: it chooses the grid and each encoder's layer per clip task (probe/layers.py,
+        # training clips only) and feeds the depth probe's tokens. The control views are encoded
+        # afterwards at the chosen grid and layers only.
+        layered, depth_splits = {}, {}
+        splits = {"train": (train_urls, train_metas), "val": (val_urls, val_metas)}
+        for name, (urls, metas) in splits.items():
             sink = None
             if DEPTH in names:
                 frames = depth_frames(metas)
-                sink = DepthTokens(depth_names, frames, model_config.clip_len, layout)
+                sink = DepthTokens(set(depth_keys), frames, model_config.clip_len, layout)
                 maps = read_depth_maps(
                     urls, [m["key"] for m, f in zip(metas, frames, strict=True) if f is not None]
                 )
-            features = encode_clips(
-                sources,
-                urls,
-                [m["key"] for m in metas],
-                config.decoder,
-                grids,
-                views,
-                config.batch_size,
-                device,
-                config.seed,
-                f"{name} features",
-                token_sink=sink,
-            )
-            splits[name] = (features, np.array([m["scene"] for m in metas]), metas)
+            layered[name] = encode_layers(
+                models, urls, [m["key"] for m in metas], config.decoder, grids, layers,
+                config.batch_size, device, config.seed, f"{name} features, every layer", token_sink=sink,
+            )  # fmt: skip
             if sink is not None:
-                depth_splits[name] = depth_split(sink, metas, maps, {s.name: s for s in sources})
+                depth_splits[name] = depth_split(sink, metas, maps, depth_keys)
         results = {}
+        kinds = {source.name: source.kind for source in sources if source.kind != FLOW}
         for task in clip_tasks:
-            train, val = (Split(f, targets(task, metas), scenes) for f, scenes, metas in splits.values())
-            results[task.name] = evaluate_encoders(
-                task, train, val, n_boot=config.bootstrap, seed=config.seed, controls=config.controls
-            )
+            results[task.name] = _clip_task(task, sources, layered, kinds, views, splits, config, device)
+        del layered  # every other layer and grid: the bulk of the feature memory
         if DEPTH in names:
+            train, val, layer_choice = choose_depth_layers(depth_splits["train"], depth_splits["val"])
             results[DEPTH] = evaluate_depth(
-                depth_splits["train"],
-                depth_splits["val"],
+                train,
+                val,
                 n_boot=config.bootstrap,
                 seed=config.seed,
                 controls=config.controls,
+                layers=layer_choice,
             )
         extra = {
             "checkpoint": str(config.checkpoint),
@@ -216,3 +213,52 @@ def run_probe(config: ProbeConfig) -> RunResult:
         run = RunResult([results[name] for name in names], skipped)
         write_report(run.results, config.out, extra, skipped)
     return run
+
+
+def _clip_task(
+    task,
+    sources: dict,
+    layered: dict[str, dict],
+    kinds: dict[str, str],
+    views: tuple[str, ...],
+    splits: dict[str, tuple[list[str], list[dict]]],
+    config: ProbeConfig,
+    device,
+) -> ProbeResult:
+    """One clip-level task: grid and layers chosen on the training clips' ingested view (every layer
+    and grid in `layered["train"]`), the control views encoded at those choices, then the gate.
+
+    layered: split -> (source name, layer or None, grid) -> (N, F) ingested features (the validation
+    clips' at every layer of every grid too); splits: split -> (shard urls, clip metadata).
+    """
+    scenes = {name: np.array([m["scene"] for m in metas]) for name, (_, metas) in splits.items()}
+    train_targets = targets(task, splits["train"][1])
+    selection = select(task, layered["train"], kinds, train_targets, scenes["train"])
+    grid, layer_of = selection.pooling.grid, selection.layers.chosen
+    chosen = {
+        source: EncoderLayer(model, layer_of[source.name]) if source.name in layer_of else model
+        for source, model in sources.items()
+    }
+    features = {
+        name: {
+            (source, INGESTED, grid): layered[name][(source.name, layer_of.get(source.name), grid)]
+            for source in sources
+        }
+        for name in splits
+    }
+    other_views = [view for view in views if view != INGESTED]
+    if other_views:
+        for name, (urls, metas) in splits.items():
+            features[name] |= encode_clips(
+                chosen, urls, [m["key"] for m in metas], config.decoder, [grid], other_views,
+                config.batch_size, device, config.seed, f"{name} features, controls",
+            )  # fmt: skip
+    return evaluate_encoders(
+        task,
+        Split(features["train"], train_targets, scenes["train"]),
+        Split(features["val"], targets(task, splits["val"][1]), scenes["val"]),
+        n_boot=config.bootstrap,
+        seed=config.seed,
+        controls=config.controls,
+        selection=selection,
+    )

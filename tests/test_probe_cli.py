@@ -135,6 +135,15 @@ def test_random_checkpoint_fails_the_gate_deterministically(shards, tmp_path):
         for view in ("ingested", "shuffled", "static")
     }
     assert "flow" not in report["pooling"]["cv_scores"][next(iter(report["pooling"]["cv_scores"]))]
+    # every encoder's layer chosen by CV at the chosen grid, all layers' scores reported (probe/layers.py)
+    layers = report["layers"]
+    assert layers["candidates"] == ["stem", "last"] and layers["grid"] == report["pooling"]["grid"]
+    assert (
+        set(layers["chosen"]) == set(layers["cv_scores"]) == {"pretrained", "random seed 0", "random seed 1"}
+    )
+    assert report["pretrained"]["layer"] == layers["chosen"]["pretrained"]
+    assert all(isinstance(row["regularization_on_edge"], bool) for row in rows)
+    assert "## Encoder layer" in (tmp_path / "a" / "report.md").read_text()
     assert len(rows) == 3 * (1 + 2 + 1 + 1) and all(
         set(row["per_class_recall"]) == set(report["classes"]) for row in rows
     )

@@ -30,5 +30,11 @@ def test_logged_diagnostics_and_a_firing_collapse_warning(tmp_path):
     for record in steps:
         assert record["copy_loss"] > 0 and record["rankme"] >= 1 and record["time_spread"] > 0
     assert [r["step"] for r in records if r.get("event") == "collapse"] == [2, 4]
+    # held-out token RankMe: at initialization and with the picture, on the --viz-shards clips
+    heldout = [r for r in records if "rankme_heldout" in r and "event" not in r]
+    assert [r["step"] for r in heldout] == [0, 4] and heldout[0]["rankme_heldout_ratio"] == 1.0
+    assert heldout[0]["heldout_clips"] == 4 and "--viz-shards" in heldout[0]["heldout_source"]
+    assert heldout[1]["rankme_heldout"] > 1 and heldout[1]["emb_std_heldout"] > 0
+    assert "held-out RankMe and emb_std: the first 4 clips of --viz-shards" in result.stdout + result.stderr
     assert (tmp_path / "run" / "loss.png").stat().st_size > 0
     assert (tmp_path / "run" / "viz" / "step-000004.png").stat().st_size > 0

@@ -268,3 +268,19 @@ def test_optimizer_moments_follow_their_parameters_from_an_older_parameter_order
     for name in names:
         expected = optimizer.state[param_of[name]]["exp_avg_sq"]
         assert torch.equal(fresh_optimizer.state[fresh_params[name]]["exp_avg_sq"], expected), name
+
+
+def test_token_layers_are_every_layer_of_one_forward_pass():
+    """stem (no position codes), each block, and `last` = token_grid, all laid out as (B, T', R, C, d)."""
+    torch.manual_seed(0)
+    model = build_model(small_model()).eval()
+    video = torch.rand(2, 4, 3, 32, 48)
+    layers = model.token_layers(video)
+    assert list(layers) == ["stem", "block1", "last"]
+    assert all(value.shape == (2, 4, 2, 3, 32) for value in layers.values())
+    assert torch.allclose(layers["last"], model.token_grid(video), atol=1e-5)
+    patches = patchify(video, 16, 1)
+    assert torch.allclose(layers["stem"].reshape(2, -1, 32), model.stem(patches), atol=1e-6)
+    with torch.no_grad():
+        last = model.encoder_norm(model.encoder.layers[1](layers["block1"].reshape(2, -1, 32)))
+    assert torch.allclose(last.reshape(layers["last"].shape), layers["last"], atol=1e-5)

@@ -166,7 +166,8 @@ class TrainConfig:
     viz_every: int = option(500, low=1, resume_may_change=True)
     """Steps between RUN/viz/step-NNNNNN.png pictures (and one at the end)."""
     viz_shards: str = option("", free_text=True, resume_may_change=True)
-    """Shard spec of the validation clips drawn in RUN/viz (chosen once per run); empty = probe_shards, else the training shards."""
+    """Shard spec of the validation clips drawn in RUN/viz (chosen once per run); empty = probe_shards, else the
+    training shards. Also the held-out RankMe clips (--rankme-clips; empty: the training shards)."""
     viz_clips: int = option(2, low=1, flag=False, resume_may_change=True)
     """Clips per RUN/viz picture."""
     ckpt_every: int = option(500, low=1, resume_may_change=True)
@@ -181,6 +182,12 @@ class TrainConfig:
     collapse_time_spread: float = option(0.001, low=0, flag=False, resume_may_change=True)
     """Warn when the within-clip token spread over time, relative to the token std, falls below this
     (collapsed: < 1e-5; healthy tiny runs >= 0.0022, their early loss plateau)."""
+    rankme_clips: int = option(256, low=2, resume_may_change=True)
+    """Clips of the fixed held-out set on which token-level RankMe and emb_std are logged at step 0, every
+    picture and the end (rankme_heldout, train/heldout.py): the first N clips of --viz-shards when given,
+    else of the training shards, read once at the start."""
+    collapse_rankme_ratio: float = option(0.5, low=0, high=1, flag=False, resume_may_change=True)
+    """Warn when rankme_heldout falls below this fraction of its value at initialization (a slow collapse)."""
     starvation_frac: float = option(0.5, low=0, high=1, flag=False, resume_may_change=True)
     """Warn when data_wait_frac stays above this (the input pipeline, not the model, sets the pace)."""
     probe_every: int = option(0, low=0, resume_may_change=True)

@@ -119,9 +119,18 @@ def effective_rank(embeddings: torch.Tensor, rel_tol: float = 1e-5) -> float:
     """
     embeddings = embeddings.double()
     centred = embeddings - embeddings.mean(dim=0, keepdim=True)
-    values = torch.linalg.svdvals(centred)
     scale = embeddings.pow(2).sum(dim=1).mean().sqrt() * embeddings.shape[0] ** 0.5
-    values = values[values > rel_tol * max(scale.item(), 1e-30)]
+    return rank_of_singular_values(torch.linalg.svdvals(centred), scale.item(), rel_tol)
+
+
+def rank_of_singular_values(values: torch.Tensor, scale: float, rel_tol: float = 1e-5) -> float:
+    """exp(entropy of values / their sum) over the singular values (K,) above rel_tol x scale; 0 when none is.
+
+    scale: the Frobenius norm of the embeddings themselves (not of their centred residual), so the
+    float noise of a constant or position-only encoder is dropped rather than counted.
+    """
+    values = values.double()
+    values = values[values > rel_tol * max(scale, 1e-30)]
     if values.numel() == 0:
         return 0.0
     share = values / values.sum()

@@ -38,6 +38,7 @@ from mvm.train.config import TrainConfig, to_dict
 from mvm.train.data import EpochPlans, batches, rank_reader
 from mvm.train.diagnostics import fixed_mask, logged_step_diagnostics
 from mvm.train.engine import build_optimizer, load_optimizer_state, lr_at, step_on_batch, wrap_model
+from mvm.train.heldout import HeldoutMonitor, heldout_collapse_reason
 from mvm.train.log_window import LogWindow, write_window
 from mvm.train.metrics import (
     MetricsLog,
@@ -271,10 +272,24 @@ def _train(config, run, resume_state, console, rank, world, device) -> int:
     # (train/diagnostics.py: with per-clip masks, embeddings would differ by their masks alone).
     viz_inputs = fixed_viz_inputs(config) if lead else None
     shared_ids_keep = fixed_mask(config.model, 1, config.seed)[0][0]
+    # Token-level RankMe on fixed clips against its value at step 0: a slow collapse (train/heldout.py).
+    heldout = HeldoutMonitor.open(config, read_jsonl(run / "metrics.jsonl")) if lead else None
+    if lead:
+        console.print(f"held-out RankMe and emb_std: {heldout.source}")
 
     def draw() -> None:
         """RUN/viz/step-NNNNNN.png of the fixed validation clips (rank 0), mirrored to TensorBoard."""
         log.image("viz", render(model, *viz_inputs, step, run / "viz" / f"step-{step:06d}.png"), step)
+
+    def measure_heldout() -> None:
+        """RUN/metrics.jsonl's held-out line (rank 0), and a collapse event when its ratio is low."""
+        record = heldout.measure(model, step, config.data.batch_size)
+        log.write(record)
+        reason = heldout_collapse_reason(record, config.collapse_rankme_ratio)
+        if reason:
+            log.write({"event": "collapse", "step": step, "rankme_heldout": record["rankme_heldout"],
+                       "rankme_heldout_ratio": record["rankme_heldout_ratio"]})  # fmt: skip
+            console.print(f"[yellow]step {step}: encoder collapse? {reason}")
 
     def skipped_sample(reason: str) -> None:
         """A bad sample (--on-bad-sample skip) read while filling the batch of step + 1."""
@@ -288,6 +303,8 @@ def _train(config, run, resume_state, console, rank, world, device) -> int:
     window = LogWindow(config.data.batch_size * world, device, comm_timer)
     video = mask = None
     exit_code = 0
+    if lead and step == 0:
+        measure_heldout()  # the reference every later held-out line is judged against
     try:
         with progress_bar(console, lead) as progress:
             task = progress.add_task("train", total=config.steps, completed=step, info="")
@@ -325,6 +342,7 @@ def _train(config, run, resume_state, console, rank, world, device) -> int:
                         log.write({"step": step, **probe_metrics(probe, model)})
                     if lead and step % config.viz_every == 0:
                         draw()
+                        measure_heldout()
                     if step % config.ckpt_every == 0:
                         checkpointer.save(step, position)
                 if step >= config.steps:
@@ -335,6 +353,7 @@ def _train(config, run, resume_state, console, rank, world, device) -> int:
                 checkpointer.save(step, position)
             if lead and video is not None and step % config.viz_every:
                 draw()
+                measure_heldout()
     finally:
         stream.close()  # stops the DataLoader workers, also on an exception
         keys_log.close()

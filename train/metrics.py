@@ -5,7 +5,9 @@ Step lines: {"step", "loss", "lr", "grad_norm", "emb_std", "emb_norm", "copy_los
 values are means over the steps since the previous line (clips_per_s over all ranks; loss and the
 norms over its finite steps; comm_frac: all-reduce time in flight over the window's wall time, see
 train/engine.py), except copy_loss, rankme and time_spread, which come from the logged step's batch
-(train/diagnostics.py). Event lines carry "event"
+(train/diagnostics.py). Held-out lines {"step", "rankme_heldout", "rankme_heldout_ratio",
+"emb_std_heldout", "heldout_clips", "heldout_source"} come at step 0, with every picture and at the
+end (train/heldout.py: token-level RankMe on fixed clips against its value at step 0). Event lines carry "event"
 (`nonfinite`, `collapse`, `starvation`, `bad_sample`, `resume`, `stopped`) and "step".
 
 Both logs are appended line by line, so a crash mid-write can leave a torn last line: readers
@@ -171,6 +173,13 @@ def summary_rows(records: list[dict]) -> list[tuple[str, str]]:
         ("emb_std last", f"{last['emb_std']:.4f}"),
         ("peak_mem_mb", f"{max(r['peak_mem_mb'] for r in steps):.0f}"),
     ]
+    heldout = [r for r in records if "rankme_heldout" in r and "event" not in r]
+    if heldout:
+        rows.append(("rankme_heldout first -> last",
+                     f"{heldout[0]['rankme_heldout']:.2f} -> {heldout[-1]['rankme_heldout']:.2f} "
+                     f"(ratio {heldout[-1]['rankme_heldout_ratio']:.2f})"))  # fmt: skip
+        rows.append(("emb_std_heldout first -> last",
+                     f"{heldout[0]['emb_std_heldout']:.4f} -> {heldout[-1]['emb_std_heldout']:.4f}"))  # fmt: skip
     if "comm_frac" in last:
         rows.append(("comm_frac (second half)", f"{mean('comm_frac'):.3f}"))
     for name in sorted(set(events)):

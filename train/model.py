@@ -192,6 +192,30 @@ class MaskedVideoModel(nn.Module):
         tokens = self.encode(patches, None).float()
         return tokens.reshape(video.shape[0], -1, *self.grid, tokens.shape[-1])
 
+    @torch.no_grad()
+    def token_layers(self, video: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every layer's token features of unmasked clips, laid out like token_grid, in one forward pass.
+
+        video (B, T, 3, H, W) float in [0, 1] -> name -> (B, T', H / p, W / p, embed_dim) float32 for
+        `stem` (the CNN stem's tokens without the position codes: what it made of each patch; the
+        codes, the same in every clip, are added before the first block), `block1`..`block<N-1>`
+        (each block's output, the residual stream) and `last` (the last block's output after the
+        final norm: token_grid's features). The probe chooses among them (probe/layers.py).
+        """
+        patches = patchify(video, self.cfg.patch_size, self.cfg.token_frames)
+        stem = self.stem(patches)
+        layers = {"stem": stem}
+        tokens = stem + position_codes(self).expand(patches.shape[0], -1, -1)
+        for index, block in enumerate(self.encoder.layers, start=1):
+            tokens = block(tokens)
+            if index < len(self.encoder.layers):
+                layers[f"block{index}"] = tokens
+        layers["last"] = self.encoder_norm(tokens)
+        return {
+            name: value.float().reshape(video.shape[0], -1, *self.grid, value.shape[-1])
+            for name, value in layers.items()
+        }
+
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """nn.Module.load_state_dict, also of checkpoints saved with older key names (renamed_keys)."""
         return super().load_state_dict(renamed_keys(state_dict), strict=strict, assign=assign)
