@@ -31,6 +31,8 @@ MARKER = "mvm-synth.json"
 JPEG_QUALITY = 90
 DEFAULT_DROP_RATE = 0.005
 """Chance that a CAM_FRONT non-keyframe is dropped (about one frame per 200: one or two per scene)."""
+DEFAULT_TRAFFIC = 1.0
+"""Density of other road users: a realistic mix of empty, light and busy scenes."""
 OUTPUT_ENTRIES = ("samples", "sweeps", "maps", MARKER, *VERSIONS)
 """Top-level names this generator may write, and the only ones it ever removes."""
 
@@ -94,6 +96,7 @@ def generate(
     width: int = 1600,
     seed: int = 0,
     drop_rate: float = DEFAULT_DROP_RATE,
+    traffic: float = DEFAULT_TRAFFIC,
     progress: Callable[[int], None] | None = None,
 ) -> Path:
     """Write a synthetic nuScenes-format dataroot that `NuScenes(version, out)` loads; return its path.
@@ -107,6 +110,7 @@ def generate(
     width: image width, a multiple of 32; height = width · 9/16 (1600 -> 900).
     seed: everything random derives from (seed, scene name); same arguments, same bytes.
     drop_rate: chance that a CAM_FRONT non-keyframe is dropped (leaving an interval >= 150 ms).
+    traffic: how many other road users (mvm.synth.traffic), >= 0: 0 none, 1 a realistic mix.
     progress: called with 1 after each rendered CAM_FRONT frame.
 
     Raises ValueError on invalid numbers and OutputFolderError for an unusable `out`.
@@ -118,6 +122,8 @@ def generate(
         raise ValueError(f"frames_per_scene must be >= 1, got {frames_per_scene}")
     if not 0.0 <= drop_rate <= 0.5:
         raise ValueError(f"drop_rate must be in [0, 0.5], got {drop_rate}")
+    if not traffic >= 0.0:
+        raise ValueError(f"traffic must be >= 0, got {traffic}")
     prepare_output(out)
     arguments = {
         "version": version,
@@ -126,11 +132,12 @@ def generate(
         "width": width,
         "seed": seed,
         "drop_rate": drop_rate,
+        "traffic": traffic,
     }
     _write_json(out / MARKER, {"generator": "mvm-synth", "complete": False, "arguments": arguments})
     builder = TableBuilder(version, seed)
     for name, split in names:
-        plan = plan_scene(name, split, frames_per_scene, drop_rate, seed)
+        plan = plan_scene(name, split, frames_per_scene, drop_rate, seed, traffic)
         records = builder.add_scene(plan, camera)
         _render_scene(out, plan, records, camera, seed, progress)
     tables = builder.finish()
@@ -158,7 +165,8 @@ def _render_scene(
         # Render from the pose exactly as written to ego_pose.
         translation = np.array(record["ego_translation"])
         yaw = float(yaw_from_quaternion(np.array(record["ego_rotation"])))
-        image = renderer.render(translation[:2], yaw)
+        seconds = float(plan.seconds(np.array([record["timestamp"]]))[0])
+        image = renderer.render(translation[:2], yaw, plan.traffic.boxes_at(seconds), plan.traffic.colors)
         buffer = io.BytesIO()
         Image.fromarray(image).save(buffer, format="JPEG", quality=JPEG_QUALITY)
         write_atomic(out / record["filename"], buffer.getvalue())
