@@ -17,7 +17,7 @@ from rich.progress import (
 
 from mvm.atomic import OutputError
 from mvm.synth.camera import image_size
-from mvm.synth.dataroot import DEFAULT_DROP_RATE, OutputFolderError, check_output, generate
+from mvm.synth.dataroot import DEFAULT_DROP_RATE, DEFAULT_TRAFFIC, OutputFolderError, check_output, generate
 from mvm.synth.schedule import VERSIONS, scene_names
 
 EPILOG = """\b
@@ -93,8 +93,24 @@ def _check_width(ctx: click.Context, param: click.Parameter, value: int) -> int:
     help="Chance that a CAM_FRONT non-keyframe is dropped, leaving an interval of 150 ms or more "
     "(real nuScenes drops frames under load).",
 )
+@click.option(
+    "--traffic",
+    type=click.FloatRange(min=0.0),
+    default=DEFAULT_TRAFFIC,
+    show_default=True,
+    help="Density of other road users (moving, queued and parked vehicles, pedestrians), which move "
+    "on their own and are annotated (instance, sample_annotation). Each scene draws how busy it is "
+    "(at 1: some empty, most light to busy); this scales it. 0: no other road users.",
+)
 def main(
-    out: str, version: str, scenes: int, frames_per_scene: int, width: int, seed: int, drop_rate: float
+    out: str,
+    version: str,
+    scenes: int,
+    frames_per_scene: int,
+    width: int,
+    seed: int,
+    drop_rate: float,
+    traffic: float,
 ) -> None:
     """Write a synthetic nuScenes-format dataroot that the real nuscenes-devkit loads.
 
@@ -102,8 +118,9 @@ def main(
     (stops, cruising, speed changes, left and right turns; day and night) through a procedural
     3D world that does not follow the trajectory: a street grid whose crossings look alike
     whichever way the car turns, or an open parking lot, so a turn shows in the motion, not in a
-    single frame. LIDAR_TOP at 20 Hz: keyframe point clouds ray cast from the same world (about
-    26 thousand points, 0.5 MB each), the other sweeps empty placeholders.
+    single frame. Other road users drive, stand, park and walk on their own, with devkit
+    annotations. LIDAR_TOP at 20 Hz: keyframe point clouds ray cast from the same world and its
+    traffic (about 26 thousand points, 0.5 MB each), the other sweeps empty placeholders.
     """
     try:
         scene_names(version, scenes)
@@ -135,6 +152,7 @@ def main(
                 width=width,
                 seed=seed,
                 drop_rate=drop_rate,
+                traffic=traffic,
                 progress=lambda count: progress.advance(task, count),
             )
         except (OutputFolderError, OutputError) as error:

@@ -23,8 +23,8 @@ from PIL import Image
 
 from mvm.atomic import atomic_path, ensure_dir, write_atomic
 from mvm.ego_motion import yaw_from_quaternion
-from mvm.synth.camera import Camera
-from mvm.synth.lidar import cast_sweep, lidar_pose
+from mvm.synth.camera import Camera, quaternion_matrix
+from mvm.synth.lidar import cast_sweep, lidar_pose, points_in_boxes
 from mvm.synth.plan import ScenePlan, plan_scene
 from mvm.synth.render import Renderer
 from mvm.synth.schedule import TICK_US, VERSIONS, rng_for, scene_names
@@ -36,6 +36,8 @@ MARKER = "mvm-synth.json"
 JPEG_QUALITY = 90
 DEFAULT_DROP_RATE = 0.005
 """Chance that a CAM_FRONT non-keyframe is dropped (about one frame per 200: one or two per scene)."""
+DEFAULT_TRAFFIC = 1.0
+"""Density of other road users: a realistic mix of empty, light and busy scenes."""
 OUTPUT_ENTRIES = ("samples", "sweeps", "maps", MARKER, *VERSIONS)
 """Top-level names this generator may write, and the only ones it ever removes."""
 
@@ -99,6 +101,7 @@ def generate(
     width: int = 1600,
     seed: int = 0,
     drop_rate: float = DEFAULT_DROP_RATE,
+    traffic: float = DEFAULT_TRAFFIC,
     progress: Callable[[int], None] | None = None,
 ) -> Path:
     """Write a synthetic nuScenes-format dataroot that `NuScenes(version, out)` loads; return its path.
@@ -112,6 +115,7 @@ def generate(
     width: image width, a multiple of 32; height = width · 9/16 (1600 -> 900).
     seed: everything random derives from (seed, scene name); same arguments, same bytes.
     drop_rate: chance that a CAM_FRONT non-keyframe is dropped (leaving an interval >= 150 ms).
+    traffic: how many other road users (mvm.synth.traffic), >= 0: 0 none, 1 a realistic mix.
     progress: called with 1 after each rendered CAM_FRONT frame.
 
     Raises ValueError on invalid numbers and OutputFolderError for an unusable `out`.
@@ -123,6 +127,8 @@ def generate(
         raise ValueError(f"frames_per_scene must be >= 1, got {frames_per_scene}")
     if not 0.0 <= drop_rate <= 0.5:
         raise ValueError(f"drop_rate must be in [0, 0.5], got {drop_rate}")
+    if not traffic >= 0.0:
+        raise ValueError(f"traffic must be >= 0, got {traffic}")
     prepare_output(out)
     arguments = {
         "version": version,
@@ -131,15 +137,22 @@ def generate(
         "width": width,
         "seed": seed,
         "drop_rate": drop_rate,
+        "traffic": traffic,
     }
     _write_json(out / MARKER, {"generator": "mvm-synth", "complete": False, "arguments": arguments})
     builder = TableBuilder(version, seed)
     for name, split in names:
-        plan = plan_scene(name, split, frames_per_scene, drop_rate, seed)
+        plan = plan_scene(name, split, frames_per_scene, drop_rate, seed, traffic)
         camera_records, lidar_records = builder.add_scene(plan, camera)
         world = _build_world(plan, seed)
         _render_scene(out, world, plan, camera_records, camera, progress)
-        _cast_lidar(out, world, plan, lidar_records, seed)
+        counts = _cast_lidar(out, world, plan, lidar_records, seed)
+        builder.set_lidar_counts(
+            {
+                builder.annotation_token(plan.name, object_id, tick): n
+                for (object_id, tick), n in counts.items()
+            }
+        )
     tables = builder.finish()
     _write_placeholders(out, tables)
     ensure_dir(out / version)
@@ -168,7 +181,8 @@ def _render_scene(
         # Render from the pose exactly as written to ego_pose.
         translation = np.array(record["ego_translation"])
         yaw = float(yaw_from_quaternion(np.array(record["ego_rotation"])))
-        image = renderer.render(translation[:2], yaw)
+        seconds = float(plan.seconds(np.array([record["timestamp"]]))[0])
+        image = renderer.render(translation[:2], yaw, plan.traffic.boxes_at(seconds), plan.traffic.colors)
         buffer = io.BytesIO()
         Image.fromarray(image).save(buffer, format="JPEG", quality=JPEG_QUALITY)
         write_atomic(out / record["filename"], buffer.getvalue())
@@ -176,15 +190,14 @@ def _render_scene(
             progress(1)
 
 
-def traffic_boxes(plan: ScenePlan, seconds: float) -> np.ndarray:
-    """The other road users at trajectory time `seconds` as (N, 7) boxes [x, y, z_centre, width,
-    length, height, yaw] (global), for the lidar: none yet (the traffic plan wires in here)."""
-    return np.zeros((0, 7))
-
-
-def _cast_lidar(out: Path, world: World, plan: ScenePlan, records: list[dict], seed: int) -> None:
+def _cast_lidar(
+    out: Path, world: World, plan: ScenePlan, records: list[dict], seed: int
+) -> dict[tuple[str, int], int]:
     """Write the keyframe LIDAR_TOP point clouds of one scene: little-endian float32 x y z
-    intensity ring per point, in the sensor frame, from the ego pose written to ego_pose."""
+    intensity ring per point, in the sensor frame, from the ego pose written to ego_pose, with the
+    scene's traffic at the sweep's time. Returns (object id, lidar tick) -> points inside its box
+    (the annotations' num_lidar_pts)."""
+    counts = {}
     for record in records:
         if not record["is_key_frame"]:
             continue
@@ -192,8 +205,16 @@ def _cast_lidar(out: Path, world: World, plan: ScenePlan, records: list[dict], s
         seconds = float(plan.seconds(np.array([record["timestamp"]]))[0])
         tick = (record["timestamp"] - plan.start_us) // TICK_US
         rng = rng_for(seed, plan.name, "lidar", str(tick))
-        points = cast_sweep(world, traffic_boxes(plan, seconds), translation, rotation, rng)
+        boxes = plan.traffic.boxes_at(seconds)
+        points = cast_sweep(world, boxes, translation, rotation, rng)
         write_atomic(out / record["filename"], points.astype("<f4").tobytes())
+        in_global = points[:, :3].astype(np.float64) @ quaternion_matrix(rotation).T + translation
+        inside = points_in_boxes(in_global, boxes)
+        counts |= {
+            (object_id, tick): int(n)
+            for object_id, n in zip(plan.traffic.ids_at(seconds), inside, strict=True)
+        }
+    return counts
 
 
 def _write_placeholders(out: Path, tables: dict[str, list[dict]]) -> None:

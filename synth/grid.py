@@ -71,6 +71,16 @@ class StreetGrid:
         i, j = node
         return np.array(self.origin) + self.spacing_m * (i * self.direction_xy(0) + j * self.direction_xy(1))
 
+    def uv_of(self, xy: np.ndarray) -> np.ndarray:
+        """Global points (..., 2) -> grid-plane (u, v) metres (..., 2): from crossing (0, 0) along
+        directions 0 and 1."""
+        relative = np.asarray(xy, dtype=np.float64) - np.array(self.origin)
+        return np.stack([relative @ self.direction_xy(0), relative @ self.direction_xy(1)], axis=-1)
+
+    def xy_of(self, uv: np.ndarray) -> np.ndarray:
+        """Grid-plane (u, v) metres (..., 2) -> global points (..., 2)."""
+        return np.array(self.origin) + np.asarray(uv) @ np.stack([self.direction_xy(0), self.direction_xy(1)])
+
 
 def draw_grid(near_xy: tuple[float, float], rng: np.random.Generator) -> StreetGrid:
     """A grid with a crossing near `near_xy`, random orientation, block size and crossing size."""

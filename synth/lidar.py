@@ -23,7 +23,7 @@ from mvm.synth.camera import (
     quaternion_matrix,
     quaternion_product,
 )
-from mvm.synth.world import World, _box_faces
+from mvm.synth.world import World, box_faces
 
 BEAM_ELEVATIONS = np.deg2rad(np.linspace(-30.67, 10.67, 32))
 """(32,) beam elevations in the sensor frame, lowest first; ring index = position here."""
@@ -175,8 +175,8 @@ def _faces(world: World, boxes: np.ndarray, origin: np.ndarray) -> tuple[np.ndar
     """Faces within range that face the sensor (only those can be a nearest hit): quads (F, 4, 3),
     normals (F, 3), intensities (F,); the world's faces, then the traffic boxes'."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 7)
-    box_quads, box_normals = _box_faces(boxes[:, :2], boxes[:, [4, 3, 5]], boxes[:, 6])
-    box_quads[..., 2] += (boxes[:, 2] - boxes[:, 5] / 2)[:, None, None]  # _box_faces stand on z = 0
+    box_quads, box_normals = box_faces(boxes[:, :2], boxes[:, [4, 3, 5]], boxes[:, 6])
+    box_quads[..., 2] += (boxes[:, 2] - boxes[:, 5] / 2)[:, None, None]  # box_faces stand on z = 0
     luminance = world.face_colors @ np.array([0.299, 0.587, 0.114]) / 255.0
     quads = np.concatenate([world.face_quads, box_quads.reshape(-1, 4, 3)])
     normals = np.concatenate([world.face_normals, box_normals.reshape(-1, 3)])

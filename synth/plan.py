@@ -1,8 +1,9 @@
 """Everything random about one synthetic scene, drawn up front from (seed, scene name).
 
 A ScenePlan fixes the log (vehicle, location, date and time of day), day or night, the sensor
-timestamps, the layout (a street grid, or an open lot around the start) and the ego trajectory
-through it; rendering and table writing only read it. World and trajectory both derive from
+timestamps, the layout (a street grid, or an open lot around the start), the ego trajectory
+through it and the other road users (mvm.synth.traffic, from their own generator, so the density
+never changes the rest); rendering and table writing only read it. World and trajectory both derive from
 the layout, never one from the other (only the lot's extent and its lamp posts, kept off the
 route, look at the trajectory).
 """
@@ -17,6 +18,7 @@ import numpy as np
 from mvm.synth.grid import StreetGrid, draw_grid
 from mvm.synth.lot import MAX_LOT_SPEED, integrate, plan_segments
 from mvm.synth.schedule import TICK_US, SensorTimes, rng_for, sensor_times
+from mvm.synth.traffic import Traffic, plan_traffic
 from mvm.synth.trajectory import PHRASES, Maneuver, Trajectory, drive, maneuvers_of, plan_route
 
 LOCATIONS = {
@@ -66,6 +68,8 @@ class ScenePlan:
     """The driving, in order."""
     trajectory: Trajectory
     """Ego motion; its time 0 is the first lidar tick."""
+    traffic: Traffic
+    """Other road users, in the trajectory's time."""
 
     @property
     def description(self) -> str:
@@ -87,8 +91,11 @@ class ScenePlan:
         return self.lidar_timestamps(ticks) + self.camera_delay_us
 
 
-def plan_scene(name: str, split: str, frames: int, drop_rate: float, seed: int) -> ScenePlan:
-    """Draw a scene from (seed, name) alone: the same name and seed always give the same scene."""
+def plan_scene(
+    name: str, split: str, frames: int, drop_rate: float, seed: int, traffic: float = 1.0
+) -> ScenePlan:
+    """Draw a scene from (seed, name) alone: the same name and seed always give the same scene.
+    `traffic` >= 0 scales how many other road users there are (0: none)."""
     rng = rng_for(seed, name)
     location = str(rng.choice(sorted(LOCATIONS)))
     vehicle, utc_offset = LOCATIONS[location]
@@ -129,4 +136,12 @@ def plan_scene(name: str, split: str, frames: int, drop_rate: float, seed: int) 
         grid=grid,
         maneuvers=tuple(maneuvers_of(trajectory)),
         trajectory=trajectory,
+        traffic=plan_traffic(
+            grid,
+            layout,
+            trajectory,
+            location.startswith("singapore"),
+            traffic,
+            rng_for(seed, name, "traffic"),
+        ),
     )

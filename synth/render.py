@@ -5,7 +5,8 @@ ground, in ego coordinates, never changes: it is computed once per image size. A
 costs a rotation and translation of those ground points into the world, a texture lookup
 (mip level chosen per pixel by its footprint), and one palette lookup that folds in road or
 grass colour, distance haze by day and headlight falloff by night. Lane markings and objects
-are projected polygons drawn back to front with Pillow.
+are projected polygons drawn back to front with Pillow; the other road users (boxes at the
+frame's time, mvm.synth.traffic) are drawn with the static objects, in one back-to-front order.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from mvm.synth.world import (
     TEXEL_M,
     TEXTURE_SIZE,
     World,
+    box_faces,
     texture_levels,
 )
 
@@ -88,6 +90,11 @@ class Renderer:
         rows = slice(self.first_ground_row, camera.height)
         self._init_ground(ground[rows], distance[rows], is_ground[rows])
         self._init_sky(rays[: self.first_ground_row])
+        # Half the horizontal field of view (its wider side, 2 px more for polygon edges), as
+        # tangent and secant.
+        widest = max(camera.intrinsic[0, 2], camera.width - camera.intrinsic[0, 2]) + 2.0
+        self._fov_tangent = widest / camera.intrinsic[0, 0]
+        self._fov_secant = float(np.hypot(1.0, self._fov_tangent))
         # Bounding circles (centre (N, 2), radius (N,)) for culling before projection.
         self._bounds = {
             name: _bounding_circles(quads)
@@ -135,13 +142,21 @@ class Renderer:
         sky_level = np.round(elevation_fraction * (SKY_LEVELS - 1)).astype(np.int32)
         self.sky_base = LIGHT_LEVELS * 512 + sky_level * 32
 
-    def render(self, ego_xy: np.ndarray, ego_yaw: float) -> np.ndarray:
-        """The CAM_FRONT image at an ego pose (x, y metres, yaw rad): (H, W, 3) uint8 RGB."""
+    def render(
+        self,
+        ego_xy: np.ndarray,
+        ego_yaw: float,
+        boxes: np.ndarray | None = None,
+        colors: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """The CAM_FRONT image at an ego pose (x, y metres, yaw rad), with the other road users'
+        boxes (N, 7) rows [x, y, z_centre, width, length, height, yaw] (global frame) painted in
+        colors (N, 3) RGB 0-255: (H, W, 3) uint8 RGB."""
         index = np.empty((self.camera.height, self.camera.width), dtype=np.int32)
         index[self.first_ground_row :] = self._ground_index(ego_xy, ego_yaw)
         index[: self.first_ground_row] = self._sky_index(ego_yaw)
         image = Image.fromarray(self.palette[index])
-        self._draw_geometry(image, ego_xy, ego_yaw)
+        self._draw_geometry(image, ego_xy, ego_yaw, boxes, colors)
         return np.asarray(image)
 
     def _ground_index(self, ego_xy: np.ndarray, ego_yaw: float) -> np.ndarray:
@@ -231,7 +246,57 @@ class Renderer:
             lit = colors * (1 - haze) + DAY_HAZE * haze
         return [tuple(rgb) for rgb in np.clip(np.round(lit), 0, 255).astype(int).tolist()]
 
-    def _draw_geometry(self, image: Image.Image, ego_xy: np.ndarray, ego_yaw: float) -> None:
+    def _lit(
+        self,
+        normals: np.ndarray,
+        centres: np.ndarray,
+        colors: np.ndarray,
+        camera_world: np.ndarray,
+        ego_xy,
+        ego_yaw,
+    ) -> tuple[np.ndarray, list]:
+        """Whether faces (normals (V, 3), centres (V, 3)) face the camera (V,) bool, and their RGB
+        fills: colours (V, 3) shaded by the sun (day), then haze or headlights."""
+        facing = np.einsum("ij,ij->i", normals, camera_world - centres) > 0
+        sunlit = 1.0 if self.night else 0.55 + 0.45 * np.clip(normals @ SUN, 0.0, 1.0)[:, None]
+        return facing, self._shade(colors * sunlit, centres, ego_xy, ego_yaw)
+
+    def _traffic_faces(
+        self,
+        boxes: np.ndarray,
+        colors: np.ndarray,
+        ego_xy: np.ndarray,
+        ego_yaw: float,
+        camera_world: np.ndarray,
+    ) -> tuple[np.ndarray, list[list[tuple]]]:
+        """Boxes (N, 7) in view: their distances to the camera (B,) and per box the (polygon, fill)
+        of each face turned to the camera."""
+        # Only boxes whose bounding circle reaches into the camera's horizontal field of view.
+        radius = np.hypot(boxes[:, 3], boxes[:, 4]) / 2
+        delta = boxes[:, :2] - camera_world[:2]
+        ahead = delta[:, 0] * np.cos(ego_yaw) + delta[:, 1] * np.sin(ego_yaw)
+        side = np.abs(delta[:, 1] * np.cos(ego_yaw) - delta[:, 0] * np.sin(ego_yaw))
+        near = np.flatnonzero(
+            (side - radius * self._fov_secant < ahead * self._fov_tangent)
+            & (ahead + radius > NEAR_M)
+            & (np.hypot(ahead, side) < FAR_M + radius)
+        )
+        boxes = boxes[near]
+        quads, normals = box_faces(boxes[:, :2], boxes[:, [4, 3, 5]], boxes[:, 6])
+        quads, normals = quads.reshape(-1, 4, 3), normals.reshape(-1, 3)
+        polygons, faces = self._project_polygons(quads, ego_xy, ego_yaw)
+        colors = np.repeat(colors[near], 5, axis=0)[faces]
+        facing, fills = self._lit(
+            normals[faces], quads[faces].mean(axis=1), colors, camera_world, ego_xy, ego_yaw
+        )
+        per_box: list[list[tuple]] = [[] for _ in range(len(boxes))]
+        for position in np.flatnonzero(facing).tolist():
+            per_box[faces[position] // 5].append((polygons[position], fills[position]))
+        return np.linalg.norm(boxes[:, :3] - camera_world, axis=1), per_box
+
+    def _draw_geometry(
+        self, image: Image.Image, ego_xy: np.ndarray, ego_yaw: float, boxes: np.ndarray | None, colors
+    ) -> None:
         draw = ImageDraw.Draw(image)
         world = self.world
         near_lines = self._near(*self._bounds["line"], ego_xy, ego_yaw, MARKING_FAR_M)
@@ -248,19 +313,30 @@ class Renderer:
             [np.arange(a, b) for a, b in zip(starts, ends, strict=True)] or [np.zeros(0, int)]
         )
         polygons, faces = self._visible_polygons(world.face_quads, "face", ego_xy, ego_yaw, candidates)
-        centres = world.face_quads[faces].mean(axis=1)
-        facing = np.einsum("ij,ij->i", world.face_normals[faces], camera_world - centres) > 0
-        sunlit = (
-            1.0 if self.night else 0.55 + 0.45 * np.clip(world.face_normals[faces] @ SUN, 0.0, 1.0)[:, None]
+        facing, fills = self._lit(
+            world.face_normals[faces],
+            world.face_quads[faces].mean(axis=1),
+            world.face_colors[faces],
+            camera_world,
+            ego_xy,
+            ego_yaw,
         )
-        fills = self._shade(world.face_colors[faces] * sunlit, centres, ego_xy, ego_yaw)
         faces_of: dict[int, list[int]] = {}
         for position in np.flatnonzero(facing).tolist():
             faces_of.setdefault(int(world.face_object[faces[position]]), []).append(position)
         distance = np.full(len(world.object_centers), np.inf)
         distance[objects] = np.linalg.norm(world.object_centers[objects] - camera_world, axis=1)
         crowns = self._crowns(objects, ego_xy, ego_yaw)
-        for obj in objects[np.argsort(-distance[objects], kind="stable")].tolist():
+        mover_distance, mover_faces = np.zeros(0), []
+        if boxes is not None and len(boxes):
+            mover_distance, mover_faces = self._traffic_faces(boxes, colors, ego_xy, ego_yaw, camera_world)
+        # Static objects and road users in one order, farthest first (ties: static first).
+        for item in np.argsort(-np.concatenate([distance[objects], mover_distance]), kind="stable").tolist():
+            if item >= len(objects):
+                for polygon, fill in mover_faces[item - len(objects)]:
+                    draw.polygon(polygon, fill=fill)
+                continue
+            obj = int(objects[item])
             for position in faces_of.get(obj, []):
                 draw.polygon(polygons[position], fill=fills[position])
             if obj in crowns:

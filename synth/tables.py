@@ -2,8 +2,13 @@
 
 Record fields follow the devkit's schema (docs/schema_nuscenes.md). Tokens are md5 digests of
 (seed, version, what the record is), so they are stable across runs and unique per dataroot.
-There are no annotations: `instance` and `sample_annotation` are empty, the category, attribute
-and visibility tables hold nuScenes' usual vocabulary, and the map masks are small placeholders.
+The other road users (mvm.synth.traffic) are annotated as nuScenes does: at every keyframe one
+`sample_annotation` per object whose centre is within ANNOTATION_RANGE_M of the ego (box
+centre, size, yaw, attribute; prev/next through the object's annotations), one `instance` per
+annotated object. `num_lidar_pts` is 0 until the lidar writer counts the points in each box
+(`TableBuilder.set_lidar_counts`); `num_radar_pts` is 0 (no radar); the visibility is not
+computed (every annotation says v80-100). The category, attribute and visibility tables hold
+nuScenes' usual vocabulary, and the map masks are small placeholders.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from mvm.synth.camera import (
 )
 from mvm.synth.plan import ScenePlan
 from mvm.synth.schedule import next_sample_index, token
-from mvm.synth.trajectory import poses_at
+from mvm.synth.trajectory import poses_at, yaw_quaternion
 
 CHANNELS = {"CAM_FRONT": "camera", "LIDAR_TOP": "lidar"}
 """Channels written, with their modality. Keyframe LIDAR_TOP files hold ray-cast point clouds
@@ -42,6 +47,8 @@ ATTRIBUTES = (
     "pedestrian.standing",
 )
 VISIBILITY = (("1", "v0-40"), ("2", "v40-60"), ("3", "v60-80"), ("4", "v80-100"))
+ANNOTATION_RANGE_M = 50.0
+"""Objects whose centre is this near the ego pose (on the ground) at a keyframe are annotated."""
 
 
 class TableBuilder:
@@ -104,6 +111,7 @@ class TableBuilder:
         )
         self.logs_by_location.setdefault(plan.location, []).append(log_token)
         sample_tokens = self._samples(plan)
+        self._annotations(plan, sample_tokens)
         camera_records = self._channel(plan, "CAM_FRONT", plan.times.camera_ticks, sample_tokens, camera)
         lidar_records = self._channel(plan, "LIDAR_TOP", plan.times.lidar_ticks, sample_tokens, camera)
         self.tables["scene"].append(
@@ -133,6 +141,65 @@ class TableBuilder:
                 }
             )
         return tokens
+
+    def _annotations(self, plan: ScenePlan, sample_tokens: list[str]) -> None:
+        """sample_annotation records of the objects near the ego at each keyframe, linked per
+        object, and one instance record per annotated object."""
+        ticks = plan.times.sample_ticks
+        seconds = plan.seconds(plan.lidar_timestamps(ticks))
+        ego, _ = poses_at(plan.trajectory, seconds)
+        traffic = plan.traffic
+        by_object: dict[str, list[dict]] = {}
+        for sample_token, tick, time_s, ego_xyz in zip(
+            sample_tokens, ticks.tolist(), seconds, ego, strict=True
+        ):
+            boxes, ids = traffic.boxes_at(float(time_s)), traffic.ids_at(float(time_s))
+            rotations = np.round(yaw_quaternion(boxes[:, 6]), 12) + 0.0
+            near = np.hypot(boxes[:, 0] - ego_xyz[0], boxes[:, 1] - ego_xyz[1]) <= ANNOTATION_RANGE_M
+            for index in np.flatnonzero(near).tolist():
+                object_id = ids[index]
+                by_object.setdefault(object_id, []).append(
+                    {
+                        "token": self.annotation_token(plan.name, object_id, tick),
+                        "sample_token": sample_token,
+                        "instance_token": self.token("instance", plan.name, object_id),
+                        "visibility_token": VISIBILITY[-1][0],
+                        "attribute_tokens": [self.token("attribute", traffic.attributes[index])],
+                        "translation": (np.round(boxes[index, :3], 6) + 0.0).tolist(),
+                        "size": boxes[index, 3:6].tolist(),
+                        "rotation": rotations[index].tolist(),
+                        "prev": "",
+                        "next": "",
+                        "num_lidar_pts": 0,
+                        "num_radar_pts": 0,
+                    }
+                )
+        category_of = dict(zip(traffic.ids, traffic.categories, strict=True))
+        for object_id, records in by_object.items():
+            for before, after in zip(records, records[1:], strict=False):
+                before["next"], after["prev"] = after["token"], before["token"]
+            self.tables["sample_annotation"].extend(records)
+            self.tables["instance"].append(
+                {
+                    "token": records[0]["instance_token"],
+                    "category_token": self.token("category", category_of[object_id]),
+                    "nbr_annotations": len(records),
+                    "first_annotation_token": records[0]["token"],
+                    "last_annotation_token": records[-1]["token"],
+                }
+            )
+
+    def annotation_token(self, scene: str, object_id: str, tick: int) -> str:
+        """The sample_annotation token of an object of `scene` at the keyframe of lidar tick `tick`."""
+        return self.token("sample_annotation", scene, object_id, tick)
+
+    def set_lidar_counts(self, counts: dict[str, int]) -> None:
+        """The lidar hook: set num_lidar_pts of sample_annotation records (annotation token ->
+        number of points of the keyframe's LIDAR_TOP sweep inside the box); others stay 0.
+        Each record's box is its translation, size [w, l, h] and rotation (global frame)."""
+        for record in self.tables["sample_annotation"]:
+            if record["token"] in counts:
+                record["num_lidar_pts"] = int(counts[record["token"]])
 
     def _channel(
         self, plan: ScenePlan, channel: str, ticks: np.ndarray, sample_tokens: list[str], camera: Camera

@@ -36,8 +36,8 @@ CROSSWALK_M = 3.0
 """Length of a crosswalk's stripes along the street; stripes 0.5 m wide, 0.5 m apart."""
 PLAZA_SHARE = 0.2
 """Chance that a block is an open paved plaza instead of a built block."""
-ROW_M, STALL_M, POST_M = 18.0, 2.7, 30.0
-"""Lot layout: parking rows, stall lines along a row, lamp-post grid (metres)."""
+ROW_M, STALL_M, STALL_DEPTH_M, POST_M = 18.0, 2.7, 5.0, 30.0
+"""Lot layout (metres): parking rows, stall lines along a row, stall depth, lamp posts along a row."""
 SIGHT_M = 300.0
 """Blocks are built within this distance of the route: beyond the renderer's far plane (250 m)."""
 
@@ -123,8 +123,7 @@ def _sky(night: bool, rng: np.random.Generator) -> np.ndarray:
 
 def _to_ground(corners_uv: np.ndarray, grid: StreetGrid) -> np.ndarray:
     """Grid-plane points (..., 2) as (u, v) metres -> global ground points (..., 3) with z = 0."""
-    axes = np.stack([grid.direction_xy(0), grid.direction_xy(1)])
-    xy = np.array(grid.origin) + corners_uv @ axes
+    xy = grid.xy_of(corners_uv)
     return np.concatenate([xy, np.zeros(xy.shape[:-1] + (1,))], axis=-1)
 
 
@@ -190,12 +189,15 @@ def _built_block(size: float, grid: StreetGrid, rng: np.random.Generator) -> lis
 
 
 def _plaza(size: float, grid: StreetGrid, rng: np.random.Generator) -> list[dict]:
-    """A few trees, poles and kiosks standing anywhere on an open plaza."""
+    """A few trees, poles and kiosks standing anywhere on an open plaza but in the corners of the
+    crossing squares, where cars park (mvm.synth.traffic)."""
     low, high = grid.street_half_m + 3.0, size - grid.street_half_m - 3.0
     objects = []
     for _ in range(int(rng.integers(3, 9))):
         kind = str(rng.choice(["pole", "tree", "box"], p=[0.35, 0.45, 0.2]))
         position = (float(rng.uniform(low, high)), float(rng.uniform(low, high)))
+        if max(min(p, size - p) for p in position) < grid.crossing_half_m + 3.0:
+            continue
         if kind == "box":
             objects.append(
                 {
@@ -218,7 +220,7 @@ def _small(kind: str, position: tuple[float, float], rng: np.random.Generator) -
     return {"kind": kind, "position": position, "size": size, "heading": 0.0}
 
 
-def _box_faces(centre: np.ndarray, size: np.ndarray, heading: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def box_faces(centre: np.ndarray, size: np.ndarray, heading: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The 4 side faces and the top of boxes standing on the ground: quads (B, 5, 4, 3), normals (B, 5, 3).
 
     centre: (B, 2) on the ground; size: (B, 3) as (length, width, height); heading: (B,) yaw of
@@ -246,8 +248,7 @@ def build_world(
     """The static world of one scene: the blocks of `grid` within SIGHT_M of the route points
     route_xy (N, 2), each block drawn from its own generator (world_seed, block index)."""
     size, half, crossing = grid.spacing_m, grid.street_half_m, grid.crossing_half_m
-    relative = np.asarray(route_xy) - np.array(grid.origin)
-    uv = np.stack([relative @ grid.direction_xy(0), relative @ grid.direction_xy(1)], axis=1) / size
+    uv = grid.uv_of(route_xy) / size
     reach = SIGHT_M / size
     low = np.floor(uv.min(axis=0) - reach).astype(int)
     high = np.ceil(uv.max(axis=0) + reach).astype(int)
@@ -283,27 +284,40 @@ def build_world(
     return _assemble(grid, road_uv, line_quads, line_colors, objects, night, rng)
 
 
+def lot_half_m(grid: StreetGrid, route_xy: np.ndarray) -> float:
+    """Half the side (m) of the lot around grid.origin that holds the route points (N, 2) and 40 m more."""
+    return float(np.abs(grid.uv_of(route_xy)).max()) + 40.0
+
+
+def lot_rows(half: float) -> tuple[np.ndarray, np.ndarray]:
+    """Grid-plane v (R,) of the parking rows' centre lines and u (S,) of the stall lines of a lot
+    `half` metres in half side; stalls reach 0.5 to 0.5 + STALL_DEPTH_M from a row's centre line."""
+    return np.arange(-half + ROW_M / 2, half - ROW_M / 2, ROW_M), np.arange(-half + 5, half - 5, STALL_M)
+
+
 def build_lot_world(
     grid: StreetGrid, route_xy: np.ndarray, night: bool, world_seed: int, rng: np.random.Generator
 ) -> World:
     """An open paved lot around grid.origin (the scene start), big enough for the whole route:
     parking rows every ROW_M, lamp posts every POST_M (none on the route itself), buildings and
-    trees beyond its edges. Only the lot's extent depends on the route."""
-    relative = np.asarray(route_xy) - np.array(grid.origin)
-    uv = np.stack([relative @ grid.direction_xy(0), relative @ grid.direction_xy(1)], axis=1)
-    half = float(np.abs(uv).max()) + 40.0
+    trees beyond its edges. Only the lot's extent depends on the route. Lamp posts stand on
+    every other row's centre line, between the stall ends, so parked cars (mvm.synth.traffic)
+    never stand on them."""
+    uv = grid.uv_of(route_xy)
+    half = lot_half_m(grid, route_xy)
     block_rng = np.random.default_rng([world_seed, 2**21])
     road_uv = _rect(-half, half, -half, half)[None]
     marks, objects = [], []
     w = LINE_WIDTH_M / 2
-    for v in np.arange(-half + ROW_M / 2, half - ROW_M / 2, ROW_M):
+    rows, stall_lines = lot_rows(half)
+    for v in rows:
         marks.append(_rect(-half + 5, half - 5, v - w, v + w))
-        for u in np.arange(-half + 5, half - 5, STALL_M):
-            marks.append(_rect(u - w, u + w, v + 0.5, v + 5.5))
-            marks.append(_rect(u - w, u + w, v - 5.5, v - 0.5))
-    post_offset = block_rng.uniform(0, POST_M, 2)
-    for u in np.arange(-half + post_offset[0], half, POST_M):
-        for v in np.arange(-half + post_offset[1], half, POST_M):
+        for u in stall_lines:
+            marks.append(_rect(u - w, u + w, v + 0.5, v + STALL_DEPTH_M + 0.5))
+            marks.append(_rect(u - w, u + w, v - STALL_DEPTH_M - 0.5, v - 0.5))
+    post_offset = float(block_rng.uniform(0, POST_M))
+    for u in np.arange(-half + post_offset, half, POST_M):
+        for v in rows[::2]:
             if np.min(np.hypot(uv[:, 0] - u, uv[:, 1] - v)) > 2.5:
                 objects.append(_small("pole", (u, v), block_rng))
     for edge in range(4):  # buildings and trees beyond each edge, laid out along +u then rotated
@@ -350,7 +364,7 @@ def _assemble(
     to grid coordinates, colours set), with the scene's ground texture and sky drawn from rng."""
     positions = _to_ground(np.array([o["position"] for o in objects]).reshape(-1, 2), grid)[:, :2]
     sizes = np.array([o["size"] for o in objects]).reshape(-1, 3)
-    faces, normals = _box_faces(positions, sizes, grid.rotation + np.array([o["heading"] for o in objects]))
+    faces, normals = box_faces(positions, sizes, grid.rotation + np.array([o["heading"] for o in objects]))
     count = len(objects)
     crowns = np.zeros((count, 4))
     crown_colors = np.zeros((count, 3))

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from nuscenes.nuscenes import NuScenes, NuScenesExplorer
 from nuscenes.utils.data_classes import LidarPointCloud
+from nuscenes.utils.geometry_utils import points_in_box
 from pyquaternion import Quaternion
 from scipy.stats import spearmanr
 
@@ -165,7 +166,8 @@ def test_devkit_loads_the_sweeps_the_caster_gives(synth):
     plan = plan_scene(scene["name"], "", SMALL["frames_per_scene"], dataroot.DEFAULT_DROP_RATE, SMALL["seed"])
     world = dataroot._build_world(plan, SMALL["seed"])
     rng = rng_for(SMALL["seed"], plan.name, "lidar", str((record["timestamp"] - plan.start_us) // TICK_US))
-    again = cast_sweep(world, np.zeros((0, 7)), translation, rotation, rng)
+    boxes = plan.traffic.boxes_at(float(plan.seconds(np.array([record["timestamp"]]))[0]))
+    again = cast_sweep(world, boxes, translation, rotation, rng)
     np.testing.assert_allclose(again, raw, atol=1e-4)
     # In the global frame (the devkit's own transforms) the ground is at z = 0 and nothing below it.
     cloud.rotate(Quaternion(calibration["rotation"]).rotation_matrix)
@@ -206,8 +208,32 @@ def test_same_seed_same_lidar_bytes_and_lidar_leaves_images_alone(synth, tmp_pat
     root, _ = synth
     again = generate(tmp_path / "again", **SMALL)
     assert digest(again, "*.pcd.bin") == digest(root, "*.pcd.bin")
-    # The same dataroot without casting any lidar has the same images and tables.
-    monkeypatch.setattr(dataroot, "_cast_lidar", lambda *arguments: None)
+    # The same dataroot without casting any lidar has the same images and tables, but for the
+    # annotations' num_lidar_pts.
+    monkeypatch.setattr(dataroot, "_cast_lidar", lambda *arguments: {})
     without = generate(tmp_path / "without", **SMALL)
     assert digest(without, "*.jpg") == digest(root, "*.jpg") != {}
-    assert digest(without, "*.json") == digest(root, "*.json")
+    tables = {
+        name: value for name, value in digest(root, "*.json").items() if "sample_annotation" not in name
+    }
+    assert {name: value for name, value in digest(without, "*.json").items() if name in tables} == tables
+
+
+def test_num_lidar_pts_agrees_with_the_devkits_points_in_box(synth):
+    """Each annotation's num_lidar_pts against the devkit's own count: its keyframe sweep loaded with
+    LidarPointCloud.from_file, its box from get_sample_data (sensor frame), geometry_utils.points_in_box."""
+    root, nusc = synth
+    checked = hit = 0
+    for record in keyframe_lidar(nusc):
+        points = LidarPointCloud.from_file(str(root / record["filename"])).points[:3]
+        _, boxes, _ = nusc.get_sample_data(record["token"])
+        for box in boxes:
+            expected = nusc.get("sample_annotation", box.token)["num_lidar_pts"]
+            inside = int(points_in_box(box, points).sum())
+            # grown by at least the 2 cm margin mvm.synth.lidar.points_in_boxes allows on every side
+            grown = int(points_in_box(box, points, wlh_factor=1 + 0.05 / min(box.wlh)).sum())
+            # every hit lies on the box's surface: float32 storage puts some just outside it
+            assert inside <= expected <= grown, (box.token, inside, expected, grown)
+            checked += 1
+            hit += expected > 0
+    assert checked > 20 and hit > 5
