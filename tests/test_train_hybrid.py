@@ -249,3 +249,16 @@ def test_mvm_train_runs_the_hybrid_objective(tmp_path):
     saved = json.loads((run / "config.json").read_text())["model"]
     assert (saved["prediction"], saved["mask_type"], saved["future_steps"]) == ("hybrid", "future-tube", 1)
     assert (run / "checkpoints" / "step-000020").is_dir()
+
+
+def test_the_hybrid_decoder_refuses_other_masks():
+    from mvm.train.hybrid_decoder import HybridDecoder
+
+    with pytest.raises(ValueError, match="hybrid needs model.mask_type future-tube"):
+        HybridDecoder(dataclasses.replace(HYBRID, mask_type="future", prediction="pixels"))
+    model, video, ids_keep, mask = hybrid_batch()
+    ids_keep, mask = draw_mask(
+        dataclasses.replace(HYBRID, mask_type="future", future_steps=1), 2, torch.Generator()
+    )
+    with pytest.raises(ValueError, match="future-tube mask's 6 visible tokens, got 24"):
+        model(video, ids_keep, mask)

@@ -31,6 +31,8 @@ and what the head can learn is motion read from the encoder's tokens.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
@@ -58,7 +60,7 @@ class HybridDecoder(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        problem = prediction_mask_problem(cfg) if cfg.prediction == "hybrid" else "prediction must be hybrid"
+        problem = prediction_mask_problem(dataclasses.replace(cfg, prediction="hybrid"))
         if problem:
             raise ValueError(problem)
         self.cfg = cfg
