@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from mvm.train.config import ModelConfig
+from mvm.train.config import FUTURE_MASKS, ModelConfig
 from mvm.train.tokens import patch_grid, token_steps
 
 MASK_TYPES = ("tube", "tubelet", "random", "future", "future-tube")
@@ -36,7 +36,7 @@ def hidden_steps(cfg: ModelConfig) -> int:
 
     ValueError when they would leave no visible step (or none are hidden for future-tube).
     """
-    if cfg.mask_type not in ("future", "future-tube"):
+    if cfg.mask_type not in FUTURE_MASKS:
         return 0
     steps = token_steps(cfg)
     if steps < 2:
