@@ -18,7 +18,8 @@ MLP ratio r, stem channels C:
     decoder (L tokens):   decoder_depth [L (8 D^2 + 4 r D^2) + 4 L^2 D]
     head (L tokens):      2 L D 3 k p^2
 or, with camera-motion prediction (train/motion.py; the warp is not a matmul), instead of the last three:
-    motion head:          2 (3 (V / (T' - h)) d) (3 h k)          (h hidden token steps)
+    motion head:          2 (3 N d) (3 h k)                        (h hidden token steps)
+and with hybrid prediction (train/hybrid_decoder.py) the pixel decoder's three terms plus the motion head.
 tests/test_bench_gpu.py checks it against torch.utils.flop_counter on the real model.
 """
 
@@ -35,7 +36,7 @@ import torch
 from mvm.atomic import write_atomic
 from mvm.train.config import ModelConfig, TrainConfig
 from mvm.train.engine import build_optimizer, step_on_batch, wrap_model
-from mvm.train.masks import future_steps, mask_units
+from mvm.train.masks import hidden_steps, mask_units
 from mvm.train.model import build_model
 from mvm.train.tokens import token_steps
 
@@ -64,11 +65,12 @@ def forward_flops(cfg: ModelConfig) -> float:
     d, dd, r, c, half = cfg.embed_dim, cfg.decoder_dim, cfg.mlp_ratio, cfg.stem_channels, (p // 2) ** 2
     stem = visible * (2 * half * c * 27 * k + 2 * d * c * half)
     encoder = cfg.depth * (visible * (8 * d * d + 4 * r * d * d) + 4 * visible * visible * d)
+    motion = 2 * (3 * per_frame * d) * (3 * hidden_steps(cfg) * k)
     if cfg.prediction == "camera-motion":
-        hidden = future_steps(steps, cfg.mask_ratio)
-        return float(stem + encoder + 2 * (3 * visible // (steps - hidden) * d) * (3 * hidden * k))
+        return float(stem + encoder + motion)
     decoder = cfg.decoder_depth * (tokens * (8 * dd * dd + 4 * r * dd * dd) + 4 * tokens * tokens * dd)
-    return float(stem + encoder + 2 * visible * d * dd + decoder + 2 * tokens * dd * 3 * k * p * p)
+    pixels = 2 * visible * d * dd + decoder + 2 * tokens * dd * 3 * k * p * p
+    return float(stem + encoder + pixels + (motion if cfg.prediction == "hybrid" else 0))
 
 
 def peak_tflops(device_name: str) -> float | None:

@@ -39,10 +39,13 @@ def small_config(mask_type: str = "random", **data):
 
 @pytest.mark.parametrize(
     ("mask_type", "token_frames", "prediction"),
-    [("random", 1, "pixels"), ("tube", 1, "pixels"), ("random", 2, "pixels"), ("future", 2, "camera-motion")],
-)
+    [("random", 1, "pixels"), ("tube", 1, "pixels"), ("random", 2, "pixels"), ("future", 2, "camera-motion"),
+     ("future-tube", 1, "hybrid")],
+)  # fmt: skip
 def test_forward_flops_formula_matches_torch_flop_counter(mask_type, token_frames, prediction):
     model_cfg = {"token_frames": token_frames, "prediction": prediction}
+    if mask_type == "future-tube":
+        model_cfg["future_steps"] = 1
     cfg = apply_overrides(small_config(mask_type), {"model": model_cfg}).model
     model = build_model(cfg)
     video = torch.rand(2, cfg.clip_len, 3, *cfg.image_size)

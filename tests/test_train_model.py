@@ -56,7 +56,8 @@ def test_two_frame_tokens_patchify_inverse_and_layout():
 @pytest.mark.parametrize("kind", MASK_TYPES)
 @pytest.mark.parametrize("ratio", [0.5, 0.75, 0.9])
 def test_mask_invariants(kind, ratio):
-    frames, per_frame, cfg = 4, 28, mask_config(4, kind, ratio)
+    ends = {"future_steps": 1} if kind == "future-tube" else {}
+    frames, per_frame, cfg = 4, 28, mask_config(4, kind, ratio, **ends)
     ids_keep, mask = draw_mask(cfg, 3, torch.Generator().manual_seed(0))
     tokens = frames * per_frame
     assert mask.shape == (3, tokens) and mask.dtype == torch.bool
@@ -70,6 +71,10 @@ def test_mask_invariants(kind, ratio):
         hidden = future_steps(frames, ratio)
         assert masked_share == hidden / frames and 1 <= hidden < frames
         assert per_frame_masks[:, -hidden:].all() and not per_frame_masks[:, :-hidden].any()
+        return
+    if kind == "future-tube":  # the last step whole, then tubes through the 3 visible steps
+        assert per_frame_masks[:, -1].all() and (~mask).sum(1).eq(3 * round(per_frame * (1 - ratio))).all()
+        assert torch.equal(per_frame_masks[:, :-1], per_frame_masks[:, :1].expand(-1, 3, -1))
         return
     assert abs(masked_share - ratio) < 0.05
     if kind == "tube":
@@ -102,7 +107,10 @@ def test_presets_use_only_settings_the_leak_test_covers():
 @pytest.mark.parametrize(("token_frames", "pos_embed"), LEAK_CASES)
 def test_encoder_output_has_exactly_zero_gradient_wrt_masked_pixels(kind, token_frames, pos_embed):
     torch.manual_seed(0)
-    cfg = dataclasses.replace(CFG, token_frames=token_frames, pos_embed=pos_embed, mask_type=kind)
+    ends = int(kind == "future-tube")  # future_steps: the hidden end step future-tube needs
+    cfg = dataclasses.replace(
+        CFG, token_frames=token_frames, pos_embed=pos_embed, mask_type=kind, future_steps=ends
+    )
     model = build_model(cfg)
     video = torch.rand(2, 4, 3, 32, 48, requires_grad=True)
     size = token_frames * 768

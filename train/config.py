@@ -25,10 +25,11 @@ from mvm.video import DECODER_CHOICES
 
 PRESET_NAMES = ("tiny", "small", "base")
 """The presets (`PRESETS` below), the values of --model."""
-MASK_TYPES = ("tube", "tubelet", "random", "future")
+MASK_TYPES = ("tube", "tubelet", "random", "future", "future-tube")
 """ModelConfig.mask_type values (train/masks.py: draw_mask)."""
-PREDICTIONS = ("pixels", "camera-motion")
-"""ModelConfig.prediction values: the decoders (train/model.py DECODERS; train/pixel_decoder.py, train/motion.py)."""
+PREDICTIONS = ("pixels", "camera-motion", "hybrid")
+"""ModelConfig.prediction values: the decoders (train/model.py DECODERS; train/pixel_decoder.py, train/motion.py,
+train/hybrid_decoder.py)."""
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
 """TrainConfig.compile_mode values: the torch.compile modes (train/engine.py wrap_model)."""
 
@@ -66,16 +67,27 @@ class ModelConfig:
     mask_type: str = option("tube", choices=MASK_TYPES)
     """"tube": the same spatial patches masked in every frame (VideoMAE); "tubelet": the same patch masked
     through `mask_tubelet` consecutive frames; "random": independent per space-time patch; "future":
-    the last round(mask_ratio x token time steps) whole time steps (at least one, never all)."""
+    the last `future_steps` whole token time steps (with future_steps 0: round(mask_ratio x token time
+    steps), at least one, never all); "future-tube": the last `future_steps` (at least 1) token time steps
+    hidden, plus a tube mask at mask_ratio over the positions of the earlier steps."""
     mask_tubelet: int = option(2, low=1)
     """Token time steps per masking unit when mask_type is "tubelet" (must divide clip_len / token_frames)."""
     mask_ratio: float = option(0.9, low=0, low_open=True, high=1)
-    """Share of tokens hidden from the encoder (mask_type "future": rounded to whole time steps)."""
+    """Share of tokens hidden from the encoder (mask_type "future": rounded to whole time steps, unused when
+    future_steps > 0; "future-tube": the share of positions hidden in the visible steps, so more of all
+    tokens is hidden: mvm-train's first line states the share)."""
+    future_steps: int = option(0, low=0)
+    """Token time steps hidden at the clip's end by mask_type "future" and "future-tube" (the horizon in
+    frames is future_steps x token_frames, whatever the clip length). 0 = "future"'s rule before this
+    field existed: derived from mask_ratio (what configs and checkpoints without the field meant)."""
     prediction: str = option("pixels", choices=PREDICTIONS)
     """How hidden patches are predicted. "pixels": MAE's light transformer decoder predicts each hidden
     patch's pixels. "camera-motion" (needs mask_type "future" and norm_pix_loss off): the hidden frames
     are the last visible frame warped by a camera motion (translation and expansion per frame) that
-    one linear layer reads from the visible tokens; the decoder_* fields are then unused (train/motion.py)."""
+    one linear layer reads from the visible tokens; the decoder_* fields are then unused (train/motion.py).
+    "hybrid" (needs mask_type "future-tube" and norm_pix_loss off): the pixel decoder reconstructs the
+    tube-masked tokens of the visible steps and the camera-motion warp predicts the hidden future steps
+    (train/hybrid_decoder.py)."""
     norm_pix_loss: bool = option(True)
     """Normalize each target patch by its own mean/std before the MSE (MAE's per-patch normalized targets)."""
     input_norm: bool = option(True, flag=False, legacy=False)
@@ -361,13 +373,9 @@ def validate(config: TrainConfig) -> None:
         raise ValueError(
             f"data.batch_size {config.data.batch_size} must be a multiple of data.repeat_aug {config.data.repeat_aug}"
         )
-    if config.model.prediction == "camera-motion" and (
-        config.model.mask_type != "future" or config.model.norm_pix_loss
-    ):
-        raise ValueError(
-            "model.prediction camera-motion needs model.mask_type future and model.norm_pix_loss off "
-            "(for other masks use --prediction pixels)"
-        )
+    mask_problem = prediction_mask_problem(config.model)
+    if mask_problem:
+        raise ValueError(mask_problem)
     if config.model.mask_type == "future" and config.data.repeat_aug > 1:
         raise ValueError(
             "data.repeat_aug > 1 repeats clips under new masks; the future mask is the same every time"
@@ -386,15 +394,54 @@ def validate(config: TrainConfig) -> None:
                 f"model.token_frames {model.token_frames} must divide the clip length {model.clip_len}"
             )
         steps = model.clip_len // model.token_frames
-        if model.mask_type == "future" and steps < 2:
+        if model.mask_type in FUTURE_MASKS and steps < 2:
             raise ValueError(
-                f"model.mask_type future needs at least 2 token time steps, the clip has {steps}"
+                f"model.mask_type {model.mask_type} needs at least 2 token time steps, the clip has {steps}"
+            )
+        if model.mask_type in FUTURE_MASKS and model.future_steps >= steps:
+            raise ValueError(
+                f"model.future_steps {model.future_steps} must be below the clip's {steps} token time steps "
+                f"({model.clip_len} frames / token_frames {model.token_frames}): at least one step stays visible"
             )
         if model.mask_type == "tubelet" and steps % model.mask_tubelet:
             raise ValueError(
                 f"model.mask_tubelet {model.mask_tubelet} must divide the {steps} token time steps of a clip "
                 f"({model.clip_len} frames / token_frames {model.token_frames})"
             )
+
+
+FUTURE_MASKS = ("future", "future-tube")
+"""Mask types that hide whole token steps at the clip's end (ModelConfig.future_steps)."""
+
+PREDICTION_MASKS = {"camera-motion": "future", "hybrid": "future-tube"}
+"""Predictions that warp the last visible frame -> the one mask type each works with (raw-pixel targets)."""
+
+
+def prediction_mask_problem(model: ModelConfig) -> str | None:
+    """Why model's mask_type, future_steps, prediction and norm_pix_loss cannot go together, or None."""
+    if model.future_steps and model.mask_type not in FUTURE_MASKS:
+        return (
+            f"model.future_steps {model.future_steps} applies to mask_type future and future-tube only, "
+            f"not {model.mask_type} (use --future-steps 0)"
+        )
+    if model.mask_type == "future-tube" and model.future_steps < 1:
+        return (
+            "model.mask_type future-tube needs model.future_steps >= 1 (--future-steps: the hidden end steps)"
+        )
+    needed = PREDICTION_MASKS.get(model.prediction)
+    if needed and (model.mask_type != needed or model.norm_pix_loss):
+        by_mask = {mask: prediction for prediction, mask in PREDICTION_MASKS.items()}
+        fits = by_mask.get(model.mask_type, "pixels")
+        hint = (
+            f"for mask_type {model.mask_type} use --prediction {fits}"
+            if model.mask_type != needed
+            else "the warp predicts raw pixels: use --no-norm-pix-loss"
+        )
+        return (
+            f"model.prediction {model.prediction} needs model.mask_type {needed} and model.norm_pix_loss off "
+            f"({hint})"
+        )
+    return None
 
 
 def size_problem(size: tuple[int, int], patch_size: int) -> str | None:

@@ -40,6 +40,7 @@ from mvm.train.diagnostics import fixed_mask, logged_step_diagnostics
 from mvm.train.engine import build_optimizer, load_optimizer_state, lr_at, step_on_batch, wrap_model
 from mvm.train.heldout import HeldoutMonitor, heldout_collapse_reason
 from mvm.train.log_window import LogWindow, write_window
+from mvm.train.masks import hidden_fraction
 from mvm.train.metrics import (
     MetricsLog,
     plot_curves,
@@ -203,13 +204,14 @@ def open_logs(
 
 def banner(config: TrainConfig, urls: list[str], clips: int, world: int, device: torch.device, bf16: bool,
            model: torch.nn.Module, step: int) -> str:  # fmt: skip
-    """The line mvm-train starts with: data, world, precision, model size, steps."""
+    """The line mvm-train starts with: data, world, precision, model size, objective, steps."""
     cfg_m, params = config.model, sum(p.numel() for p in model.parameters())
     return (
         f"mvm-train: {len(urls)} shards, {clips} clips of {cfg_m.clip_len}x{cfg_m.image_size[0]}x"
         f"{cfg_m.image_size[1]}, world {world} on {device} ({'bf16' if bf16 else 'fp32'}"
         f"{', compiled' if config.compile else ''}), preset {config.preset}, {params / 1e6:.2f}M params, "
-        f"steps {step} -> {config.steps}"
+        f"{cfg_m.mask_type} mask hiding {hidden_fraction(cfg_m):.2f} of the tokens, {cfg_m.prediction} "
+        f"prediction, steps {step} -> {config.steps}"
     )
 
 

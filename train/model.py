@@ -9,7 +9,8 @@ forward_decoder / forward_loss).
 Decoders (`DECODERS`, one interface: `Decoder`): "pixels", MAE's light transformer with mask tokens
 that predicts each hidden patch's pixels (train/pixel_decoder.py); "camera-motion", the hidden last
 frames as the last visible frame moved by a camera motion read from the visible tokens
-(train/motion.py). Token order and the patch layout: train/tokens.py; masks: train/masks.py.
+(train/motion.py); "hybrid", the pixel decoder on the tube-masked tokens of the visible steps and
+the camera-motion warp on the hidden last steps (train/hybrid_decoder.py). Token order and the patch layout: train/tokens.py; masks: train/masks.py.
 
 No cheating: the visible tokens' pixels are gathered *before* the CNN stem, and the stem runs
 on each token separately (no normalization across patches or clips), so masked pixels never
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mvm.train.config import PREDICTIONS, ModelConfig
+from mvm.train.hybrid_decoder import HybridDecoder
 from mvm.train.motion import CameraMotionDecoder
 from mvm.train.pixel_decoder import PixelDecoder
 from mvm.train.tokens import (
@@ -99,7 +101,7 @@ class Decoder(Protocol):
     def __call__(self, latent: torch.Tensor, ids_keep: torch.Tensor, video: torch.Tensor) -> torch.Tensor: ...
 
 
-DECODERS = {"pixels": PixelDecoder, "camera-motion": CameraMotionDecoder}
+DECODERS = {"pixels": PixelDecoder, "camera-motion": CameraMotionDecoder, "hybrid": HybridDecoder}
 """cfg.prediction -> the decoder class, built as DECODERS[cfg.prediction](cfg)."""
 
 RENAMED_KEYS = (

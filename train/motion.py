@@ -40,7 +40,7 @@ from torch import nn
 
 from mvm.features import temporal_pool
 from mvm.train.config import ModelConfig
-from mvm.train.masks import future_steps
+from mvm.train.masks import hidden_steps
 from mvm.train.tokens import patch_grid, patchify, token_steps
 
 MOTION_PARAMS = 3
@@ -104,6 +104,16 @@ class CameraMotionHead(nn.Module):
         return self.linear(summary).reshape(batch, self.hidden_frames, MOTION_PARAMS)
 
 
+def moved_last_frame(
+    head: CameraMotionHead, grid: torch.Tensor, last_frame: torch.Tensor, patch_size: int
+) -> torch.Tensor:
+    """The hidden frames: visible token grid (B, T_vis, R, C, d) and the input's last visible frame
+    (B, 3, H, W) -> (B, hidden_frames, 3, H, W), that frame warped by the head's camera motion, in its dtype."""
+    params = head(grid)  # (B, F, 3)
+    moved = warp(last_frame, camera_flow(params.float(), tuple(last_frame.shape[-2:]), patch_size))
+    return moved.to(last_frame.dtype)
+
+
 class CameraMotionDecoder(nn.Module):
     """Visible tokens' features -> every token's pixels, the hidden frames as the last visible frame
     moved (the model's `Decoder` interface). Needs the `future` mask and raw-pixel targets."""
@@ -117,7 +127,7 @@ class CameraMotionDecoder(nn.Module):
                 "least 2 token time steps"
             )
         self.cfg = cfg
-        self.visible_steps = steps - future_steps(steps, cfg.mask_ratio)
+        self.visible_steps = steps - hidden_steps(cfg)
         self.grid = patch_grid(cfg)
         hidden_frames = (steps - self.visible_steps) * cfg.token_frames
         self.head = CameraMotionHead(cfg.embed_dim, *self.grid, hidden_frames)
@@ -133,8 +143,7 @@ class CameraMotionDecoder(nn.Module):
             raise ValueError(
                 f"camera-motion prediction needs the future mask's {visible_tokens} visible tokens, got {latent.shape[1]}"
             )
-        params = self.head(latent.reshape(batch, self.visible_steps, *self.grid, -1))  # (B, F, 3)
-        last = video[:, self.visible_steps * k - 1]  # (B, 3, H, W)
-        moved = warp(last, camera_flow(params.float(), self.cfg.image_size, self.cfg.patch_size))
-        frames = torch.cat([video[:, : self.visible_steps * k], moved.to(video.dtype)], dim=1)
+        grid = latent.reshape(batch, self.visible_steps, *self.grid, -1)
+        moved = moved_last_frame(self.head, grid, video[:, self.visible_steps * k - 1], self.cfg.patch_size)
+        frames = torch.cat([video[:, : self.visible_steps * k], moved], dim=1)
         return patchify(frames, self.cfg.patch_size, k)

@@ -31,6 +31,7 @@ from mvm.atomic import write_atomic
 from mvm.sampling import spread_subset
 from mvm.tensors import frames_to_video
 from mvm.train.data import ShardError, iter_clips
+from mvm.train.masks import hidden_fraction
 from mvm.train.model import normalize_patches
 from mvm.train.tokens import patchify, unpatchify
 
@@ -262,21 +263,26 @@ def render(
         cfg.norm_pix_loss,
         cfg.token_frames,
     )
+    masking = f"{cfg.mask_type} mask hiding {hidden_fraction(cfg):.0%} of the tokens."
     if cfg.norm_pix_loss:
         caption = (
             "targets normalized per patch; rows 3-4 de-normalized with the mean/std of the clip's VISIBLE pixels "
             "(what the model sees).\nRow 5 uses each hidden patch's own mean/std: an upper bound that uses "
-            f"hidden information. Fixed validation clips and masks, eval mode; {cfg.mask_type} mask "
-            f"{cfg.mask_ratio:.0%}."
+            f"hidden information. Fixed validation clips and masks, eval mode; {masking}"
         )
     elif cfg.prediction == "camera-motion":
         caption = (
             "the hidden last frames predicted as the last visible frame moved by a camera motion read from the "
-            "visible tokens (train/motion.py);\nraw pixels, shown as is. Fixed validation clips, eval mode; "
-            f"{cfg.mask_type} mask {cfg.mask_ratio:.0%}."
+            f"visible tokens (train/motion.py);\nraw pixels, shown as is. Fixed validation clips, eval mode; {masking}"
+        )
+    elif cfg.prediction == "hybrid":
+        caption = (
+            "tube-masked patches reconstructed by the pixel decoder, the hidden last frames as the last visible "
+            "frame moved by a camera motion (train/hybrid_decoder.py);\nraw pixels, shown as is. Fixed "
+            f"validation clips and masks, eval mode; {masking}"
         )
     else:
-        caption = f"raw pixel targets, prediction shown as is. Fixed validation clips and masks, eval mode; {cfg.mask_type} mask {cfg.mask_ratio:.0%}."
+        caption = f"raw pixel targets, prediction shown as is. Fixed validation clips and masks, eval mode; {masking}"
     image = compose(rows, f"step {step}: masked-video reconstruction", caption, ERROR_MAX[cfg.norm_pix_loss])
     write_atomic(out, png_bytes(image))
     return Path(out)
