@@ -13,11 +13,19 @@ from __future__ import annotations
 import json
 import warnings
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from mvm.report_format import parse_jsonl
-from mvm.shards import NotRegularFileError, ShardError, open_regular, resolve_shards, shard_clip_counts
+from mvm.shards import (
+    NotRegularFileError,
+    ShardError,
+    open_regular,
+    read_manifest,
+    resolve_shards,
+    shard_clip_counts,
+)
+from mvm.slurm.probe_report import ProbeReportError, parse_probe_report
 
 MAX_DEPTH = 4
 """How deep below a given path runs are looked for (SWEEP/runs/NAME/run is depth 3)."""
@@ -59,6 +67,8 @@ class RunRecord:
     """Share of step time in gradient all-reduce, second-half mean (None for one process)."""
     peak_mem_mb: float
     """Largest peak memory logged (RSS on CPU, max allocated on GPU)."""
+    probe_task: str | None
+    """The task of the probe columns (ego-motion when probed, else the report's first task)."""
     probe_metric: str | None
     """The probe's primary metric name (balanced_accuracy, r2), None when the run has no probe."""
     probe_pretrained: float | None
@@ -71,9 +81,31 @@ class RunRecord:
     """95% CI of pretrained minus best random."""
     probe_gate: str | None
     """"pass" or "fail"."""
+    axes: tuple[str, ...] = ()
+    """The sweep axes the point belongs to (experiment.json; slurm/grid.py AXES, `base`)."""
+    seed: int | None = None
+    """Pre-training seed (experiment.json, else the run's config)."""
+    world: int = 1
+    """Synthetic world of the sweep (experiment.json)."""
+    threads_per_process: int | None = None
+    """Intra-op threads of each training process (local sweeps)."""
+    lr: float | None = None
+    """Peak learning rate (the run's config)."""
+    n_train_scenes: int | None = None
+    """Distinct scenes of the training shards (their manifests)."""
+    train_shards: str = ""
+    """The training shard spec (experiment.json's, else the run's config)."""
+    shard_bytes: int | None = None
+    """Bytes of the training shard files."""
+    gate_override: bool = False
+    """Run under the sweep's --no-gate: scaled without waiting for the base point's gate."""
+    tasks: dict = field(default_factory=dict)
+    """Every probed task: name -> {metric, pretrained, ci, random_best, difference_ci, gate}."""
     ddp_overhead: float | None = None
     """Exposed DDP overhead: step_time_s / step_time_s of the one-process run with the same data, T,
-    preset and per-rank batch, minus 1 (None for one process or without such a run; see `collect`)."""
+    preset, per-rank batch, seed and world, minus 1 (None for one process or without such a run)."""
+    ddp_overhead_s: float | None = None
+    """The same as a difference: seconds per step more than that one-process run."""
 
 
 def data_key(record: RunRecord) -> float | int | None:
@@ -84,13 +116,22 @@ def data_key(record: RunRecord) -> float | int | None:
 def with_ddp_overhead(records: list[RunRecord]) -> list[RunRecord]:
     """`records` with ddp_overhead computed: set for a multi-process run with exactly one one-process twin.
 
-    Twins agree on data, T, preset and per-rank batch size, so the per-rank work per step is equal
-    and any extra step time is what data parallelism costs (all-reduce not hidden, stragglers).
+    Twins agree on data, T, preset, per-rank batch size, seed and world (not on steps: step time is a
+    steady-state mean), so the per-rank work per step is equal and any extra step time is what data
+    parallelism costs on these cores (all-reduce not hidden, stragglers, fewer threads per process).
+    Several such runs (a sweep's epoch-matched point shares them) leave the one on the `ddp-rank` axis.
     """
     single: dict[tuple, list[RunRecord]] = defaultdict(list)
 
     def twin_key(record: RunRecord) -> tuple:
-        return (data_key(record), record.clip_len, record.preset, record.batch_size)
+        return (
+            data_key(record),
+            record.clip_len,
+            record.preset,
+            record.batch_size,
+            record.seed,
+            record.world,
+        )
 
     for record in records:
         if record.world_size == 1:
@@ -98,10 +139,13 @@ def with_ddp_overhead(records: list[RunRecord]) -> list[RunRecord]:
     updated = []
     for record in records:
         twins = single.get(twin_key(record), [])
-        overhead = None
+        if len(twins) > 1:  # in a sweep, the one-process point of the same-per-rank-batch axis
+            twins = [twin for twin in twins if "ddp-rank" in twin.axes]
+        overhead = seconds = None
         if record.world_size > 1 and len(twins) == 1 and twins[0].step_time_s and record.step_time_s:
             overhead = record.step_time_s / twins[0].step_time_s - 1
-        updated.append(replace(record, ddp_overhead=overhead))
+            seconds = record.step_time_s - twins[0].step_time_s
+        updated.append(replace(record, ddp_overhead=overhead, ddp_overhead_s=seconds))
     return updated
 
 
@@ -167,20 +211,22 @@ def _experiment_and_probe(run: Path) -> tuple[Path, dict | None, dict | None]:
     return home, experiment, None
 
 
-def probe_section(report: dict) -> dict:
-    """The section of a probe report.json the records read: its `ego-motion` task (else its first
-    task); a report written before mvm-probe ran several tasks is that section itself."""
-    tasks = report.get("tasks")
-    if not isinstance(tasks, dict) or not tasks:
-        return report
-    return tasks.get("ego-motion") or next(iter(tasks.values()))
-
-
 def _count_clips(spec: str) -> int | None:
     try:
         return sum(shard_clip_counts(resolve_shards(spec)))
     except (ShardError, OSError, KeyError, ValueError):
         return None
+
+
+def _scenes_and_bytes(spec: str) -> tuple[int | None, int | None]:
+    """Distinct scenes (the shard folders' manifests) and bytes of the shard files of a shard spec."""
+    try:
+        urls = resolve_shards(spec)
+        folders = dict.fromkeys(Path(url).parent for url in urls)
+        scenes = {scene["name"] for folder in folders for scene in read_manifest(folder)["scenes"]}
+        return len(scenes), sum(Path(url).stat().st_size for url in urls)
+    except (ShardError, OSError, KeyError, ValueError, TypeError):
+        return None, None
 
 
 def _second_half_mean(steps: list[dict], key: str) -> float | None:
@@ -197,12 +243,15 @@ def summarize_run(run: Path) -> RunRecord:
     steps = [record for record in records if "loss" in record and "event" not in record]
     if not steps:
         raise ValueError(f"{run}/metrics.jsonl has no training step yet")
-    home, experiment, probe = _experiment_and_probe(run)
-    probe = None if probe is None else probe_section(probe)
+    home, experiment, probe_json = _experiment_and_probe(run)
     experiment = experiment or {}
     world = experiment.get("world_size") or max(1, len(list(run.glob("keys-rank*.jsonl"))))
     last_step = steps[-1]["step"]
-    metric = probe["metric"] if probe else None
+    spec = experiment.get("train_shards") or shards
+    scenes, shard_bytes = _scenes_and_bytes(spec)
+    probe = parse_probe_report(probe_json, f"{home}/probe/report.json") if probe_json else None
+    task, score = probe.primary if probe else (None, None)
+    optim = config.get("optim")
     return RunRecord(
         name=home.name,
         run_dir=str(run),
@@ -212,7 +261,7 @@ def summarize_run(run: Path) -> RunRecord:
         world_size=world,
         batch_size=batch_size,
         steps=last_step,
-        n_train_clips=_count_clips(experiment.get("train_shards") or shards),
+        n_train_clips=_count_clips(spec),
         clips_seen=last_step * batch_size * world,
         final_loss=steps[-1]["loss"],
         clips_per_s=_second_half_mean(steps, "clips_per_s"),
@@ -220,12 +269,23 @@ def summarize_run(run: Path) -> RunRecord:
         data_wait_frac=_second_half_mean(steps, "data_wait_frac"),
         comm_frac=_second_half_mean(steps, "comm_frac"),
         peak_mem_mb=max(record["peak_mem_mb"] for record in steps),
-        probe_metric=metric,
-        probe_pretrained=probe["pretrained"][metric] if probe else None,
-        probe_ci=tuple(probe["pretrained"]["ci"]) if probe else None,
-        probe_random_best=probe["random"]["summary"]["best"] if probe else None,
-        probe_difference_ci=tuple(probe["difference_ci"]) if probe else None,
-        probe_gate=probe["gate"] if probe else None,
+        probe_task=task,
+        probe_metric=score.metric if score else None,
+        probe_pretrained=score.pretrained if score else None,
+        probe_ci=score.ci if score else None,
+        probe_random_best=score.random_best if score else None,
+        probe_difference_ci=score.difference_ci if score else None,
+        probe_gate=probe.gate if probe else None,
+        axes=tuple(experiment.get("axes") or ()),
+        seed=experiment.get("seed", config.get("seed")),
+        world=experiment.get("world") or 1,
+        threads_per_process=experiment.get("threads_per_process"),
+        lr=optim.get("lr") if isinstance(optim, dict) else None,
+        n_train_scenes=scenes,
+        train_shards=spec,
+        shard_bytes=shard_bytes,
+        gate_override=bool(experiment.get("gate_override")),
+        tasks={name: asdict(value) for name, value in probe.tasks.items()} if probe else {},
     )
 
 
@@ -240,6 +300,6 @@ def collect(paths: list[Path]) -> tuple[list[RunRecord], list[dict]]:
             seen.add(run.resolve())
             try:
                 records.append(summarize_run(run))
-            except (ValueError, KeyError, TypeError) as error:  # files of the wrong shape, named
+            except (ValueError, KeyError, TypeError, ProbeReportError) as error:  # files of the wrong shape
                 skipped.append({"run": str(run), "reason": f"{type(error).__name__}: {error}"})
     return with_ddp_overhead(sorted(records, key=lambda r: r.name)), skipped

@@ -1,13 +1,11 @@
-"""mvm-report's PNG plots: each one axis of the sweep against a measurement, one line per setting of the others.
+"""mvm-report's PNG plots: each sweep axis against a measurement, mean over seeds with ± sd error bars.
 
-A series is the runs that agree on every axis but the plotted one (e.g. the dataset-scale plot
-draws one line per (T, world size, preset)); series with fewer than two distinct x values are left
-out, and a plot with no series says which runs it needs.
+A line is one axis (slurm/grid.py; report_axes.points); an axis with fewer than two points is not
+drawn, and a panel with nothing to draw says which runs it needs.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,71 +16,32 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from mvm.atomic import save_figure  # noqa: E402
-from mvm.slurm.report_collect import RunRecord, data_key  # noqa: E402
+from mvm.slurm.report_axes import AXIS_X, points, spread, task_names, task_value  # noqa: E402
+from mvm.slurm.report_collect import RunRecord  # noqa: E402
 
-AXES: dict[str, tuple[Callable[[RunRecord], object], Callable[[RunRecord], tuple], str]] = {
-    "data": (
-        lambda r: r.n_train_clips,
-        lambda r: (f"T={r.clip_len}", f"w={r.world_size}", r.preset),
-        "training clips (distinct)",
-    ),
-    "clip_len": (
-        lambda r: r.clip_len,
-        lambda r: (f"data={data_key(r)}", f"w={r.world_size}", r.preset),
-        "clip length T (frames)",
-    ),
-    "world_size": (
-        lambda r: r.world_size,
-        lambda r: (f"data={data_key(r)}", f"T={r.clip_len}", r.preset),
-        "world size (processes / GPUs)",
-    ),
-}
-"""axis -> (x value of a run, the fixed settings that define its series, x label)."""
+Value = Callable[[RunRecord], object]
 
 
-def series(records: list[RunRecord], axis: str) -> dict[str, list[RunRecord]]:
-    """Runs grouped by everything but `axis`, each group sorted by x; groups with < 2 distinct x dropped."""
-    x_of, group_of, _ = AXES[axis]
-    groups: dict[str, list[RunRecord]] = defaultdict(list)
-    for record in records:
-        if x_of(record) is not None:
-            groups[", ".join(group_of(record))].append(record)
-    return {
-        label: sorted(runs, key=x_of)
-        for label, runs in sorted(groups.items())
-        if len({x_of(run) for run in runs}) >= 2
-    }
-
-
-def _panel(
-    ax, records: list[RunRecord], axis: str, y_of, ylabel: str, with_ci: bool = False, baseline_of=None
-) -> bool:
-    """Draw one panel; False (and a note on the panel) when no series has two points.
-
-    with_ci: probe CI error bars; baseline_of: a second value per run drawn dashed in the same colour.
-    """
-    x_of, _, xlabel = AXES[axis]
-    drawn = False
-    all_xs: set = set()
-    for label, runs in series(records, axis).items():
-        points = [(x_of(run), y_of(run), run) for run in runs if y_of(run) is not None]
-        if len(points) < 2:
+def _panel(ax, records: list[RunRecord], axes: tuple[str, ...], y_of: Value, ylabel: str, title: str,
+           baseline_of: Value | None = None) -> bool:  # fmt: skip
+    """One panel: a line per axis with two or more points, mean ± sd over seeds; False when none."""
+    drawn, all_xs = False, set()
+    for axis in axes:
+        pts = [(p.x, spread([y_of(r) for r in p.runs]), p) for p in points(records, axis) if p.x is not None]
+        pts = [(x, s, p) for x, s, p in pts if s is not None]
+        if len(pts) < 2:
             continue
-        xs, ys, kept = zip(*points, strict=True)
+        xs = [x for x, _, _ in pts]
         all_xs.update(xs)
-        if with_ci and all(run.probe_ci for run in kept):
-            low = [y - run.probe_ci[0] for y, run in zip(ys, kept, strict=True)]
-            high = [run.probe_ci[1] - y for y, run in zip(ys, kept, strict=True)]
-            line = ax.errorbar(xs, ys, yerr=[low, high], marker="o", capsize=3, label=label)[0]
-        else:
-            (line,) = ax.plot(xs, ys, marker="o", label=label)
+        line = ax.errorbar(xs, [s.mean for _, s, _ in pts], yerr=[s.sd or 0 for _, s, _ in pts], marker="o",
+                           capsize=3, label=f"{axis} (n={'/'.join(str(s.n) for _, s, _ in pts)})")[0]  # fmt: skip
         if baseline_of is not None:
-            ax.plot(xs, [baseline_of(run) for run in kept], ls="--", marker="x", color=line.get_color(),
-                    label=f"{label}: best random")  # fmt: skip
+            base = [spread([baseline_of(r) for r in p.runs]) for _, _, p in pts]
+            ax.plot(xs, [b.mean if b else None for b in base], ls="--", marker="x", color=line.get_color(),
+                    label=f"{axis}: best random")  # fmt: skip
         drawn = True
-    ax.set(xlabel=xlabel, ylabel=ylabel)
-    if axis == "data" and drawn:
-        # Log scale (scales double), ticks at the clip counts themselves.
+    ax.set(xlabel=AXIS_X[axes[0]][1].split(" (")[0], ylabel=ylabel, title=title)
+    if drawn and axes[0].startswith("data"):  # scales double: log x, ticks at the scene counts
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted(all_xs), [str(x) for x in sorted(all_xs)])
         ax.minorticks_off()
@@ -92,60 +51,53 @@ def _panel(
     if drawn:
         ax.legend(fontsize=7)
     else:
-        ax.text(0.5, 0.5, f"needs two runs differing\nonly in {xlabel}", ha="center", va="center",
-                transform=ax.transAxes, color="gray")  # fmt: skip
+        ax.text(0.5, 0.5, "needs two points of this axis", ha="center", va="center", transform=ax.transAxes,
+                color="gray")  # fmt: skip
     return drawn
 
 
-def _probe_label(records: list[RunRecord]) -> str:
-    metrics = {r.probe_metric for r in records if r.probe_metric}
-    return f"probe {metrics.pop()} (pretrained)" if len(metrics) == 1 else "probe primary metric (pretrained)"
-
-
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    return save_figure(fig, path)
-
-
-Panel = tuple[str, Callable[[RunRecord], object], str, str, dict]
-"""(axis, y value of a run, y label, title, extra _panel options)."""
+Panel = tuple[tuple[str, ...], Value, str, str, Value | None]
+"""(axes drawn as lines, y value of a run, y label, title, best-random baseline or None)."""
 
 
 def _figure(records: list[RunRecord], path: Path, panels: list[Panel]) -> Path:
     """One PNG of panels side by side."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels) + 1, 3.8))
-    for ax, (axis, y_of, ylabel, title, options) in zip(axes, panels, strict=True):
-        _panel(ax, records, axis, y_of, ylabel, **options)
-        ax.set_title(title)
-    return _save(fig, path)
+    fig, axs = plt.subplots(1, len(panels), figsize=(4.8 * len(panels) + 1, 3.9), squeeze=False)
+    for ax, (axes, y_of, ylabel, title, baseline) in zip(axs[0], panels, strict=True):
+        _panel(ax, records, axes, y_of, ylabel, title, baseline)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def _task(task: str, field: str = "pretrained") -> Value:
+    return lambda r: task_value(r, task, field)
 
 
 def plot_all(records: list[RunRecord], out: Path) -> list[Path]:
-    """Write the four scaling plots into `out` (each file atomically); their paths."""
-    probe_label = _probe_label(records)
-    probe = (lambda r: r.probe_pretrained, probe_label)
-    with_random = {"with_ci": True, "baseline_of": lambda r: r.probe_random_best}
-    speed = (lambda r: r.clips_per_s, "clips/s (all ranks)")
+    """Write the scaling plots into `out` (each file atomically); their paths."""
+    tasks = task_names(records) or ["ego-motion"]
+    data = ("data-compute", "data-epoch")
+    ddp = ("ddp-global", "ddp-rank")
+    metric = {t: next((r.tasks[t]["metric"] for r in records if t in r.tasks), "score") for t in tasks}
     figures: dict[str, list[Panel]] = {
-        "probe_vs_clips.png": [
-            ("data", *probe, "probe vs training data (95% CI over val scenes)", with_random),
-            ("data", lambda r: r.final_loss, "final training loss", "final loss vs training data", {}),
-        ],
-        "throughput_memory_vs_scale.png": [
-            ("data", *speed, "throughput vs dataset scale", {}),
-            ("data", lambda r: r.peak_mem_mb, "peak memory per rank (MB)", "peak memory vs dataset scale", {}),
-        ],
-        "world_size.png": [
-            ("world_size", lambda r: r.step_time_s, "step time (s)", "step time vs world size", {}),
-            ("world_size", lambda r: r.comm_frac if r.world_size > 1 else 0.0, "comm_frac (all-reduce share)",
-             "communication share vs world size", {}),
-            ("world_size", lambda r: 0.0 if r.world_size == 1 else r.ddp_overhead,
-             "step time / one-process step time - 1", "exposed DDP overhead vs world size", {}),
-            ("world_size", *speed, "throughput vs world size", {}),
+        "probe_vs_data.png": [(data, _task(t), f"{t}: {metric[t]}", f"probe {t} vs training data",
+                               _task(t, "random_best")) for t in tasks],
+        "throughput_memory_vs_data.png": [
+            (("data-compute",), lambda r: r.clips_per_s, "clips/s (all ranks)", "throughput vs data", None),
+            (("data-compute",), lambda r: r.peak_mem_mb, "peak memory per rank (MB)", "memory vs data", None),
         ],
         "clip_len.png": [
-            ("clip_len", *probe, "probe vs clip length", with_random),
-            ("clip_len", *speed, "throughput vs clip length", {}),
+            *[(("T",), _task(t), f"{t}: {metric[t]}", f"probe {t} vs T (horizon fixed)", _task(t, "random_best"))
+              for t in tasks],
+            (("T",), lambda r: r.clips_per_s, "clips/s", "throughput vs T", None),
+            (("T",), lambda r: r.peak_mem_mb, "peak memory per rank (MB)", "memory vs T", None),
+        ],
+        "ddp.png": [
+            (ddp, lambda r: r.step_time_s, "step time (s)", "step time vs processes", None),
+            (ddp, lambda r: 0.0 if r.world_size == 1 else r.ddp_overhead_s,
+             "step s minus 1 process (same batch/rank)", "exposed DDP overhead", None),
+            (ddp, lambda r: 0.0 if r.world_size == 1 else r.comm_frac, "comm_frac (all-reduce share)",
+             "communication share", None),
         ],
     }  # fmt: skip
     return [_figure(records, out / name, panels) for name, panels in figures.items()]

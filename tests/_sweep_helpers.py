@@ -9,25 +9,46 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mvm.shards import clip_key, write_shard_folder
+from mvm.shards import clip_key, write_manifest, write_shard_folder
 
-EXPERIMENTS = [(1, 8, 1, 0.40), (2, 8, 1, 0.50), (4, 8, 1, 0.60), (4, 4, 1, 0.45), (4, 8, 2, 0.58)]
-"""(data scale, T, world size, probe metric): the default --local sweep's five experiments."""
+EXPERIMENTS = [
+    # (scale, T, processes, seed, probe metric, axes)
+    (1, 8, 1, 0, 0.40, ("base", "data-compute", "T", "ddp-rank")),
+    (1, 8, 1, 1, 0.44, ("data-compute", "T", "ddp-rank")),
+    (2, 8, 1, 0, 0.50, ("data-compute",)),
+    (2, 8, 1, 1, 0.54, ("data-compute",)),
+    (4, 8, 1, 0, 0.60, ("data-compute",)),
+    (4, 8, 1, 1, 0.64, ("data-compute",)),
+    (1, 4, 1, 0, 0.45, ("T",)),
+    (1, 4, 1, 1, 0.47, ("T",)),
+    (1, 8, 2, 0, None, ("ddp-rank",)),
+]
+"""A small sweep in slurm/grid.py's layout: data x1/x2/x4 (2 seeds), T 4/8, 1 vs 2 processes."""
+
+
+def experiment_name(scale: int, clip_len: int, procs: int, seed: int) -> str:
+    return f"x{scale}-T{clip_len}-p{procs}b4-n40-s{seed}"
 
 
 def write_shards(folder: Path, clips: list[int]) -> None:
-    """A shard folder whose shards hold clips[i] samples of one `<key>.json` member each: the report
-    reads only the manifest's clip counts, which match the shards (they pass mvm.shards' checks)."""
+    """A shard folder whose shards hold clips[i] samples of one `<key>.json` member each, shard i being
+    scene `{folder name}-{i}`: the report reads only the manifest's clip counts and scene names, which
+    match the shards (they pass mvm.shards' checks)."""
     keys = iter(clip_key("scene-0000", index) for index in range(sum(clips)))
     shards = [[[(f"{next(keys)}.json", b"{}")] for _ in range(count)] for count in clips]
-    write_shard_folder(folder, shards, config={})
+    manifest = write_shard_folder(folder, shards, config={})
+    scenes = [
+        {"name": f"{folder.name}-{i}", "token": f"{folder.name}-{i}", "clips": n} for i, n in enumerate(clips)
+    ]
+    write_manifest(folder, manifest | {"scenes": scenes})
 
 
 def write_run(
     folder: Path, *, clip_len: int, world: int, steps: int, clips_per_s: float, comm: float | None
 ) -> None:
     folder.mkdir(parents=True)
-    config = {"preset": "tiny", "model": {"clip_len": clip_len}, "data": {"batch_size": 4, "shards": "gone"}}
+    config = {"preset": "tiny", "model": {"clip_len": clip_len}, "data": {"batch_size": 4, "shards": "gone"},
+              "optim": {"lr": 0.001}}  # fmt: skip
     (folder / "config.json").write_text(json.dumps(config))
     lines = [{"event": "resume", "step": 0}]
     for step in range(10, steps + 1, 10):
@@ -45,38 +66,45 @@ def write_run(
         (folder / f"keys-rank{rank}.jsonl").write_text('{"step": 1, "keys": []}\n')
 
 
-def write_probe(folder: Path, value: float, gate: str) -> None:
+def write_probe(folder: Path, value: float, gate: str, *, depth: float | None = None) -> None:
+    """mvm-probe's report.json: one task at the top level, or (depth given) a section per task."""
     folder.mkdir(parents=True)
-    section = {
+    report = {
+        "task": "ego-motion",
         "metric": "balanced_accuracy",
         "pretrained": {"balanced_accuracy": value, "ci": [value - 0.1, value + 0.1]},
         "random": {"summary": {"best": 0.25}},
         "difference_ci": [value - 0.35, value - 0.15],
         "gate": gate,
     }
-    depth = {**section, "metric": "delta_1.25", "pretrained": {"delta_1.25": 0.5, "ci": [0.4, 0.6]}}
-    # mvm-probe's layout: a section per task (the records read ego-motion's, whatever the order).
-    report = {"tasks": {"depth": depth, "ego-motion": section}, "gate": gate, "skipped": {}}
+    if depth is not None:
+        section = {"metric": "delta_1.25", "pretrained": {"delta_1.25": depth, "ci": [depth - 0.05, depth + 0.05]},
+                   "random": {"summary": {"best": 0.5}}, "difference_ci": [0.01, 0.1], "gate": "pass"}  # fmt: skip
+        report = {"tasks": {"ego-motion": report, "depth": section}, "gate": gate}
     (folder / "report.json").write_text(json.dumps(report))
 
 
-def make_sweep(root: Path) -> Path:
-    """A probed sweep under `root`: data x1/x2/x4 at T=8, T=4 at x4, world 2 at x4, plus an unfinished run."""
+def make_sweep(root: Path, *, override: bool = False) -> Path:
+    """A probed sweep under `root` (EXPERIMENTS, the x4 runs with a depth section too), plus an
+    unfinished run; `override`: the scaled points ran under --no-gate."""
     chunks = {8: [[5, 5], [10], [20]], 4: [[10, 10], [20], [40]]}
     for clip_len, per_chunk in chunks.items():
         for index, clips in enumerate(per_chunk):
             write_shards(root / "shards" / f"T{clip_len}" / f"train-{index}", clips)
-    for scale, clip_len, world, probe_value in EXPERIMENTS:
-        name = f"x{scale}-T{clip_len}-w{world}"
+    for scale, clip_len, procs, seed, probe_value, axes in EXPERIMENTS:
+        name = experiment_name(scale, clip_len, procs, seed)
         used = {1: 1, 2: 2, 4: 3}[scale]
         folders = [str(root / "shards" / f"T{clip_len}" / f"train-{k}") for k in range(used)]
-        experiment = {"name": name, "data_scale": scale, "clip_len": clip_len, "world_size": world,
-                      "train_shards": ",".join(folders)}  # fmt: skip
+        experiment = {"name": name, "axes": list(axes), "data_scale": scale, "clip_len": clip_len,
+                      "world_size": procs, "seed": seed, "world": 1, "threads_per_process": 2 // procs,
+                      "gate_override": override and "base" not in axes, "train_shards": ",".join(folders)}  # fmt: skip
         (root / "runs" / name).mkdir(parents=True)
         (root / "runs" / name / "experiment.json").write_text(json.dumps(experiment))
-        write_run(root / "runs" / name / "run", clip_len=clip_len, world=world, steps=40,
-                  clips_per_s=8.0 * world / clip_len, comm=0.2 if world > 1 else None)  # fmt: skip
-        write_probe(root / "runs" / name / "probe", probe_value, "pass" if probe_value > 0.45 else "fail")
+        write_run(root / "runs" / name / "run", clip_len=clip_len, world=procs, steps=40,
+                  clips_per_s=8.0 * procs / clip_len, comm=0.2 if procs > 1 else None)  # fmt: skip
+        if probe_value is not None:
+            write_probe(root / "runs" / name / "probe", probe_value, "pass" if probe_value > 0.45 else "fail",
+                        depth=0.7 + scale / 100 if scale == 4 else None)  # fmt: skip
     (root / "runs" / "unfinished" / "run").mkdir(parents=True)
     (root / "runs" / "unfinished" / "run" / "config.json").write_text("{}")
     (root / "runs" / "unfinished" / "run" / "metrics.jsonl").write_text("")

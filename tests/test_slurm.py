@@ -56,10 +56,15 @@ def site(tmp_path_factory) -> dict[str, str]:
     site_env.write_text(
         (SLURM / "site.env").read_text() + "".join(f'{key}="{value}"\n' for key, value in overrides.items())
     )
+    tools = folder / "bin"
+    tools.mkdir()
+    if not (BIN / "torchrun").exists():  # torch reached through a .pth has no console script in this venv
+        (tools / "torchrun").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m torch.distributed.run "$@"\n')
+        (tools / "torchrun").chmod(0o755)
     return {
         "MVM_SITE_ENV": str(site_env),
         "MVM_ROOT": str(REPO),
-        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "PATH": f"{BIN}:{tools}:{os.environ['PATH']}",
         "OMP_NUM_THREADS": "1",
     }
 
@@ -167,7 +172,18 @@ def test_requeued_training_resumes_from_its_checkpoint(cluster, site, data):
     assert (run / "checkpoints" / "step-000040" / "COMPLETE").exists()
 
 
-def test_scaling_sweep_chains_ingest_train_probe_and_report(cluster, site, data):
+def _sweep(
+    cluster, site, sweep: Path, settings: dict, *flags: str
+) -> tuple[subprocess.CompletedProcess, dict]:
+    """Submit slurm/scaling.sh; (its result, plan job id -> Slurm job id) from its log lines."""
+    submitted = subprocess.run(
+        ["bash", SLURM / "scaling.sh", *flags, str(sweep)], env={**cluster.env, **site, **settings},
+        capture_output=True, text=True,
+    )  # fmt: skip
+    return submitted, dict(re.findall(r"scaling.sh: (\S+): job (\d+)", submitted.stderr))
+
+
+def test_scaled_jobs_wait_for_the_base_gate_and_the_override_runs_them(cluster, site, data):
     sweep = data["root"] / "sweep"
     settings = {
         "MVM_SWEEP_DATAROOT": str(data["root"] / "nuscenes"),
@@ -175,34 +191,70 @@ def test_scaling_sweep_chains_ingest_train_probe_and_report(cluster, site, data)
         "MVM_SWEEP_SPLITS": "mini_train mini_val",
         "MVM_SWEEP_SCALES": "1 2",
         "MVM_SWEEP_CLIP_LENS": "8",
-        "MVM_SWEEP_WORLDS": "1 2",
+        "MVM_SWEEP_PROCS": "1 2",
+        "MVM_SWEEP_DATA_SEEDS": "1",
+        "MVM_SWEEP_AXIS_SEEDS": "1",
+        "MVM_SWEEP_FUTURE_STEPS": "0",  # --future-steps is the hybrid branch's mvm-train option
         "MVM_SWEEP_MODEL": "tiny",
+        "MVM_SWEEP_BATCH": "2",  # 6 clips at x1: two ranks of 2
         "MVM_SWEEP_STEPS": "4",
         "MVM_SWEEP_SIZE": SIZE,
-        "MVM_SWEEP_TRAIN_ARGS": " ".join(TRAIN_ARGS[2:]) + " --viz-every 100",
+        # A learning rate of 1e-9 leaves the encoder at its random init: the base gate fails for real.
+        "MVM_SWEEP_TRAIN_ARGS": " ".join(TRAIN_ARGS[4:]) + " --viz-every 100 --lr 1e-9",
         # Too few clips here for four ego-motion classes: the speed task probes every run.
         "MVM_SWEEP_PROBE_ARGS": "--task speed --seeds 1 --bootstrap 100 --device cpu",
     }
-    submitted = subprocess.run(
-        ["bash", SLURM / "scaling.sh", str(sweep)], env={**cluster.env, **site, **settings},
-        capture_output=True, text=True,
-    )  # fmt: skip
+    base = "x1-T8-p1b2-n4-s0"
+    submitted, jobs = _sweep(cluster, site, sweep, settings)
     assert submitted.returncode == 0, submitted.stderr
     report_job = submitted.stdout.strip()
-    assert cluster.wait([report_job], timeout_s=240)[report_job] == ["COMPLETED"]
-    names = ["x1-T8-w1", "x2-T8-w1", "x2-T8-w2"]
-    assert sorted(p.name for p in (sweep / "runs").iterdir()) == names
-    for name in names:
-        probe = json.loads((sweep / "runs" / name / "probe" / "report.json").read_text())
-        assert probe["gate"] in ("pass", "fail")
+    scaled = {
+        plan_id: job for plan_id, job in jobs.items() if plan_id.startswith("train-") and base not in plan_id
+    }
+    # Data x2, the epoch-matched x1 (2 steps), DDP at the same global and at the same per-rank batch.
+    assert sorted(scaled) == ["train-x1-T8-p1b2-n2-s0", "train-x1-T8-p2b1-n4-s0", "train-x1-T8-p2b2-n4-s0",
+                              "train-x2-T8-p1b2-n4-s0"]  # fmt: skip
+    gate_job = jobs[f"probe-{base}"]
+    for job in scaled.values():  # submitted with an afterok dependency on the base probe
+        assert f"afterok:{gate_job}" in cluster.job_field(job, "Dependency") or cluster.job_states(job) == [
+            "CANCELLED"]  # fmt: skip
+    state = cluster.wait([report_job], timeout_s=300)[report_job]
+    assert state == ["COMPLETED"], [p.read_text()[-2000:] for p in sorted((sweep / "logs").glob("*.out"))]
+    assert cluster.job_states(gate_job) == ["FAILED"]  # mvm-probe's exit 3
+    assert json.loads((sweep / "runs" / base / "probe" / "report.json").read_text())["gate"] == "fail"
+    for plan_id, job in scaled.items():  # cancelled, never started
+        assert cluster.job_states(job) == ["CANCELLED"], plan_id
+        assert not (sweep / "runs" / plan_id.removeprefix("train-") / "run").exists(), plan_id
+    assert [run["name"] for run in json.loads((sweep / "report" / "scaling.json").read_text())["runs"]] == [
+        base
+    ]
     scenes = [(sweep / "scenes" / f"train-{k}.txt").read_text().split() for k in (0, 1)]
     assert sorted(scenes[0] + scenes[1]) == ["scene-0061", "scene-0553"]
-    for folder in ("train-0", "train-1", "val"):
-        assert (sweep / "shards" / "T8" / folder / "manifest.json").is_file()
     assert len(list((sweep / "logs").glob("ingest-train-0-*"))) == 2  # 1 part + finalize
+
+    # --no-gate: the kept base is not re-run; the scaled points are submitted without the dependency.
+    forced, jobs = _sweep(cluster, site, sweep, settings, "--no-gate")
+    assert forced.returncode == 0, forced.stderr
+    report_job = forced.stdout.strip()
+    assert f"train-{base}" not in jobs and "afterok" not in cluster.job_field(
+        jobs["train-x2-T8-p1b2-n4-s0"], "Dependency"
+    )
+    assert cluster.wait([report_job], timeout_s=300)[report_job] == ["COMPLETED"]
     summary = json.loads((sweep / "report" / "scaling.json").read_text())
     by_name = {run["name"]: run for run in summary["runs"]}
-    assert sorted(by_name) == names
-    assert by_name["x2-T8-w2"]["world_size"] == 2 and by_name["x2-T8-w2"]["comm_frac"] is not None
-    assert by_name["x1-T8-w1"]["n_train_clips"] < by_name["x2-T8-w1"]["n_train_clips"]
-    assert (sweep / "report" / "world_size.png").is_file()
+    assert sorted(by_name) == [
+        "x1-T8-p1b2-n2-s0",
+        base,
+        "x1-T8-p2b1-n4-s0",
+        "x1-T8-p2b2-n4-s0",
+        "x2-T8-p1b2-n4-s0",
+    ]
+    assert [name for name, run in by_name.items() if run["gate_override"]] == sorted(set(by_name) - {base})
+    assert (
+        by_name["x1-T8-p2b2-n4-s0"]["world_size"] == 2
+        and by_name["x1-T8-p2b2-n4-s0"]["comm_frac"] is not None
+    )
+    assert by_name["x1-T8-p2b2-n4-s0"]["ddp_overhead"] is not None
+    assert by_name[base]["n_train_clips"] < by_name["x2-T8-p1b2-n4-s0"]["n_train_clips"]
+    assert "| x2-T8-p1b2-n4-s0 † |" in (sweep / "report" / "scaling.md").read_text()
+    assert (sweep / "report" / "ddp.png").is_file()
