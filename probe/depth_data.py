@@ -67,12 +67,13 @@ def depth_problem(splits: dict[str, list[dict]], patch_size: int) -> str | None:
 class DepthTokens:
     """Token sink (mvm.features.extract_features): each named source's tokens at every clip's depth frame.
 
-    frames: per clip of the stream, its depth frame or None; clip_len: T; layout: (R, C) of the
-    depth maps. A source's (B, T', rows, cols, d) grid with rows = kR, cols = kC (k = 1 for the
+    names: the sources kept, in the order the split's features keep them (an encoder's layers
+    shallow to deep); frames: per clip of the stream, its depth frame or None; clip_len: T; layout:
+    (R, C) of the depth maps. A source's (B, T', rows, cols, d) grid with rows = kR, cols = kC (k = 1 for the
     encoders, k = p for pixels) gives each depth patch the (k * k * d) values inside it.
     """
 
-    def __init__(self, names: set[str], frames: list[int | None], clip_len: int, layout: tuple[int, int]):
+    def __init__(self, names: tuple[str, ...], frames: list[int | None], clip_len: int, layout: tuple[int, int]):
         self.names, self.frames, self.clip_len, self.layout = names, frames, clip_len, layout
         self.tokens: dict[str, dict[int, np.ndarray]] = {name: {} for name in names}
         """Source name -> clip index -> (R, C, k * k * d) float32."""

@@ -175,7 +175,7 @@ def run_probe(config: ProbeConfig) -> RunResult:
             sink = None
             if DEPTH in names:
                 frames = depth_frames(metas)
-                sink = DepthTokens(set(depth_keys), frames, model_config.clip_len, layout)
+                sink = DepthTokens(tuple(depth_keys), frames, model_config.clip_len, layout)
                 maps = read_depth_maps(
                     urls, [m["key"] for m, f in zip(metas, frames, strict=True) if f is not None]
                 )

@@ -129,7 +129,14 @@ def world(dataroot, tmp_path_factory) -> dict[str, str]:
         manifest = json.loads((folder / "manifest.json").read_text())
         data = (folder / "shard-000000.tar").read_bytes()
         manifest["shards"][0].update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
-        manifest["config"].update(dataroot="/nowhere", version=VERSION, stride=1, max_gap_ms=125)
+        manifest["config"].update(
+            dataroot="/nowhere",
+            version=VERSION,
+            stride=1,
+            max_gap_ms=125,
+            depth_patch=16,
+            depth_max_offset_ms=50,
+        )
         manifest.update(scenes=scenes, rejects=[])
         (folder / "manifest.json").write_text(json.dumps(manifest))
     (base / "nomanifest").mkdir()

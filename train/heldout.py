@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from mvm.tensors import frames_to_video
-from mvm.train.data import iter_clips
+from mvm.train.data import decoded, iter_samples
 from mvm.train.diagnostics import rank_of_singular_values
 
 HELDOUT_FIELDS = ("rankme_heldout", "rankme_heldout_ratio", "emb_std_heldout")
@@ -42,13 +42,19 @@ def heldout_source(viz_shards: str, train_shards: str) -> tuple[str, str]:
     return (viz_shards, "--viz-shards") if viz_shards else (train_shards, "the training shards")
 
 
-def read_heldout_clips(urls: list[str], count: int, decoder: str) -> np.ndarray:
-    """The first `count` clips in shard order (fewer when the shards hold fewer): (N, T, H, W, 3) uint8."""
+def read_heldout_clips(urls: list[str], count: int, decoder: str, on_bad_sample: str = "error") -> np.ndarray:
+    """The first `count` clips in shard order (fewer when the shards hold fewer): (N, T, H, W, 3) uint8.
+
+    A clip that does not decode is skipped with on_bad_sample "skip" (the training stream's policy)
+    and raises ShardError naming shard and key otherwise.
+    """
     clips = []
-    for _key, frames, _meta in iter_clips(urls, decoder):
+    samples = (sample for url in urls for sample in iter_samples(url))
+    for item in decoded(samples, decoder, False, None, on_bad_sample):
         if len(clips) >= count:
             break
-        clips.append(frames)
+        if "frames" in item:
+            clips.append(np.asarray(item["frames"]))
     return np.stack(clips) if clips else np.zeros((0, 0, 0, 0, 3), np.uint8)
 
 
@@ -136,7 +142,9 @@ class HeldoutMonitor:
         from mvm.shards import resolve_shards
 
         spec, source = heldout_source(config.viz_shards, config.data.shards)
-        clips = read_heldout_clips(resolve_shards(spec), config.rankme_clips, config.data.decoder)
+        clips = read_heldout_clips(
+            resolve_shards(spec), config.rankme_clips, config.data.decoder, config.data.on_bad_sample
+        )
         if len(clips) < 2:
             raise ValueError(f"held-out RankMe needs at least 2 clips; {source} ({spec}) hold {len(clips)}")
         return cls(clips, f"the first {len(clips)} clips of {source}", initial_rankme(records))
