@@ -32,6 +32,11 @@ def fmt(value, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
+def regularization_text(value) -> str:
+    """A regularization strength (C or alpha, 1e-6 .. 1e6) in its own scale: 0.0001, 1e+06; None -> "—"."""
+    return MISSING if value is None else f"{float(value):g}"
+
+
 def fmt_ci(ci, digits: int = 3) -> str:
     """A (low, high) interval as "[low, high]"; a missing interval as "—"."""
     if ci is None:

@@ -73,7 +73,9 @@ class DepthTokens:
     encoders, k = p for pixels) gives each depth patch the (k * k * d) values inside it.
     """
 
-    def __init__(self, names: tuple[str, ...], frames: list[int | None], clip_len: int, layout: tuple[int, int]):
+    def __init__(
+        self, names: tuple[str, ...], frames: list[int | None], clip_len: int, layout: tuple[int, int]
+    ):
         self.names, self.frames, self.clip_len, self.layout = names, frames, clip_len, layout
         self.tokens: dict[str, dict[int, np.ndarray]] = {name: {} for name in names}
         """Source name -> clip index -> (R, C, k * k * d) float32."""

@@ -25,7 +25,7 @@ from mvm.probe.report_files import (  # noqa: E402
     layers_markdown,
 )
 from mvm.probe.stats import CI_LEVEL  # noqa: E402
-from mvm.report_format import fmt, fmt_ci, markdown_table  # noqa: E402
+from mvm.report_format import fmt, fmt_ci, markdown_table, regularization_text  # noqa: E402
 
 HEAD = (
     "per-token ridge regression (standardized features, alpha by scene-grouped CV on the training "
@@ -156,7 +156,7 @@ def depth_markdown(result: DepthResult, report: dict) -> str:
                     fmt_ci(row.ci[DELTA]),
                     row.metrics[ABS_REL],
                     fmt_ci(row.ci[ABS_REL]),
-                    row.regularization,
+                    regularization_text(row.regularization),
                     row.cv_score,
                 ]
                 for row in result.rows

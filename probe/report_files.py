@@ -16,7 +16,7 @@ from mvm.probe.layers import LayerChoice
 from mvm.probe.plots import plot_confusions, plot_controls, plot_speed
 from mvm.probe.stats import CI_LEVEL
 from mvm.probe.tasks import class_counts
-from mvm.report_format import fmt, fmt_ci, markdown_table
+from mvm.report_format import fmt, fmt_ci, markdown_table, regularization_text
 
 
 def grid_name(grid) -> str:
@@ -246,7 +246,7 @@ def markdown(result: ProbeResult, report: dict) -> str:
                     + (" (reference, outside the verdict)" if row.source.kind == FLOW else ""),
                     *(row.metrics[c] for c in columns),
                     fmt_ci(row.ci),
-                    row.regularization,
+                    regularization_text(row.regularization),
                 ]
                 for row in ingested
             ],
