@@ -114,8 +114,9 @@ def test_random_checkpoint_fails_the_gate_deterministically(shards, tmp_path):
     first = probe(run, shards["train"], shards["val"], tmp_path / "a", "--seeds", "2")
     assert first.exit_code == EXIT_FAIL, first.output
     whole = json.loads((tmp_path / "a" / "report.json").read_text())
-    # Synthesized shards without depth targets: the default runs ego-motion and says why not depth.
-    assert list(whole["tasks"]) == ["ego-motion"] and "no depth targets" in whole["skipped"]["depth"]
+    # Synthesized shards carry lidar depth targets: the default runs both tasks, and both gates fail.
+    assert whole["task_order"] == ["ego-motion", "depth"] and whole["skipped"] == {}
+    assert whole["tasks"]["depth"]["gate"] == "fail" and whole["tasks"]["depth"]["difference_ci"][1] <= 0
     assert whole["gate"] == "fail" and whole["checkpoint_step"] == 7
     report = whole["tasks"]["ego-motion"]
     assert report["gate"] == "fail"
@@ -150,10 +151,8 @@ def test_random_checkpoint_fails_the_gate_deterministically(shards, tmp_path):
     assert [c["name"] for c in report["conditions"]] == ["beats_random", "beats_pixels", "needs_order"]
     assert report["pooling"]["grid"] in report["pooling"]["candidates"]
     markdown = (tmp_path / "a" / "report.md").read_text().splitlines()
-    assert (
-        markdown[0] == "# Probe: **FAIL** (ego-motion)"
-        and "- depth: skipped: the train shards" in markdown[3]
-    )
+    assert markdown[0] == "# Probe: **FAIL** (ego-motion, depth)"
+    assert "## depth: gate **FAIL**, strength **NONE**" in markdown
     section = markdown.index("## ego-motion: gate **FAIL**, strength **NONE**")
     assert markdown[section + 2].startswith("Not held: the pretrained encoder beats the best random encoder")
 

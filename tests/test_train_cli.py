@@ -83,7 +83,10 @@ def test_run_outputs_and_kill_resume_reproduce_the_stream(shard_dir, tmp_path):
     assert [p.name for p in complete_checkpoints(whole)] == ["step-000009", "step-000012"]
     for name in ("config.json", "loss.png", "viz/step-000005.png", "viz/step-000012.png"):
         assert (whole / name).is_file(), name
-    record = read_jsonl(whole / "metrics.jsonl")[-1]
+    records = read_jsonl(whole / "metrics.jsonl")
+    record = [r for r in records if "loss" in r and "event" not in r][-1]
+    heldout = [r for r in records if "rankme_heldout" in r]  # at step 0, with each picture, at the end
+    assert [r["step"] for r in heldout] == [0, 5, 10, 12] and heldout[0]["rankme_heldout_ratio"] == 1.0
     for field in ("step", "loss", "lr", "grad_norm", "emb_std", "emb_norm", "clips_per_s", "data_wait_frac",
                   "step_time_s", "peak_mem_mb"):  # fmt: skip
         assert field in record, field
@@ -96,17 +99,19 @@ def test_run_outputs_and_kill_resume_reproduce_the_stream(shard_dir, tmp_path):
     refused = run_train([*common, "--out", str(whole), "--resume", "never"])
     check(refused, 2)
     assert "already holds checkpoints" in refused.stderr
-    check_tensorboard(whole, record)
+    check_tensorboard(whole, record, heldout[-1])
     check_damaged_checkpoint_fallback(whole, common, tmp_path)
 
 
-def check_tensorboard(run: Path, last: dict) -> None:
-    """The optional TensorBoard mirror carries metrics.jsonl's names and values, and the pictures."""
+def check_tensorboard(run: Path, last: dict, heldout: dict) -> None:
+    """The optional TensorBoard mirror carries metrics.jsonl's names and values (a step line's and a
+    held-out line's numbers), and the pictures."""
     accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
     events = accumulator.EventAccumulator(str(run / "tensorboard"))
     events.Reload()
     names = set(events.Tags()["scalars"])
-    assert names == set(last) - {"step"}
+    numbers = {name for name, value in heldout.items() if isinstance(value, int | float)}
+    assert names == (set(last) | numbers) - {"step"}
     assert events.Scalars("loss")[-1].step == last["step"]
     assert abs(events.Scalars("loss")[-1].value - last["loss"]) < 1e-4
     assert [image.step for image in events.Images("viz")] == [5, 10, 12]

@@ -26,9 +26,12 @@ not grow with the number of clips.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
+from mvm.shards import ShardError
 from mvm.tensors import frames_to_video
 from mvm.train.data import decoded, iter_samples
 from mvm.train.diagnostics import rank_of_singular_values
@@ -49,13 +52,22 @@ def read_heldout_clips(urls: list[str], count: int, decoder: str, on_bad_sample:
     and raises ShardError naming shard and key otherwise.
     """
     clips = []
-    samples = (sample for url in urls for sample in iter_samples(url))
-    for item in decoded(samples, decoder, False, None, on_bad_sample):
+    for item in decoded(_samples(urls), decoder, False, None, on_bad_sample):
         if len(clips) >= count:
             break
         if "frames" in item:
             clips.append(np.asarray(item["frames"]))
     return np.stack(clips) if clips else np.zeros((0, 0, 0, 0, 3), np.uint8)
+
+
+def _samples(urls: list[str]):
+    """Every sample of the shards in order; a shard that cannot be read becomes one {"key", "error"}
+    record (train.data.decoded raises or skips it per on_bad_sample, as for the training stream)."""
+    for url in urls:
+        try:
+            yield from iter_samples(url)
+        except ShardError as error:
+            yield {"key": Path(url).name, "error": str(error)}
 
 
 @torch.no_grad()
