@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 setup: $(VENV)/.installed
 
-# The whole pipeline on the embedded default, in about 10 minutes on 2 CPU cores:
+# The whole pipeline on the embedded default, in about 13 minutes on 2 CPU cores (goal 10: README):
 # synth -> ingest (train and val scenes) -> audit -> train -> probe gate.
 DEMO_SCENES ?= 32
 DEMO_FRAMES ?= 160

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from _ingest_helpers import audit, ingest
 
-from mvm.shards import iter_samples, sha256_file, tar_bytes
+from mvm.shards import iter_samples, sample_members, sha256_file, tar_bytes
 from mvm.video import decode_clip, encode_clip
 
 
@@ -101,7 +101,10 @@ def test_timestamp_tampering_fails_timing(good, tmp_path):
         meta = json.loads(sample["json"])
         if index == 1:
             meta["timestamps"][5] += 400_000  # a gap hidden inside a clip
-        members += [(f"{key}.json", json.dumps(meta).encode()), (f"{key}.mp4", sample["mp4"])]
+        members += [
+            (name, json.dumps(meta).encode() if name == f"{key}.json" else data)
+            for name, data in sample_members(sample)
+        ]
     shard.write_bytes(tar_bytes(members))
     rewrite_manifest_entry(out, shard.name)
     assert audit(out, "--psnr-clips", "0").exit_code == 1
