@@ -19,8 +19,8 @@ from mvm.atomic import save_figure  # noqa: E402
 from mvm.probe.depth import ABS_REL, DELTA, METRICS, DepthResult, DepthRow, abs_rel  # noqa: E402
 from mvm.probe.evaluate import POSITION_ONLY, Source  # noqa: E402
 from mvm.probe.report_files import (  # noqa: E402
-    condition_json,
     condition_sentence,
+    gate_section,
     layers_json,
     layers_markdown,
 )
@@ -64,31 +64,12 @@ def _summary(depth: np.ndarray) -> dict:
 
 def depth_report_dict(result: DepthResult) -> dict:
     """The JSON-ready depth section."""
-    randoms = result.randoms
-    values = np.array([row.metrics[DELTA] for row in randoms])
-    beats_random = result.conditions[0]
     report = {
         "task": result.task.name,
         "metric": DELTA,
         "metrics": list(METRICS),
-        "pretrained": _row_json(result.row(Source.pretrained())),
-        "random": {
-            "per_seed": {str(row.source.seed): _row_json(row) for row in randoms},
-            "summary": {
-                "mean": float(values.mean()),
-                "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-                "best": beats_random.right,
-                "best_seed": result.best_random.seed,
-            },
-        },
+        **gate_section(result, DELTA, _row_json),
         "position_only": _row_json(result.row(Source(POSITION_ONLY))),
-        "difference": beats_random.difference,
-        "difference_ci": list(beats_random.ci),
-        "gate": result.verdict.gate,
-        "reason": result.verdict.reason,
-        "strength": result.strength,
-        "strength_reason": result.strength_reason,
-        "conditions": [condition_json(condition) for condition in result.conditions],
         "rows": [
             {"source": row.source.name, "kind": row.source.kind, **_row_json(row)} for row in result.rows
         ],

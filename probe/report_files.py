@@ -68,19 +68,18 @@ def condition_json(condition: Comparison) -> dict:
     }
 
 
-def report_dict(result: ProbeResult) -> dict:
-    """The task's JSON-ready section: the gate fields, strength, conditions, pooling, controls."""
-    task = result.task
+def gate_section(result, metric: str, row_json) -> dict:
+    """The fields every task's section shares, under the same names: `pretrained`, `random` (per
+    seed and summary), `difference`, `difference_ci`, `gate`, `reason`, `strength`,
+    `strength_reason`, `conditions`. result: a ProbeResult or a DepthResult (first condition:
+    beats_random); row_json: that task's row -> dict."""
     randoms = result.randoms
-    values = np.array([row.metrics[task.metric] for row in randoms])
+    values = np.array([row.metrics[metric] for row in randoms])
     beats_random = result.conditions[0]
-    pooling = result.pooling
-    report = {
-        "task": task.name,
-        "metric": task.metric,
-        "pretrained": _row_json(result.row(Source.pretrained())),
+    return {
+        "pretrained": row_json(result.row(Source.pretrained())),
         "random": {
-            "per_seed": {str(row.source.seed): _row_json(row) for row in randoms},
+            "per_seed": {str(row.source.seed): row_json(row) for row in randoms},
             "summary": {
                 "mean": float(values.mean()),
                 "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
@@ -88,15 +87,26 @@ def report_dict(result: ProbeResult) -> dict:
                 "best_seed": result.best_random.seed,
             },
         },
-        "majority": _row_json(result.row(Source(MAJORITY))),
         "difference": beats_random.difference,
         "difference_ci": list(beats_random.ci),
-        "difference_ci_vs_best_seed": list(result.difference_ci_vs_best_seed),
         "gate": result.verdict.gate,
         "reason": result.verdict.reason,
         "strength": result.strength,
         "strength_reason": result.strength_reason,
         "conditions": [condition_json(condition) for condition in result.conditions],
+    }
+
+
+def report_dict(result: ProbeResult) -> dict:
+    """The task's JSON-ready section: the gate fields, strength, conditions, pooling, controls."""
+    task = result.task
+    pooling = result.pooling
+    report = {
+        "task": task.name,
+        "metric": task.metric,
+        **gate_section(result, task.metric, _row_json),
+        "majority": _row_json(result.row(Source(MAJORITY))),
+        "difference_ci_vs_best_seed": list(result.difference_ci_vs_best_seed),
         "pooling": {
             "grid": list(pooling.grid),
             "candidates": [list(grid) for grid in pooling.candidates],
