@@ -38,9 +38,11 @@ random encoders' choices on the edge (C = 1e-3) on the demo's data, where grid-p
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
+from joblib import Parallel, cpu_count, delayed
 from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, Ridge
@@ -134,6 +136,50 @@ def _parts(task: Task) -> tuple[Pipeline, object, str, tuple[float, ...], str]:
     return preprocess, Ridge(), "alpha", RIDGE_ALPHA_GRID, "r2"
 
 
+@contextmanager
+def _quiet_single_thread():
+    """One BLAS thread, and no warnings from scene folds that miss a rare class or from lbfgs.
+
+    These fits are small, so threads only add overhead (3x slower on 2 shared cores) and make
+    float sums depend on the thread count. Scores stay well defined when a fold lacks a class.
+    """
+    with warnings.catch_warnings(), threadpool_limits(limits=1):
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        yield
+
+
+def _fold_scores(task: Task, fit_x, fit_y, held_x, held_y) -> list[float]:
+    """(G,) held-out scores of the task's head at every grid value, fitted on one fold's prepared clips."""
+    _, head, param, grid, scoring = _parts(task)
+    scorer = get_scorer(scoring)
+    with _quiet_single_thread():
+        return [
+            scorer(clone(head).set_params(**{param: value}).fit(fit_x, fit_y), held_x, held_y)
+            for value in grid
+        ]
+
+
+def _cv_scores(task: Task, features: np.ndarray, targets: np.ndarray, scenes: np.ndarray, n_folds: int):
+    """(folds, G) scene-grouped CV scores of the task's head at every grid value.
+
+    Each fold is standardized and projected once (here, cheap) and reused for every value.
+    Logistic folds (lbfgs loops that hold the GIL: threads would not help) run in worker processes,
+    a fold per task, on the CPUs this process may use; every fit stays single-threaded, so the
+    scores do not depend on the worker count (a probe's report is the same on 1 or 16 CPUs). Ridge
+    is closed-form: shipping its per-token samples to workers would cost more than its fits.
+    """
+    preprocess, _, _, grid, _ = _parts(task)
+    workers = min(n_folds, cpu_count()) if task.kind == "classification" else 1
+    jobs = []
+    for fit, held in GroupKFold(n_splits=n_folds).split(features, targets, scenes):
+        with _quiet_single_thread():
+            prep = clone(preprocess).fit(features[fit])
+            fit_x, held_x = prep.transform(features[fit]), prep.transform(features[held])
+        jobs.append(delayed(_fold_scores)(task, fit_x, targets[fit], held_x, targets[held]))
+    return np.array(Parallel(n_jobs=workers)(jobs)).reshape(n_folds, len(grid))
+
+
 def fit_head(task: Task, features: np.ndarray, targets: np.ndarray, scenes: np.ndarray) -> FittedHead:
     """Fit the task's linear head with its regularization chosen by scene-grouped CV.
 
@@ -142,37 +188,21 @@ def fit_head(task: Task, features: np.ndarray, targets: np.ndarray, scenes: np.n
     fewer than two training scenes no CV is possible and the middle of the grid is used. The chosen
     value follows the one-standard-error rule (`choose_regularization`).
     """
-    preprocess, head, param, grid, scoring = _parts(task)
+    preprocess, head, param, grid, _ = _parts(task)
     if task.kind == "classification" and len(np.unique(targets)) < 2:
         raise ValueError(
             f"the training clips hold a single class {np.unique(targets).tolist()}: nothing to probe"
         )
     n_folds = min(MAX_CV_FOLDS, len(np.unique(scenes)))
-    scorer = get_scorer(scoring)
-    # One BLAS thread: these fits are small, so threads only add overhead (3x slower on 2 shared
-    # cores) and make float sums depend on the thread count.
-    with warnings.catch_warnings(), threadpool_limits(limits=1):
-        # Scene folds can miss a rare class; scores then warn but stay well defined.
-        warnings.simplefilter("ignore", UserWarning)
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        if n_folds < 2:
-            chosen, cv_score, on_edge = grid[len(grid) // 2], float("nan"), False
-        else:
-            scores = np.zeros((n_folds, len(grid)))
-            folds = GroupKFold(n_splits=n_folds).split(features, targets, scenes)
-            for fold, (fit_rows, held_rows) in enumerate(folds):
-                fold_prep = clone(preprocess).fit(features[fit_rows])
-                fit_x, held_x = (
-                    fold_prep.transform(features[fit_rows]),
-                    fold_prep.transform(features[held_rows]),
-                )
-                for index, value in enumerate(grid):
-                    fitted = clone(head).set_params(**{param: value}).fit(fit_x, targets[fit_rows])
-                    scores[fold, index] = scorer(fitted, held_x, targets[held_rows])
-            index = choose_regularization(scores)
-            chosen, cv_score = grid[index], float(scores[:, index].mean())
-            on_edge = index in (0, len(grid) - 1)
-        pipeline = Pipeline([*preprocess.steps, ("head", clone(head).set_params(**{param: chosen}))])
+    if n_folds < 2:
+        chosen, cv_score, on_edge = grid[len(grid) // 2], float("nan"), False
+    else:
+        scores = _cv_scores(task, features, targets, scenes, n_folds)
+        index = choose_regularization(scores)
+        chosen, cv_score = grid[index], float(scores[:, index].mean())
+        on_edge = index in (0, len(grid) - 1)
+    pipeline = Pipeline([*preprocess.steps, ("head", clone(head).set_params(**{param: chosen}))])
+    with _quiet_single_thread():
         pipeline.fit(features, targets)
     return FittedHead(pipeline, chosen, cv_score, on_edge)
 

@@ -38,9 +38,9 @@ TRAIN_S_PER_CLIP_FRAME = 3.5 * 60 / 1000 / (16 * 8)
 """One clip-frame of one training step: `make demo`'s 1000 steps of 16 clips at T=8 take ~3.5 min."""
 DDP_SLOWDOWN = 1.15
 """Step time of several gloo processes over the same clip-frames on the same cores (all-reduce)."""
-PROBE_S_PER_SCENE = 0.8
-"""mvm-probe --controls none per scene of its train and val shards (frames read do not depend on T);
-`make demo`'s probe with every control takes about a minute for 32 scenes."""
+PROBE_S_PER_SCENE = 2.8
+"""mvm-probe --controls none --task ego-motion per scene of its train and val shards (frames read do
+not depend on T; measured: 41 scenes in 149 s with the depth task too, about a fifth of it depth)."""
 START_S = 10.0
 """Start-up of one command (imports, devkit tables, model construction)."""
 
