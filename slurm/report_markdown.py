@@ -48,12 +48,24 @@ def _x(point: Point) -> str:
     return f"{point.x}{f' {OVERRIDE}' if point.overridden else ''}"
 
 
+def _margin(record: RunRecord, task: str) -> float | None:
+    """Pretrained minus the best random encoder of one run (what the gate tests), None if not probed."""
+    pretrained, random_best = task_value(record, task), task_value(record, task, "random_best")
+    return None if pretrained is None or random_best is None else pretrained - random_best
+
+
+def _probe_header(tasks: list[str]) -> list[str]:
+    return [name for t in tasks for name in (f"{t} (mean ± sd over seeds)", f"{t} minus best random")]
+
+
 def _probe_cells(point: Point, tasks: list[str]) -> list[str]:
+    """Per task: the pretrained score over seeds with its mean scene-CI half-width, then its margin."""
     cells = []
     for task in tasks:
         values = [task_value(r, task) for r in point.runs]
         width = spread([ci_half_width(r, task) for r in point.runs])
         cells.append(f"{spread_text(values)}; scene CI ±{fmt(width.mean)}" if width else MISSING)
+        cells.append(spread_text([_margin(r, task) for r in point.runs]))
     return cells
 
 
@@ -69,7 +81,7 @@ def _gates(point: Point) -> str:
 
 
 def _data_table(pts: list[Point], tasks: list[str]) -> str:
-    header = ("scenes", "train clips", "steps", "epochs", *[f"{t} (mean ± sd over seeds)" for t in tasks],
+    header = ("scenes", "train clips", "steps", "epochs", *_probe_header(tasks),
               "gates passed", "clips/s", "step s", "peak MB", "data wait")  # fmt: skip
     rows = []
     for p in pts:
@@ -81,7 +93,7 @@ def _data_table(pts: list[Point], tasks: list[str]) -> str:
 
 
 def _axis_table(pts: list[Point], tasks: list[str], label: str) -> str:
-    header = (label, "train clips", "steps", *[f"{t} (mean ± sd)" for t in tasks], "gates passed", "clips/s",
+    header = (label, "train clips", "steps", *_probe_header(tasks), "gates passed", "clips/s",
               "step s", "peak MB", "data wait")  # fmt: skip
     rows = [[_x(p), fmt(p.runs[0].n_train_clips), fmt(p.runs[0].steps), *_probe_cells(p, tasks), _gates(p),
              *_systems_cells(p)] for p in pts]  # fmt: skip

@@ -7,9 +7,10 @@ import torch
 from _train_helpers import small_model
 
 from mvm.features import INGESTED, EncoderLayer, extract_features, pool
+from mvm.probe import linear
 from mvm.probe.evaluate import Source, Split, evaluate_encoders
 from mvm.probe.layers import layer_names, select_layers
-from mvm.probe.linear import RIDGE_ALPHA_GRID, choose_regularization, fit_head
+from mvm.probe.linear import RIDGE_ALPHA_GRID, choose_regularization, fit_head, predict
 from mvm.probe.report_files import markdown, report_dict
 from mvm.probe.tasks import make_task
 from mvm.train.model import build_model
@@ -28,6 +29,25 @@ def test_one_standard_error_rule_prefers_the_most_regularized_value_within_noise
     # identical fold scores at the strongest end are one head: take the least regularized of the run
     flat = np.array([[0.6, 0.6, 0.6, 0.5], [0.7, 0.7, 0.7, 0.4]])
     assert choose_regularization(flat) == 2
+
+
+def test_logistic_cv_scores_do_not_depend_on_the_worker_count(monkeypatch):
+    # The folds run in worker processes when there are CPUs for them; one worker (in process) must
+    # give the same CV scores, choice and head: every fit is single-threaded either way.
+    rng = np.random.default_rng(3)
+    scenes = np.repeat([f"s{i}" for i in range(6)], 30)
+    features = rng.normal(size=(len(scenes), 40))
+    labels = np.array(["left", "right", "straight"])[
+        np.argmax(features[:, :3] + rng.normal(0, 1, (len(scenes), 3)), 1)
+    ]
+    task = make_task("ego-motion")
+    monkeypatch.setattr(linear, "cpu_count", lambda: 2)
+    parallel = fit_head(task, features, labels, scenes)
+    monkeypatch.setattr(linear, "cpu_count", lambda: 1)
+    serial = fit_head(task, features, labels, scenes)
+    assert (parallel.regularization, parallel.cv_score) == (serial.regularization, serial.cv_score)
+    assert 0.4 < serial.cv_score < 1.0  # the planted classes are learnable, not at chance
+    np.testing.assert_array_equal(predict(parallel, features), predict(serial, features))
 
 
 def planted_ridge(rng, clips_per_scene=20, scenes=12, pairs=8, eps=0.1, noise=0.3):

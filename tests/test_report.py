@@ -110,8 +110,12 @@ def test_cli_writes_json_markdown_and_plots(tmp_path):
     # The gate and the points run under --no-gate, marked.
     assert f"`{experiment_name(1, 8, 1, 0)}` fail. 8 runs ran under --no-gate (marked †)" in table
     assert f"| {experiment_name(2, 8, 1, 0)} † |" in table and f"| {experiment_name(1, 8, 1, 0)} |" in table
-    # Data: mean ± sd over the two seeds, the scene CI, both tasks where probed.
-    assert "| 2 † | 10 | 40 | 16.0 | 0.420 ± 0.028 (n=2); scene CI ±0.100 | — | 0/2 |" in table
+    # Data: mean ± sd over the two seeds, the scene CI, the margin over the best random encoder
+    # (0.42 - 0.25 and 0.46 - 0.25), both tasks where probed.
+    assert (
+        "| 2 † | 10 | 40 | 16.0 | 0.420 ± 0.028 (n=2); scene CI ±0.100 | 0.170 ± 0.028 (n=2) | — | — | 0/2 |"
+        in table
+    )
     assert "0.740 ± 0.000 (n=2); scene CI ±0.050" in table
     assert (
         "| 2 † | 1 | 4 | 8 | 0.0010 | 40 | 5.000 (n=1) | 1.000 (n=1) | 0.250 (n=1) | 0.200 (n=1) |" in table
