@@ -235,7 +235,8 @@ def _second_half_mean(steps: list[dict], key: str) -> float | None:
 
 
 def summarize_run(run: Path) -> RunRecord:
-    """Reduce one run folder (and its probe) to a RunRecord; ValueError when it logged no step."""
+    """Reduce one run folder (and its probe) to a RunRecord; ValueError when it logged no step, or
+    fewer than its experiment.json plans (a run still going, or stopped: its numbers are no point)."""
     config = _read_json(run / "config.json") or {}
     batch_size, clip_len, shards = _config_fields(config, run / "config.json")
     # A torn last line (a run killed mid-write) is named on stderr and skipped, not the whole run.
@@ -247,6 +248,9 @@ def summarize_run(run: Path) -> RunRecord:
     experiment = experiment or {}
     world = experiment.get("world_size") or max(1, len(list(run.glob("keys-rank*.jsonl"))))
     last_step = steps[-1]["step"]
+    planned = experiment.get("steps")
+    if isinstance(planned, int) and last_step < planned:  # still training, or stopped: not a point yet
+        raise ValueError(f"unfinished: logged step {last_step} of the {planned} its experiment.json plans")
     spec = experiment.get("train_shards") or shards
     scenes, shard_bytes = _scenes_and_bytes(spec)
     probe = parse_probe_report(probe_json, f"{home}/probe/report.json") if probe_json else None

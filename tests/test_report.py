@@ -49,6 +49,19 @@ def test_collect_reads_axes_metrics_and_probes(sweep):
     assert all(r.ddp_overhead is None for r in records if r.world_size == 1)
 
 
+def test_a_run_short_of_its_planned_steps_is_skipped_not_a_point(sweep):
+    # A sweep stopped (or read) while a run trains: its 40 logged steps of a planned 80 are no point.
+    name = experiment_name(4, 8, 1, 1)
+    experiment = json.loads((sweep / "runs" / name / "experiment.json").read_text())
+    (sweep / "runs" / name / "experiment.json").write_text(json.dumps(experiment | {"steps": 80}))
+    records, skipped = collect([sweep])
+    assert name not in {r.name for r in records}
+    assert any("unfinished: logged step 40 of the 80" in s["reason"] for s in skipped)
+    experiment["steps"] = 40  # as planned: a point again
+    (sweep / "runs" / name / "experiment.json").write_text(json.dumps(experiment))
+    assert name in {r.name for r in collect([sweep])[0]}
+
+
 def test_ddp_overhead_needs_a_twin_with_the_same_per_rank_batch(sweep):
     records, _ = collect([sweep])
     one, two = (next(r for r in records if r.name == experiment_name(1, 8, p, 0)) for p in (1, 2))
