@@ -29,18 +29,20 @@ AXES = ("data-compute", "data-epoch", "T", "ddp-global", "ddp-rank", "world")
 """Axis labels of experiment.json's `axes` (with `base` for the gate's point)."""
 
 # Per-unit costs on 2 quiet CPU cores at 64x112 (the tiny preset), in seconds; see estimate_s.
-SYNTH_S_PER_SCENE = 2.2
-"""mvm-synth, 160 frames at 480 wide (measured: 2 scenes in 4.3 s)."""
-INGEST_S_PER_SCENE = 1.0
-"""mvm-ingest per scene at any T (the frames encoded do not depend on T; measured: 7 scenes in 5.8 s
-on a loaded machine)."""
-TRAIN_S_PER_CLIP_FRAME = 3.5 * 60 / 1000 / (16 * 8)
-"""One clip-frame of one training step: `make demo`'s 1000 steps of 16 clips at T=8 take ~3.5 min."""
+# Measured in docs/scaling.md's `make sweep` (2-core Intel Xeon at 2.8 GHz).
+SYNTH_S_PER_SCENE = 5.0
+"""mvm-synth, 160 frames at 480 wide with traffic and keyframe lidar (measured: 91 scenes in 455 s)."""
+INGEST_S_PER_SCENE = 0.3
+"""mvm-ingest per scene at any T, after START_S (the frames encoded do not depend on T; measured:
+16 scenes in 10-13 s, 32 in 20 s)."""
+TRAIN_S_PER_CLIP_FRAME = 2.1e-3
+"""One clip-frame of one training step, after START_S (measured: 1000 steps of 16 clips at T=8 in
+235-294 s, median 280 s)."""
 DDP_SLOWDOWN = 1.15
 """Step time of several gloo processes over the same clip-frames on the same cores (all-reduce)."""
-PROBE_S_PER_SCENE = 2.8
-"""mvm-probe --controls none --task ego-motion per scene of its train and val shards (frames read do
-not depend on T; measured: 41 scenes in 149 s with the depth task too, about a fifth of it depth)."""
+PROBE_S_PER_SCENE = 2.2
+"""mvm-probe --controls none --task ego-motion per scene of its train and val shards, after START_S
+(frames read do not depend on T; measured: 16 + 27 scenes in 92-113 s)."""
 START_S = 10.0
 """Start-up of one command (imports, devkit tables, model construction)."""
 
