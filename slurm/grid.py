@@ -42,7 +42,8 @@ DDP_SLOWDOWN = 1.15
 """Step time of several gloo processes over the same clip-frames on the same cores (all-reduce)."""
 PROBE_S_PER_SCENE = 2.2
 """mvm-probe --controls none --task ego-motion per scene of its train and val shards, after START_S
-(frames read do not depend on T; measured: 16 + 27 scenes in 92-113 s)."""
+(measured at T=8: 16 + 27 scenes in 92-113 s). The heads' cost grows with the clip count, which
+does depend on T: the same scenes took 184-210 s at T=4 and 67-80 s at T=12 (priced per scene here)."""
 START_S = 10.0
 """Start-up of one command (imports, devkit tables, model construction)."""
 
